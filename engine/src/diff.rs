@@ -1,0 +1,527 @@
+//! Compares the desired set with the live set.
+//!
+//! In: the [`Desired`] set, the live objects discovered by label, and the objects that hold
+//! desired names without being this fleet's. Out: one [`Change`] per address (and per extra
+//! live object), each with its [`Action`] and its reasons, plus the [`Blocked`] resources
+//! whose name a machine fleet did not make already holds.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::desired::{spec_hash, Address, Desired, DesiredResource};
+use crate::provider::{labels, Cloud, InstanceStatus, LiveResource, ObjectKind};
+use crate::spec::model::ResourceKind;
+
+/// What apply does to one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    /// Nothing: live matches desired.
+    NoOp,
+    /// Make it.
+    Create,
+    /// Change labels or metadata in place.
+    Update,
+    /// Make the new one, then remove the old (`±`).
+    ReplaceCreateBeforeDestroy,
+    /// Remove the old one, then make the new (`∓`), when the name cannot be held twice.
+    ReplaceDestroyBeforeCreate,
+    /// Remove it.
+    Delete,
+}
+
+impl Action {
+    /// The plan symbol.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Action::NoOp => " ",
+            Action::Create => "+",
+            Action::Update => "~",
+            Action::ReplaceCreateBeforeDestroy => "±",
+            Action::ReplaceDestroyBeforeCreate => "∓",
+            Action::Delete => "-",
+        }
+    }
+
+    /// Terraform's JSON vocabulary for the action.
+    pub fn words(self) -> &'static [&'static str] {
+        match self {
+            Action::NoOp => &["no-op"],
+            Action::Create => &["create"],
+            Action::Update => &["update"],
+            Action::ReplaceCreateBeforeDestroy => &["create", "delete"],
+            Action::ReplaceDestroyBeforeCreate => &["delete", "create"],
+            Action::Delete => &["delete"],
+        }
+    }
+
+    /// Parses Terraform's vocabulary back.
+    pub fn from_words(words: &[String]) -> Option<Action> {
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        [
+            Action::NoOp,
+            Action::Create,
+            Action::Update,
+            Action::ReplaceCreateBeforeDestroy,
+            Action::ReplaceDestroyBeforeCreate,
+            Action::Delete,
+        ]
+        .into_iter()
+        .find(|action| action.words() == words.as_slice())
+    }
+
+    /// Whether this is one of the two replacements.
+    pub fn is_replace(self) -> bool {
+        matches!(
+            self,
+            Action::ReplaceCreateBeforeDestroy | Action::ReplaceDestroyBeforeCreate
+        )
+    }
+
+    /// A verb for progress lines.
+    pub fn verb(self) -> &'static str {
+        match self {
+            Action::NoOp => "unchanged",
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::ReplaceCreateBeforeDestroy | Action::ReplaceDestroyBeforeCreate => "replace",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+impl Serialize for Action {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.words().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Action {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Action, D::Error> {
+        let words = Vec::<String>::deserialize(deserializer)?;
+        Action::from_words(&words)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown actions {words:?}")))
+    }
+}
+
+/// Why a resource changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reason {
+    /// It does not exist yet.
+    Missing,
+    /// A field differs.
+    FieldChanged {
+        /// `machine_type`, `labels.role`, `metadata.fleet-runners`, …
+        field: String,
+        /// Live value.
+        before: String,
+        /// Desired value.
+        after: String,
+        /// Whether this field can only change by replacing the machine.
+        forces_replacement: bool,
+    },
+    /// The object no longer matches what fleet last applied: someone changed it by hand.
+    Drift,
+    /// The machine is not running: it counts against caps and quotas but does no work.
+    NotWorking {
+        /// Its status.
+        status: InstanceStatus,
+    },
+    /// Labelled as this fleet's, but no longer in the fleet file.
+    Orphan,
+    /// A second live object with the same address (e.g. left by a crash).
+    Duplicate {
+        /// The id of the one that is kept.
+        of: String,
+    },
+    /// Templates are immutable: a change is a new version.
+    NewVersion {
+        /// The old cloud name.
+        before: String,
+        /// The new cloud name.
+        after: String,
+    },
+    /// GCE names are unique per zone: the old machine must go before the new takes its name.
+    NameHeld,
+}
+
+impl Reason {
+    /// One line for text output.
+    pub fn message(&self) -> String {
+        match self {
+            Reason::Missing => "does not exist yet".to_string(),
+            Reason::FieldChanged {
+                field,
+                before,
+                after,
+                forces_replacement,
+            } => {
+                let tail = if *forces_replacement { " (forces replacement)" } else { "" };
+                format!("{field}: {} → {}{tail}", show(before), show(after))
+            }
+            Reason::Drift => "drift: changed outside fleet since the last apply".to_string(),
+            Reason::NotWorking { status } => format!(
+                "found {}: it counts against the cap but does no work",
+                status.as_str()
+            ),
+            Reason::Orphan => "orphan: labelled as this fleet's but no longer in the fleet file".to_string(),
+            Reason::Duplicate { of } => format!("duplicate: a second machine with this address; {of} is kept"),
+            Reason::NewVersion { before, after } => format!(
+                "templates are immutable: {after} replaces {before}; users are repointed before {before} is removed"
+            ),
+            Reason::NameHeld => "GCE names are unique per zone: the old machine is removed before the new one takes its name".to_string(),
+        }
+    }
+}
+
+fn show(value: &str) -> String {
+    if value.is_empty() {
+        "(none)".to_string()
+    } else if value.contains('\n') {
+        format!("({} lines)", value.lines().count())
+    } else {
+        format!("\"{value}\"")
+    }
+}
+
+/// One change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// The resource address.
+    pub address: Address,
+    /// Its section.
+    pub kind: ResourceKind,
+    /// Its cloud (the desired one when it moves).
+    pub cloud: Cloud,
+    /// What happens.
+    #[serde(rename = "actions")]
+    pub action: Action,
+    /// Why.
+    pub reasons: Vec<Reason>,
+    /// The live object, for updates, replacements and deletions.
+    pub before: Option<LiveResource>,
+    /// The desired object, for creations, updates and replacements.
+    pub after: Option<DesiredResource>,
+}
+
+impl Change {
+    /// The cloud name shown for this change.
+    pub fn cloud_name(&self) -> &str {
+        match (&self.after, &self.before) {
+            (Some(after), _) => &after.cloud_name,
+            (None, Some(before)) => &before.name,
+            (None, None) => self.address.name(),
+        }
+    }
+}
+
+/// A desired resource whose name a machine fleet did not make already holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocked {
+    /// The desired address.
+    pub address: Address,
+    /// The object in the way.
+    pub holder: LiveResource,
+    /// What to do about it.
+    pub help: String,
+}
+
+/// The outcome of a diff.
+#[derive(Debug, Clone, Default)]
+pub struct Diff {
+    /// Changes, sorted by address; no-ops included.
+    pub changes: Vec<Change>,
+    /// Resources that cannot be made.
+    pub blocked: Vec<Blocked>,
+}
+
+/// The address a live object was made for, from its labels.
+pub fn live_address(live: &LiveResource) -> Option<Address> {
+    let kind = ResourceKind::parse(live.label(labels::KIND)?)?;
+    let name = live.label(labels::RESOURCE)?;
+    Some(Address::new(kind, name))
+}
+
+/// Compares desired with live.
+///
+/// `live` is what discovery found with this fleet's label; `holders` is what holds a desired
+/// name (any labels); `scope` limits the changes to some addresses (`--target`), `None` for all.
+pub fn diff(
+    desired: &Desired,
+    live: &[LiveResource],
+    holders: &[LiveResource],
+    scope: Option<&BTreeSet<Address>>,
+) -> Diff {
+    let in_scope = |address: &Address| scope.is_none_or(|scope| scope.contains(address));
+    let mut by_address: BTreeMap<Address, Vec<&LiveResource>> = BTreeMap::new();
+    for object in live {
+        if object.label(labels::FLEET) != Some(desired.fleet.as_str()) {
+            continue;
+        }
+        if let Some(address) = live_address(object) {
+            by_address.entry(address).or_default().push(object);
+        }
+    }
+    let mut out = Diff::default();
+    for (address, want) in &desired.resources {
+        if !in_scope(address) {
+            continue;
+        }
+        let mut found = by_address.remove(address).unwrap_or_default();
+        // Prefer the object that is working and already has the desired name.
+        found.sort_by_key(|object| {
+            (
+                !object.status.is_working(),
+                object.name != want.cloud_name,
+                object.id.clone(),
+            )
+        });
+        let Some((primary, extra)) = found.split_first() else {
+            if let Some(holder) = holder_of(desired, want, holders) {
+                out.blocked.push(Blocked {
+                    address: address.clone(),
+                    help: blocked_help(desired, want, holder),
+                    holder: holder.clone(),
+                });
+                continue;
+            }
+            out.changes.push(Change {
+                address: address.clone(),
+                kind: want.kind,
+                cloud: want.cloud,
+                action: Action::Create,
+                reasons: vec![Reason::Missing],
+                before: None,
+                after: Some(want.clone()),
+            });
+            continue;
+        };
+        out.changes.push(compare(want, primary));
+        for duplicate in extra {
+            let reason = if want.object == ObjectKind::InstanceTemplate {
+                Reason::NewVersion {
+                    before: duplicate.name.clone(),
+                    after: want.cloud_name.clone(),
+                }
+            } else {
+                Reason::Duplicate {
+                    of: primary.id.clone(),
+                }
+            };
+            out.changes
+                .push(deletion(address.clone(), duplicate, reason));
+        }
+    }
+    for (address, objects) in by_address {
+        if !in_scope(&address) {
+            continue;
+        }
+        for object in objects {
+            out.changes
+                .push(deletion(address.clone(), object, Reason::Orphan));
+        }
+    }
+    out.changes.sort_by(|a, b| {
+        (&a.address, a.before.as_ref().map(|o| &o.id))
+            .cmp(&(&b.address, b.before.as_ref().map(|o| &o.id)))
+    });
+    out.blocked.sort_by(|a, b| a.address.cmp(&b.address));
+    out
+}
+
+fn deletion(address: Address, object: &LiveResource, reason: Reason) -> Change {
+    Change {
+        kind: address.kind(),
+        address,
+        cloud: object.cloud,
+        action: Action::Delete,
+        reasons: vec![reason],
+        before: Some(object.clone()),
+        after: None,
+    }
+}
+
+fn holder_of<'a>(
+    desired: &Desired,
+    want: &DesiredResource,
+    holders: &'a [LiveResource],
+) -> Option<&'a LiveResource> {
+    holders.iter().find(|object| {
+        object.cloud == want.cloud
+            && object.kind == want.object
+            && object.name == want.cloud_name
+            && object.label(labels::FLEET) != Some(desired.fleet.as_str())
+    })
+}
+
+fn blocked_help(desired: &Desired, want: &DesiredResource, holder: &LiveResource) -> String {
+    match holder.label(labels::FLEET) {
+        Some(other) => format!(
+            "{} `{}` ({}) belongs to fleet `{other}`; fleet `{}` will not take it over. Rename this resource, or remove it from fleet `{other}` first",
+            kind_word(holder.kind),
+            holder.name,
+            holder.id,
+            desired.fleet
+        ),
+        None => format!(
+            "{} `{}` ({}) exists and was not made by fleet, so fleet will neither delete nor overwrite it. Rename `{}` in the fleet file, delete or rename the machine by hand, or adopt it by labelling it `{}={}`, `{}={}`, `{}={}`",
+            kind_word(holder.kind),
+            holder.name,
+            holder.id,
+            want.address,
+            labels::FLEET,
+            desired.fleet,
+            labels::KIND,
+            want.kind.as_str(),
+            labels::RESOURCE,
+            want.address.name()
+        ),
+    }
+}
+
+fn kind_word(kind: ObjectKind) -> &'static str {
+    match kind {
+        ObjectKind::Instance => "an instance named",
+        ObjectKind::InstanceTemplate => "a template named",
+    }
+}
+
+/// Compares one desired resource with its live object.
+fn compare(want: &DesiredResource, live: &LiveResource) -> Change {
+    let mut reasons = Vec::new();
+    let have = &live.spec;
+    let spec = &want.spec;
+    let mut replace = false;
+    if want.object == ObjectKind::Instance && !live.status.is_working() {
+        reasons.push(Reason::NotWorking {
+            status: live.status,
+        });
+        replace = true;
+    }
+    let fields: [(&str, String, String); 5] = [
+        (
+            "machine_type",
+            have.machine_type.clone(),
+            spec.machine_type.clone(),
+        ),
+        ("zone", have.zone.clone(), spec.zone.clone()),
+        ("image", have.image.clone(), spec.image.clone()),
+        ("disk_type", have.disk_type.clone(), spec.disk_type.clone()),
+        (
+            "disk_size_gb",
+            have.disk_size_gb.to_string(),
+            spec.disk_size_gb.to_string(),
+        ),
+    ];
+    if live.cloud != want.cloud {
+        reasons.push(Reason::FieldChanged {
+            field: "cloud".to_string(),
+            before: live.cloud.to_string(),
+            after: want.cloud.to_string(),
+            forces_replacement: true,
+        });
+        replace = true;
+    }
+    for (field, before, after) in fields {
+        if before != after {
+            reasons.push(Reason::FieldChanged {
+                field: field.to_string(),
+                before,
+                after,
+                forces_replacement: true,
+            });
+            replace = true;
+        }
+    }
+    let mut in_place = Vec::new();
+    let keys: BTreeSet<&String> = have.labels.keys().chain(spec.labels.keys()).collect();
+    for key in keys {
+        if key == labels::SPEC_HASH {
+            continue;
+        }
+        let before = have.labels.get(key).cloned().unwrap_or_default();
+        let after = spec.labels.get(key).cloned().unwrap_or_default();
+        if before != after {
+            in_place.push(Reason::FieldChanged {
+                field: format!("labels.{key}"),
+                before,
+                after,
+                forces_replacement: false,
+            });
+        }
+    }
+    let keys: BTreeSet<&String> = have.metadata.keys().chain(spec.metadata.keys()).collect();
+    for key in keys {
+        let before = have.metadata.get(key).cloned().unwrap_or_default();
+        let after = spec.metadata.get(key).cloned().unwrap_or_default();
+        if before != after {
+            in_place.push(Reason::FieldChanged {
+                field: format!("metadata.{key}"),
+                before,
+                after,
+                forces_replacement: false,
+            });
+        }
+    }
+    let template_renamed =
+        want.object == ObjectKind::InstanceTemplate && live.name != want.cloud_name;
+    if template_renamed {
+        reasons.insert(
+            0,
+            Reason::NewVersion {
+                before: live.name.clone(),
+                after: want.cloud_name.clone(),
+            },
+        );
+        replace = true;
+    }
+    let stamped = live.label(labels::SPEC_HASH);
+    let observed = spec_hash(live.cloud, live.kind, &live.spec);
+    let drift = stamped.is_some_and(|stamped| stamped != observed);
+    let needs_change = replace || !in_place.is_empty();
+    if drift && needs_change {
+        reasons.push(Reason::Drift);
+    }
+    reasons.extend(in_place);
+    let stamp_stale = stamped != spec.labels.get(labels::SPEC_HASH).map(String::as_str);
+    let action = if replace {
+        // A template of the same versioned name, or a GCE VM keeping its name in its zone,
+        // cannot exist twice: the old one goes first.
+        let same_name = live.name == want.cloud_name && live.cloud == want.cloud;
+        let must_free_name = same_name
+            && want.cloud == Cloud::Gcp
+            && (want.object == ObjectKind::InstanceTemplate || have.zone == spec.zone);
+        if must_free_name {
+            reasons.push(Reason::NameHeld);
+            Action::ReplaceDestroyBeforeCreate
+        } else {
+            Action::ReplaceCreateBeforeDestroy
+        }
+    } else if needs_change {
+        Action::Update
+    } else if stamp_stale {
+        reasons.push(Reason::FieldChanged {
+            field: format!("labels.{}", labels::SPEC_HASH),
+            before: stamped.unwrap_or_default().to_string(),
+            after: spec
+                .labels
+                .get(labels::SPEC_HASH)
+                .cloned()
+                .unwrap_or_default(),
+            forces_replacement: false,
+        });
+        Action::Update
+    } else {
+        Action::NoOp
+    };
+    Change {
+        address: want.address.clone(),
+        kind: want.kind,
+        cloud: want.cloud,
+        action,
+        reasons,
+        before: Some(live.clone()),
+        after: Some(want.clone()),
+    }
+}

@@ -1,0 +1,16 @@
+//! fleet's engine: the pure stages of the pipeline and the traits the I/O layers implement.
+//!
+//! `spec → desired → diff → graph → plan → apply`; see ARCHITECTURE.md for the code map.
+//! Nothing here depends on a cloud SDK: providers implement [`provider::Provider`].
+
+pub mod apply;
+pub mod catalog;
+pub mod desired;
+pub mod diff;
+pub mod graph;
+pub mod ops;
+pub mod plan;
+pub mod provider;
+pub mod retry;
+pub mod spec;
+pub mod state;

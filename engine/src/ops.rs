@@ -1,0 +1,370 @@
+//! The engine operations the CLI commands call: one operation per command.
+//!
+//! In: a desired set or a saved plan, the providers, options. Out: a [`Plan`], an
+//! [`ApplyOutcome`], or an [`OpError`] saying which cloud call or check failed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::apply::{self, ApplyOptions, ApplyReport, Observer, Providers};
+use crate::desired::{Address, Desired};
+use crate::diff;
+use crate::graph;
+use crate::plan::{self, Plan};
+use crate::provider::{Cloud, LiveResource, ProviderError};
+use crate::retry::RetryPolicy;
+use crate::state::{LockInfo, StateError, StateStore};
+
+/// Errors of engine operations.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum OpError {
+    /// A cloud call failed after retries.
+    #[error("discovery in {cloud} failed: {source}")]
+    #[diagnostic(
+        code(fleet::discover),
+        help("this is the cloud's answer; check credentials and quotas, or try again if it is a passing fault")
+    )]
+    Discover {
+        /// The cloud.
+        cloud: Cloud,
+        /// The error.
+        #[source]
+        source: ProviderError,
+    },
+    /// The fleet file uses a cloud this run has no provider for.
+    #[error("no provider for {cloud}")]
+    #[diagnostic(
+        code(fleet::no_provider),
+        help("use `--cloud sim` for the simulator, or limit the run with `--only-cloud`")
+    )]
+    NoProvider {
+        /// The cloud.
+        cloud: Cloud,
+    },
+    /// A saved plan no longer matches the cloud.
+    #[error(
+        "the saved plan is stale: the live state of fleet `{fleet}` changed since it was made"
+    )]
+    #[diagnostic(
+        code(fleet::apply::stale_plan),
+        help("run `fleet plan … -o PLAN` again, review it, and apply the new plan")
+    )]
+    StalePlan {
+        /// The fleet.
+        fleet: String,
+    },
+    /// The plan cannot be applied as it is.
+    #[error("{count} resource(s) are blocked: {addresses}")]
+    #[diagnostic(
+        code(fleet::apply::blocked),
+        help("the plan says how to resolve each; or leave them out with `--target`")
+    )]
+    Blocked {
+        /// How many.
+        count: usize,
+        /// Which.
+        addresses: String,
+    },
+    /// A `--target` pattern matches nothing.
+    #[error("--target {pattern} matches no resource")]
+    #[diagnostic(
+        code(fleet::plan::target),
+        help("targets are address patterns such as `manager.runners-manager-*` or `template.amd64-gcp`; `fleet plan` lists the addresses")
+    )]
+    TargetMatchesNothing {
+        /// The pattern.
+        pattern: String,
+    },
+    /// The state store failed or is locked.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    State(#[from] StateError),
+}
+
+/// Plan settings.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    /// `--target` patterns; empty for everything.
+    pub targets: Vec<String>,
+    /// `--only-cloud`.
+    pub only_cloud: Option<Cloud>,
+    /// Retry of discovery calls.
+    pub retry: RetryPolicy,
+}
+
+/// What discovery found.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    /// Objects labelled with the fleet.
+    pub objects: Vec<LiveResource>,
+    /// Objects holding a desired name, labelled or not.
+    pub holders: Vec<LiveResource>,
+    /// List calls made.
+    pub calls: usize,
+}
+
+impl Live {
+    /// The fingerprint a saved plan records.
+    pub fn fingerprint(&self) -> String {
+        let mut all = self.objects.clone();
+        all.extend(self.holders.iter().cloned());
+        all.sort_by(|a, b| (a.cloud, &a.id).cmp(&(b.cloud, &b.id)));
+        all.dedup_by(|a, b| a.cloud == b.cloud && a.id == b.id);
+        plan::fingerprint(&all)
+    }
+}
+
+async fn with_retry<T, F, Fut>(retry: RetryPolicy, mut call: F) -> Result<T, ProviderError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ProviderError>>,
+{
+    let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(error) if error.kind.is_retryable() => {
+                match retry.delay(attempt, started.elapsed()) {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => return Err(error),
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// The clouds a run covers.
+pub fn scope_clouds(desired: &Desired, only: Option<Cloud>) -> Vec<Cloud> {
+    desired
+        .clouds
+        .keys()
+        .copied()
+        .filter(|cloud| only.is_none_or(|only| only == *cloud))
+        .collect()
+}
+
+/// Discovers the fleet's objects in the clouds in scope.
+///
+/// # Errors
+/// [`OpError::Discover`] when a list call fails after retries; [`OpError::NoProvider`].
+pub async fn discover(
+    desired: &Desired,
+    providers: &Providers,
+    clouds: &[Cloud],
+    retry: RetryPolicy,
+) -> Result<Live, OpError> {
+    let mut live = Live::default();
+    for &cloud in clouds {
+        let provider = providers.get(cloud).ok_or(OpError::NoProvider { cloud })?;
+        let objects = with_retry(retry, || provider.discover(&desired.fleet))
+            .await
+            .map_err(|source| OpError::Discover { cloud, source })?;
+        let mut names: Vec<String> = desired
+            .resources
+            .values()
+            .filter(|resource| resource.cloud == cloud)
+            .map(|resource| resource.cloud_name.clone())
+            .collect();
+        let known: BTreeSet<&str> = objects.iter().map(|o| o.name.as_str()).collect();
+        names.retain(|name| !known.contains(name.as_str()));
+        names.sort();
+        let holders = if names.is_empty() {
+            Vec::new()
+        } else {
+            with_retry(retry, || provider.find_by_names(&names))
+                .await
+                .map_err(|source| OpError::Discover { cloud, source })?
+        };
+        live.objects.extend(objects);
+        live.holders.extend(holders);
+    }
+    Ok(live)
+}
+
+/// The addresses a `--target` list covers: the matches and, transitively, what they depend on.
+///
+/// # Errors
+/// [`OpError::TargetMatchesNothing`] for a pattern that matches neither a desired nor a live
+/// address.
+pub fn target_scope(
+    desired: &Desired,
+    live: &[LiveResource],
+    patterns: &[String],
+) -> Result<Option<BTreeSet<Address>>, OpError> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let live_addresses: BTreeSet<Address> = live.iter().filter_map(diff::live_address).collect();
+    let mut scope = BTreeSet::new();
+    for pattern in patterns {
+        let matched: Vec<Address> = desired
+            .resources
+            .keys()
+            .chain(live_addresses.iter())
+            .filter(|address| address.matches(pattern))
+            .cloned()
+            .collect();
+        if matched.is_empty() {
+            return Err(OpError::TargetMatchesNothing {
+                pattern: pattern.clone(),
+            });
+        }
+        scope.extend(matched);
+    }
+    let mut queue: Vec<Address> = scope.iter().cloned().collect();
+    while let Some(address) = queue.pop() {
+        if let Some(resource) = desired.resources.get(&address) {
+            for dependency in &resource.depends_on {
+                if scope.insert(dependency.clone()) {
+                    queue.push(dependency.clone());
+                }
+            }
+        }
+    }
+    Ok(Some(scope))
+}
+
+/// `fleet plan`: discovers and diffs.
+///
+/// # Errors
+/// Discovery failures and bad targets.
+pub async fn plan(
+    desired: &Desired,
+    providers: &Providers,
+    options: &PlanOptions,
+) -> Result<(Plan, Live), OpError> {
+    let clouds = scope_clouds(desired, options.only_cloud);
+    let live = discover(desired, providers, &clouds, options.retry).await?;
+    let plan = plan_from_live(desired, providers, options, &clouds, &live)?;
+    Ok((plan, live))
+}
+
+fn plan_from_live(
+    desired: &Desired,
+    providers: &Providers,
+    options: &PlanOptions,
+    clouds: &[Cloud],
+    live: &Live,
+) -> Result<Plan, OpError> {
+    let mut scoped = desired.clone();
+    scoped
+        .resources
+        .retain(|_, resource| clouds.contains(&resource.cloud));
+    let scope = target_scope(&scoped, &live.objects, &options.targets)?;
+    let diff = diff::diff(&scoped, &live.objects, &live.holders, scope.as_ref());
+    let described: BTreeMap<Cloud, String> = clouds
+        .iter()
+        .filter_map(|cloud| providers.get(*cloud).map(|p| (*cloud, p.describe())))
+        .collect();
+    Ok(Plan::new(
+        desired,
+        clouds.to_vec(),
+        described,
+        options.targets.clone(),
+        live.fingerprint(),
+        diff,
+    ))
+}
+
+/// The outcome of `fleet apply`.
+#[derive(Debug)]
+pub struct ApplyOutcome {
+    /// What the executor did.
+    pub report: ApplyReport,
+    /// The plan made after apply, against the cloud as it is now: no changes means converged.
+    pub verification: Option<Plan>,
+    /// If a killed apply had left the lock, who that was.
+    pub took_over_from: Option<LockInfo>,
+}
+
+/// `fleet apply`: locks, checks the plan is current, executes, re-discovers to verify.
+///
+/// # Errors
+/// Lock held, stale plan, blocked resources, discovery failures. Step failures are not
+/// errors here: they are in the report.
+#[allow(clippy::too_many_arguments)]
+pub async fn apply(
+    plan: &Plan,
+    desired: &Desired,
+    providers: &Providers,
+    store: &dyn StateStore,
+    me: &LockInfo,
+    options: &ApplyOptions,
+    observer: Arc<dyn Observer>,
+    journal_observer: impl FnOnce(Box<dyn crate::state::Journal>) -> Arc<dyn Observer>,
+) -> Result<ApplyOutcome, OpError> {
+    if !plan.blocked.is_empty() {
+        return Err(OpError::Blocked {
+            count: plan.blocked.len(),
+            addresses: plan
+                .blocked
+                .iter()
+                .map(|b| b.address.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let lock = store.lock(&plan.fleet, me)?;
+    let took_over_from = lock.took_over_from().cloned();
+    let live = discover(desired, providers, &plan.scope_clouds, options.retry).await?;
+    if live.fingerprint() != plan.live_fingerprint {
+        return Err(OpError::StalePlan {
+            fleet: plan.fleet.clone(),
+        });
+    }
+    let journal = journal_observer(store.journal(&plan.fleet)?);
+    let observer: Arc<dyn Observer> = Arc::new(Both(observer, journal));
+    let steps = graph::build(plan);
+    let report = apply::execute(plan, &steps, providers, options, observer).await;
+    let plan_options = PlanOptions {
+        targets: plan.targets.clone(),
+        only_cloud: (plan.scope_clouds.len() == 1 && desired.clouds.len() > 1)
+            .then(|| plan.scope_clouds[0]),
+        retry: options.retry,
+    };
+    let verification = match discover(desired, providers, &plan.scope_clouds, options.retry).await {
+        Ok(after) => Some(plan_from_live(
+            desired,
+            providers,
+            &plan_options,
+            &plan.scope_clouds,
+            &after,
+        )?),
+        Err(_) => None,
+    };
+    drop(lock);
+    Ok(ApplyOutcome {
+        report,
+        verification,
+        took_over_from,
+    })
+}
+
+struct Both(Arc<dyn Observer>, Arc<dyn Observer>);
+
+impl Observer for Both {
+    fn event(&self, event: &apply::ApplyEvent, done: usize, total: usize) {
+        self.0.event(event, done, total);
+        self.1.event(event, done, total);
+    }
+}
+
+/// Rebuilds the desired set a saved plan was made from (for verification after apply).
+pub fn desired_of(plan: &Plan) -> Desired {
+    let resources = plan
+        .resource_changes
+        .iter()
+        .filter_map(|change| change.after.clone())
+        .map(|resource| (resource.address.clone(), resource))
+        .collect();
+    Desired {
+        fleet: plan.fleet.clone(),
+        source: plan.source.clone(),
+        clouds: plan.clouds.clone(),
+        resources,
+    }
+}

@@ -1,0 +1,301 @@
+//! Renders a plan for people and machines: text (terminal), markdown (merge-request
+//! comment), JSON (saved plans, tooling) and DOT (`fleet graph`).
+//!
+//! In: a [`Plan`]. Out: a string. Stable: the same plan renders to the same bytes.
+
+use std::fmt::Write as _;
+
+use super::Plan;
+use crate::diff::{Action, Change, Reason};
+use crate::provider::labels;
+
+/// Text output options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TextOptions {
+    /// ANSI colours.
+    pub color: bool,
+}
+
+struct Paint {
+    on: bool,
+}
+
+impl Paint {
+    fn wrap(&self, code: &str, text: &str) -> String {
+        if self.on {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    fn action(&self, action: Action, text: &str) -> String {
+        let code = match action {
+            Action::Create => "32",
+            Action::Update => "33",
+            Action::ReplaceCreateBeforeDestroy | Action::ReplaceDestroyBeforeCreate => "35",
+            Action::Delete => "31",
+            Action::NoOp => "0",
+        };
+        self.wrap(code, text)
+    }
+
+    fn bold(&self, text: &str) -> String {
+        self.wrap("1", text)
+    }
+
+    fn dim(&self, text: &str) -> String {
+        self.wrap("2", text)
+    }
+}
+
+fn heading(action: Action) -> &'static str {
+    match action {
+        Action::Create => "",
+        Action::Update => "  (update in place)",
+        Action::ReplaceCreateBeforeDestroy => {
+            "  (replace: create the new one, then remove the old)"
+        }
+        Action::ReplaceDestroyBeforeCreate => {
+            "  (replace: remove the old one, then create the new)"
+        }
+        Action::Delete => "",
+        Action::NoOp => "",
+    }
+}
+
+/// The one-line summary: `Plan: 1 to create, 0 to update, 0 to replace, 0 to delete.`
+pub fn summary_line(plan: &Plan) -> String {
+    let s = &plan.summary;
+    let mut line = format!(
+        "Plan: {} to create, {} to update, {} to replace, {} to delete.",
+        s.create, s.update, s.replace, s.delete
+    );
+    if s.blocked > 0 {
+        let _ = write!(line, " {} blocked.", s.blocked);
+    }
+    line
+}
+
+/// Human text, as `fleet plan` prints it.
+pub fn text(plan: &Plan, options: TextOptions) -> String {
+    let paint = Paint { on: options.color };
+    let mut out = String::new();
+    let _ = writeln!(out, "Fleet {} ({})", paint.bold(&plan.fleet), plan.source);
+    for (cloud, provider) in &plan.providers {
+        let _ = writeln!(out, "  {cloud}: {provider}");
+    }
+    if !plan.targets.is_empty() {
+        let _ = writeln!(out, "  targets: {}", plan.targets.join(", "));
+    }
+    let total = plan.resource_changes.len() + plan.blocked.len();
+    let actionable: Vec<&Change> = plan.actionable().collect();
+    if actionable.is_empty() && plan.blocked.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nNo changes. The live fleet matches the fleet file ({total} resources)."
+        );
+        return out;
+    }
+    if !actionable.is_empty() {
+        let _ = writeln!(out, "\nfleet will perform these actions:");
+    }
+    for change in actionable {
+        let _ = writeln!(
+            out,
+            "\n  {} {}{}",
+            paint.action(change.action, change.action.symbol()),
+            paint.bold(change.address.as_str()),
+            paint.dim(heading(change.action))
+        );
+        write_change(&mut out, change, &paint);
+    }
+    if !plan.blocked.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nBlocked: fleet never deletes or overwrites a machine it did not make."
+        );
+        for blocked in &plan.blocked {
+            let _ = writeln!(
+                out,
+                "\n  {} {}",
+                paint.wrap("31;1", "!"),
+                paint.bold(blocked.address.as_str())
+            );
+            let _ = writeln!(
+                out,
+                "      held by   {} ({}, {})",
+                blocked.holder.name,
+                blocked.holder.id,
+                blocked.holder.status.as_str()
+            );
+            let _ = writeln!(out, "      to fix    {}", blocked.help);
+        }
+    }
+    let _ = writeln!(out, "\n{}", paint.bold(&summary_line(plan)));
+    out
+}
+
+fn write_change(out: &mut String, change: &Change, paint: &Paint) {
+    let row = |out: &mut String, key: &str, value: &str| {
+        let _ = writeln!(out, "      {key:<13} {value}");
+    };
+    match change.action {
+        Action::Create => {
+            if let Some(after) = &change.after {
+                row(out, "name", &after.cloud_name);
+                row(out, "cloud", after.cloud.as_str());
+                row(out, "machine_type", &after.spec.machine_type);
+                row(out, "zone", &after.spec.zone);
+                row(out, "image", &after.spec.image);
+                row(
+                    out,
+                    "disk",
+                    &format!("{}, {} GB", after.spec.disk_type, after.spec.disk_size_gb),
+                );
+                let shown: Vec<String> = after
+                    .spec
+                    .labels
+                    .iter()
+                    .filter(|(key, _)| key.as_str() != labels::SPEC_HASH)
+                    .map(|(key, value)| format!("{key}={value}"))
+                    .collect();
+                row(out, "labels", &shown.join(", "));
+                if !after.depends_on.is_empty() {
+                    let deps: Vec<&str> = after.depends_on.iter().map(|a| a.as_str()).collect();
+                    row(out, "after", &deps.join(", "));
+                }
+                for (key, value) in &after.spec.metadata {
+                    let mut lines = value.lines();
+                    row(out, &format!("{key}"), lines.next().unwrap_or(""));
+                    for line in lines {
+                        row(out, "", line);
+                    }
+                }
+            }
+        }
+        _ => {
+            if let Some(before) = &change.before {
+                row(
+                    out,
+                    "id",
+                    &format!(
+                        "{} ({}, {})",
+                        before.id,
+                        before.cloud,
+                        before.status.as_str()
+                    ),
+                );
+            }
+            if let (Some(after), Some(before)) = (&change.after, &change.before) {
+                if after.cloud_name != before.name {
+                    row(out, "new name", &after.cloud_name);
+                }
+            }
+        }
+    }
+    for reason in &change.reasons {
+        if matches!(reason, Reason::Missing) {
+            continue;
+        }
+        let text = reason.message();
+        let text = match reason {
+            Reason::FieldChanged {
+                forces_replacement: true,
+                ..
+            } => paint.action(Action::ReplaceCreateBeforeDestroy, &text),
+            Reason::Drift
+            | Reason::NotWorking { .. }
+            | Reason::Orphan
+            | Reason::Duplicate { .. } => paint.wrap("33", &text),
+            _ => text,
+        };
+        let _ = writeln!(out, "      {}", text);
+    }
+}
+
+/// Markdown for a merge-request comment.
+pub fn markdown(plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "### fleet plan: `{}`\n", plan.fleet);
+    let _ = writeln!(out, "Fleet file `{}`.", plan.source);
+    for (cloud, provider) in &plan.providers {
+        let _ = writeln!(out, "- {cloud}: {provider}");
+    }
+    let _ = writeln!(out, "\n**{}**\n", summary_line(plan));
+    let actionable: Vec<&Change> = plan.actionable().collect();
+    if actionable.is_empty() && plan.blocked.is_empty() {
+        let _ = writeln!(out, "No changes.");
+        return out;
+    }
+    if !actionable.is_empty() {
+        let _ = writeln!(out, "| | address | cloud | machine | zone | why |");
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        for change in &actionable {
+            let (machine, zone) = match (&change.after, &change.before) {
+                (Some(after), _) => (after.spec.machine_type.as_str(), after.spec.zone.as_str()),
+                (None, Some(before)) => {
+                    (before.spec.machine_type.as_str(), before.spec.zone.as_str())
+                }
+                _ => ("", ""),
+            };
+            let why: Vec<String> = change
+                .reasons
+                .iter()
+                .filter(|r| !matches!(r, Reason::FieldChanged { field, .. } if field.starts_with("metadata.")))
+                .map(|r| r.message().replace('|', "\\|"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "| `{}` | `{}` | {} | {} | {} | {} |",
+                change.action.symbol(),
+                change.address,
+                change.cloud,
+                machine,
+                zone,
+                why.join("; ")
+            );
+        }
+    }
+    if !plan.blocked.is_empty() {
+        let _ = writeln!(out, "\n#### Blocked\n");
+        for blocked in &plan.blocked {
+            let _ = writeln!(out, "- `{}`: {}", blocked.address, blocked.help);
+        }
+    }
+    out
+}
+
+/// The plan's resources and dependencies as a Graphviz DOT graph, each node marked with
+/// its action.
+pub fn dot(plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "digraph \"{}\" {{", plan.fleet);
+    let _ = writeln!(out, "  rankdir=LR;");
+    let _ = writeln!(out, "  node [shape=box, fontname=\"monospace\"];");
+    for change in &plan.resource_changes {
+        let color = match change.action {
+            Action::Create => "darkgreen",
+            Action::Update => "darkgoldenrod",
+            Action::ReplaceCreateBeforeDestroy | Action::ReplaceDestroyBeforeCreate => "purple",
+            Action::Delete => "red",
+            Action::NoOp => "gray40",
+        };
+        let _ = writeln!(
+            out,
+            "  \"{}\" [label=\"{} {}\", color={color}];",
+            change.address,
+            change.action.symbol().trim(),
+            change.address
+        );
+    }
+    for change in &plan.resource_changes {
+        if let Some(after) = &change.after {
+            for dependency in &after.depends_on {
+                let _ = writeln!(out, "  \"{dependency}\" -> \"{}\";", change.address);
+            }
+        }
+    }
+    let _ = writeln!(out, "}}");
+    out
+}

@@ -1,0 +1,353 @@
+//! The boundary between the engine and the clouds.
+//!
+//! In: requests built by the executor from a plan. Out: [`LiveResource`]s as the cloud reports
+//! them. The engine defines this trait and never talks to a cloud itself; `fleet-providers`
+//! implements it for the embedded simulator, AWS EC2 and GCP Compute Engine.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Which cloud a resource lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cloud {
+    /// Google Compute Engine.
+    Gcp,
+    /// Amazon EC2.
+    Aws,
+}
+
+impl Cloud {
+    /// Every cloud, in display order.
+    pub const ALL: [Cloud; 2] = [Cloud::Gcp, Cloud::Aws];
+
+    /// The lowercase name used in fleet files, labels and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cloud::Gcp => "gcp",
+            Cloud::Aws => "aws",
+        }
+    }
+
+    /// Parses `gcp` or `aws`.
+    pub fn parse(text: &str) -> Option<Cloud> {
+        match text {
+            "gcp" => Some(Cloud::Gcp),
+            "aws" => Some(Cloud::Aws),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Cloud {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The two kinds of cloud object fleet manages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectKind {
+    /// A VM: GCE instance or EC2 instance.
+    Instance,
+    /// An autoscale template: GCE instance template or EC2 launch template.
+    InstanceTemplate,
+}
+
+/// The lifecycle state of an instance as the cloud reports it, folded into one vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceStatus {
+    /// Being created (GCE PROVISIONING/STAGING, EC2 pending).
+    Provisioning,
+    /// Running.
+    Running,
+    /// Being stopped (GCE STOPPING, EC2 stopping).
+    Stopping,
+    /// Stopped; still counts against quotas and caps (EC2 stopped, GCE SUSPENDED).
+    Stopped,
+    /// GCE TERMINATED (a stopped VM) or EC2 shutting-down.
+    Terminated,
+    /// Templates have no run state.
+    Available,
+}
+
+impl InstanceStatus {
+    /// Whether the machine does useful work.
+    pub fn is_working(self) -> bool {
+        matches!(
+            self,
+            InstanceStatus::Running | InstanceStatus::Provisioning | InstanceStatus::Available
+        )
+    }
+
+    /// The lowercase name used in output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceStatus::Provisioning => "provisioning",
+            InstanceStatus::Running => "running",
+            InstanceStatus::Stopping => "stopping",
+            InstanceStatus::Stopped => "stopped",
+            InstanceStatus::Terminated => "terminated",
+            InstanceStatus::Available => "available",
+        }
+    }
+}
+
+/// The fields of a machine or template that fleet sets and compares.
+///
+/// The same shape describes what a fleet file wants and what the cloud reports, so the
+/// diff compares like with like.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineSpec {
+    /// `n1-highcpu-32`, `t2a-standard-8`, `m6g.2xlarge`, …
+    pub machine_type: String,
+    /// `us-east1-c`, `us-east-1a`, … For templates: where their machines are created.
+    pub zone: String,
+    /// Boot image (GCE image URL or family, EC2 AMI id).
+    pub image: String,
+    /// Boot disk type: `pd-ssd`, `pd-balanced`, `gp3`, …
+    pub disk_type: String,
+    /// Boot disk size in GB.
+    pub disk_size_gb: u32,
+    /// Labels (GCE) or tags (EC2), including fleet's own `fleet-*` labels.
+    pub labels: BTreeMap<String, String>,
+    /// Files and values delivered with the machine (GCE metadata, EC2 user data), by key.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// One object as discovered in the cloud.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveResource {
+    /// Which cloud.
+    pub cloud: Cloud,
+    /// Instance or template.
+    pub kind: ObjectKind,
+    /// The cloud's own id: `zones/us-east1-c/instances/NAME` on GCE, `i-…` / `lt-…` on EC2.
+    pub id: String,
+    /// The cloud name (GCE name, EC2 `Name` tag).
+    pub name: String,
+    /// Run state.
+    pub status: InstanceStatus,
+    /// What the machine or template is.
+    pub spec: MachineSpec,
+}
+
+impl LiveResource {
+    /// The value of one label, if set.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.spec.labels.get(key).map(String::as_str)
+    }
+}
+
+/// A request to create an instance or a template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateRequest {
+    /// Instance or template.
+    pub kind: ObjectKind,
+    /// The cloud name to give it.
+    pub name: String,
+    /// Everything about it, labels included.
+    pub spec: MachineSpec,
+    /// Idempotency token (EC2 `ClientToken`, GCE `requestId`): the same token never creates
+    /// twice, so a retried or resumed apply is safe.
+    pub idempotency_token: String,
+}
+
+/// A request to change labels or metadata of an existing instance in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateRequest {
+    /// The cloud id of the instance.
+    pub id: String,
+    /// The full label set to have afterwards.
+    pub labels: BTreeMap<String, String>,
+    /// The full metadata to have afterwards.
+    pub metadata: BTreeMap<String, String>,
+    /// Idempotency token.
+    pub idempotency_token: String,
+}
+
+/// A request to delete an instance or template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRequest {
+    /// Instance or template.
+    pub kind: ObjectKind,
+    /// The cloud id.
+    pub id: String,
+    /// The cloud name, for messages.
+    pub name: String,
+    /// Idempotency token.
+    pub idempotency_token: String,
+}
+
+/// How a provider call failed, which decides whether the executor retries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Over the API rate limit (`RequestLimitExceeded`, GCE 403 `rateLimitExceeded`, 429).
+    Throttled,
+    /// A passing fault (5xx, timeout, lost response). Safe to retry with the same token.
+    Transient,
+    /// The object does not exist.
+    NotFound,
+    /// Missing or rejected credentials.
+    Credentials,
+    /// Anything else: the request itself is wrong. Not retried.
+    Fatal,
+}
+
+impl ErrorKind {
+    /// Whether retrying the same request may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorKind::Throttled | ErrorKind::Transient)
+    }
+}
+
+/// An error from a provider call, with the context to act on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("{operation} failed ({code}): {message}")]
+pub struct ProviderError {
+    /// Retry class.
+    pub kind: ErrorKind,
+    /// The API call, e.g. `compute.instances.insert`, `ec2:RunInstances`.
+    pub operation: String,
+    /// The cloud's error code, e.g. `RequestLimitExceeded`, `rateLimitExceeded`, `notFound`.
+    pub code: String,
+    /// The cloud's message.
+    pub message: String,
+}
+
+impl ProviderError {
+    /// Builds an error.
+    pub fn new(
+        kind: ErrorKind,
+        operation: impl Into<String>,
+        code: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ProviderError {
+        ProviderError {
+            kind,
+            operation: operation.into(),
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What a provider tells the executor about the pace its cloud accepts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProviderLimits {
+    /// Mutating calls in flight at once.
+    pub max_concurrent_mutations: usize,
+    /// Calls per second the client should stay under; `None` for no client-side limit.
+    pub calls_per_second: Option<f64>,
+}
+
+/// A cloud, as the engine sees it.
+///
+/// Implementations do the I/O; everything else in fleet is pure. One value serves one cloud
+/// (its [`Provider::cloud`]); the binary builds one per cloud a fleet uses.
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync {
+    /// Which cloud this provider serves.
+    fn cloud(&self) -> Cloud;
+
+    /// One line that says where this provider points, shown in every plan and apply, e.g.
+    /// `simulated cloud (sim-state/)` or `GCP project ci-runners`.
+    fn describe(&self) -> String;
+
+    /// The pace this cloud accepts.
+    fn limits(&self) -> ProviderLimits;
+
+    /// Lists every instance and template whose `fleet` label equals `fleet`.
+    ///
+    /// # Guarantees
+    /// Uses list calls filtered by label, one call per page (500 on GCE, 1000 on EC2), never
+    /// one call per resource. Objects being deleted (EC2 terminated) are left out; stopped
+    /// ones are included with their status.
+    ///
+    /// # Errors
+    /// A [`ProviderError`] naming the list call that failed.
+    async fn discover(&self, fleet: &str) -> Result<Vec<LiveResource>, ProviderError>;
+
+    /// Lists the instances and templates with any of these cloud names, managed or not, so
+    /// the plan can refuse to take a name that a machine fleet did not make already has.
+    ///
+    /// # Guarantees
+    /// List calls filtered by name, one per page.
+    ///
+    /// # Errors
+    /// A [`ProviderError`] naming the list call that failed.
+    async fn find_by_names(&self, names: &[String]) -> Result<Vec<LiveResource>, ProviderError>;
+
+    /// Creates one instance or template.
+    ///
+    /// # Guarantees
+    /// Idempotent by `request.idempotency_token`: a second call with the same token returns
+    /// the object the first made and creates nothing.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Throttled`] and [`ErrorKind::Transient`] may be retried with the same
+    /// request; others are final.
+    async fn create(&self, request: &CreateRequest) -> Result<LiveResource, ProviderError>;
+
+    /// Creates several identical-but-for-name instances, batched where the cloud allows
+    /// (GCE `bulkInsert`, EC2 `RunInstances` with `MinCount`/`MaxCount`). The default makes
+    /// one [`Provider::create`] call each.
+    ///
+    /// # Errors
+    /// One result per request, in order.
+    async fn create_batch(
+        &self,
+        requests: &[CreateRequest],
+    ) -> Vec<Result<LiveResource, ProviderError>> {
+        let mut results = Vec::with_capacity(requests.len());
+        for request in requests {
+            results.push(self.create(request).await);
+        }
+        results
+    }
+
+    /// Replaces the labels and metadata of an instance in place (GCE `setLabels` /
+    /// `setMetadata`, EC2 `CreateTags`).
+    ///
+    /// # Errors
+    /// As [`Provider::create`]; [`ErrorKind::NotFound`] when the instance is gone.
+    async fn update(&self, request: &UpdateRequest) -> Result<LiveResource, ProviderError>;
+
+    /// Deletes an instance or template.
+    ///
+    /// # Guarantees
+    /// Deleting what is already gone succeeds, so a resumed apply can repeat it.
+    ///
+    /// # Errors
+    /// As [`Provider::create`].
+    async fn delete(&self, request: &DeleteRequest) -> Result<(), ProviderError>;
+}
+
+/// The labels (GCE) or tags (EC2) fleet puts on everything it creates. Discovery filters on
+/// [`labels::FLEET`]; the address of a live object is rebuilt from [`labels::KIND`] and
+/// [`labels::RESOURCE`], so no state file is needed.
+pub mod labels {
+    /// The fleet name.
+    pub const FLEET: &str = "fleet";
+    /// `manager`, `helper`, `pool` or `template`.
+    pub const KIND: &str = "fleet-kind";
+    /// The resource's name in the fleet file after expansion (the instance's cloud name; a
+    /// template's unversioned name).
+    pub const RESOURCE: &str = "fleet-resource";
+    /// A hash of the desired spec last applied, to tell drift from a fleet-file change.
+    pub const SPEC_HASH: &str = "fleet-spec";
+    /// The role: `runner-manager`, `prometheus`, `builder`, `autoscale-template`.
+    pub const ROLE: &str = "fleet-role";
+    /// For pool members: the pool's name.
+    pub const POOL: &str = "fleet-pool";
+
+    /// Whether a label key is one fleet manages (as opposed to a user label).
+    pub fn is_managed(key: &str) -> bool {
+        key == FLEET || key.starts_with("fleet-")
+    }
+}

@@ -1,0 +1,1009 @@
+//! Expands fleet files into the desired set and checks what they mean.
+//!
+//! In: a loaded [`FleetFile`]. Out: the [`Desired`] set, or every problem found: unknown
+//! `{variables}`, clouds the file does not configure, zones and machine types the catalog
+//! does not know or does not offer there, runners whose architecture their machines cannot
+//! run, duplicate names after expansion, dangling references and dependency cycles.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use miette::SourceSpan;
+use petgraph::graphmap::DiGraphMap;
+
+use super::diagnostic::{closest, Problem, ProblemKind, SourceFile};
+use super::model::{FleetFile, MachineDefaults, ResourceDecl, ResourceKind, Spanned};
+use crate::catalog::{self, Arch};
+use crate::desired::{spec_hash, Address, CloudTarget, Desired, DesiredResource};
+use crate::provider::{labels, Cloud, MachineSpec, ObjectKind};
+
+const GCP_DISK_TYPES: &[&str] = &[
+    "pd-standard",
+    "pd-balanced",
+    "pd-ssd",
+    "pd-extreme",
+    "hyperdisk-balanced",
+];
+const AWS_DISK_TYPES: &[&str] = &["gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"];
+
+/// A runner after expansion, with the places its values came from.
+#[derive(Debug, Clone)]
+struct Runner {
+    name: String,
+    template: Option<Spanned<String>>,
+    arch: Option<Spanned<String>>,
+    executor: String,
+}
+
+/// A resource after expansion, with the spans needed to report problems found across
+/// resources (duplicates, references, cycles).
+struct Expanded {
+    resource: DesiredResource,
+    name_span: SourceSpan,
+    references: Vec<(Address, SourceSpan)>,
+    scrape: Vec<Spanned<String>>,
+    runners: Vec<Runner>,
+    arch: Option<Arch>,
+}
+
+/// Expands one fleet file and checks it.
+///
+/// # Errors
+/// Every problem found, not the first.
+pub fn expand(file: &FleetFile) -> Result<Desired, Vec<Problem>> {
+    let mut expander = Expander {
+        file,
+        source: &file.source,
+        problems: Vec::new(),
+    };
+    let desired = expander.run();
+    if expander.problems.is_empty() {
+        Ok(desired)
+    } else {
+        Err(expander.problems)
+    }
+}
+
+struct Expander<'f> {
+    file: &'f FleetFile,
+    source: &'f SourceFile,
+    problems: Vec<Problem>,
+}
+
+impl Expander<'_> {
+    fn problem(&mut self, problem: Problem) {
+        self.problems.push(problem);
+    }
+
+    fn new_problem(
+        &self,
+        kind: ProblemKind,
+        span: SourceSpan,
+        message: impl Into<String>,
+        label: impl Into<String>,
+    ) -> Problem {
+        Problem::new(kind, self.source, span, message, label)
+    }
+
+    fn run(&mut self) -> Desired {
+        let file = self.file;
+        self.check_label_value(&file.fleet, "fleet name");
+        let mut clouds = BTreeMap::new();
+        if let Some(gcp) = &file.gcp {
+            if !catalog::regions(Cloud::Gcp).any(|region| region == gcp.region.value) {
+                let known: Vec<_> = catalog::regions(Cloud::Gcp).collect();
+                let problem = self
+                    .new_problem(
+                        ProblemKind::UnknownZone,
+                        gcp.region.span,
+                        format!("Unknown GCP region `{}`", gcp.region.value),
+                        "not a GCP region fleet knows",
+                    )
+                    .with_help(format!("known GCP regions: {}", known.join(", ")));
+                self.problem(problem);
+            }
+            clouds.insert(
+                Cloud::Gcp,
+                CloudTarget {
+                    project: Some(gcp.project.value.clone()),
+                    region: gcp.region.value.clone(),
+                    endpoint: gcp.endpoint.as_ref().map(|e| e.value.clone()),
+                },
+            );
+        }
+        if let Some(aws) = &file.aws {
+            if !catalog::regions(Cloud::Aws).any(|region| region == aws.region.value) {
+                let known: Vec<_> = catalog::regions(Cloud::Aws).collect();
+                let problem = self
+                    .new_problem(
+                        ProblemKind::UnknownZone,
+                        aws.region.span,
+                        format!("Unknown AWS region `{}`", aws.region.value),
+                        "not an AWS region fleet knows",
+                    )
+                    .with_help(format!("known AWS regions: {}", known.join(", ")));
+                self.problem(problem);
+            }
+            clouds.insert(
+                Cloud::Aws,
+                CloudTarget {
+                    project: None,
+                    region: aws.region.value.clone(),
+                    endpoint: aws.endpoint.as_ref().map(|e| e.value.clone()),
+                },
+            );
+        }
+
+        let mut expanded: Vec<Expanded> = Vec::new();
+        for decl in &file.resources {
+            self.expand_decl(decl, &clouds, &mut expanded);
+        }
+        self.check_duplicates(&expanded);
+        let addresses: BTreeMap<Address, usize> = expanded
+            .iter()
+            .enumerate()
+            .map(|(index, e)| (e.resource.address.clone(), index))
+            .collect();
+        self.resolve_references(&mut expanded, &addresses);
+        self.check_cycles(&expanded, &addresses);
+        finish(&file.fleet.value, &mut expanded, &addresses);
+        Desired {
+            fleet: file.fleet.value.clone(),
+            source: file.source.name.clone(),
+            clouds,
+            resources: expanded
+                .into_iter()
+                .map(|e| (e.resource.address.clone(), e.resource))
+                .collect(),
+        }
+    }
+
+    /// Substitutes `{variable}`s; reports unknown ones at their place in the file.
+    fn interpolate(&mut self, text: &Spanned<String>, vars: &BTreeMap<String, String>) -> String {
+        let mut out = String::with_capacity(text.value.len());
+        let mut rest = text.value.as_str();
+        let raw = &self.source.text[text.span.offset()..text.span.offset() + text.span.len()];
+        let quote_shift = usize::from(raw.starts_with('"') || raw.starts_with('\''));
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let Some(close) = rest[open..].find('}') else {
+                out.push_str(&rest[open..]);
+                rest = "";
+                break;
+            };
+            let name = &rest[open + 1..open + close];
+            match vars.get(name) {
+                Some(value) => out.push_str(value),
+                None => {
+                    let offset_in_text = text.value.len() - rest.len() + open;
+                    let span = SourceSpan::from((
+                        text.span.offset() + quote_shift + offset_in_text,
+                        close + 1,
+                    ));
+                    let known: Vec<&str> = vars.keys().map(String::as_str).collect();
+                    let help = match closest(name, known.iter().copied()) {
+                        Some(suggestion) => format!("did you mean `{{{suggestion}}}`? Variables here: {}", braces(&known)),
+                        None if name.starts_with("env.") && !vars.contains_key("env") => {
+                            "`{env.KEY}` needs a matrix axis `env` whose values are keys of `environments:`".to_string()
+                        }
+                        None => format!("variables here: {}", braces(&known)),
+                    };
+                    let problem = self
+                        .new_problem(
+                            ProblemKind::UnknownVariable,
+                            span,
+                            format!("Unknown variable `{{{name}}}`"),
+                            "nothing defines this variable",
+                        )
+                        .with_help(help);
+                    self.problem(problem);
+                }
+            }
+            rest = &rest[open + close + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    fn expand_decl(
+        &mut self,
+        decl: &ResourceDecl,
+        clouds: &BTreeMap<Cloud, CloudTarget>,
+        out: &mut Vec<Expanded>,
+    ) {
+        let file = self.file;
+        let count = decl.count.as_ref().map_or(1, |count| count.value);
+        if count == 0 {
+            if let Some(count) = &decl.count {
+                let problem = self
+                    .new_problem(
+                        ProblemKind::InvalidValue,
+                        count.span,
+                        "A count of zero",
+                        "expands to nothing",
+                    )
+                    .with_help("remove the resource to have none, or set a count of 1 or more");
+                self.problem(problem);
+            }
+        }
+        let mut combinations: Vec<Vec<(String, Spanned<String>)>> = vec![Vec::new()];
+        for axis in &decl.matrix {
+            combinations = combinations
+                .into_iter()
+                .flat_map(|combination| {
+                    axis.values.iter().map(move |value| {
+                        let mut next = combination.clone();
+                        next.push((axis.name.value.clone(), value.clone()));
+                        next
+                    })
+                })
+                .collect();
+        }
+        let mut index = 0;
+        for combination in &combinations {
+            for n in 1..=count {
+                index += 1;
+                let mut vars = BTreeMap::new();
+                vars.insert("fleet".to_string(), file.fleet.value.clone());
+                vars.insert("n".to_string(), n.to_string());
+                vars.insert("index".to_string(), index.to_string());
+                for (axis, value) in combination {
+                    vars.insert(axis.clone(), value.value.clone());
+                    if axis == "env" {
+                        match file
+                            .environments
+                            .iter()
+                            .find(|env| env.name.value == value.value)
+                        {
+                            Some(env) => {
+                                for (key, val) in &env.values {
+                                    vars.insert(format!("env.{}", key.value), val.value.clone());
+                                }
+                            }
+                            None if !file.environments.is_empty() => {
+                                let names: Vec<&str> = file
+                                    .environments
+                                    .iter()
+                                    .map(|e| e.name.value.as_str())
+                                    .collect();
+                                let problem = self
+                                    .new_problem(
+                                        ProblemKind::DanglingReference,
+                                        value.span,
+                                        format!("Unknown environment `{}`", value.value),
+                                        "not a key of `environments:`",
+                                    )
+                                    .with_help(format!(
+                                        "environments defined: {}",
+                                        names.join(", ")
+                                    ));
+                                self.problem(problem);
+                            }
+                            None => {}
+                        }
+                    }
+                }
+                if let Some(expanded) = self.expand_one(decl, &vars, clouds) {
+                    out.push(expanded);
+                }
+            }
+        }
+    }
+
+    fn expand_one(
+        &mut self,
+        decl: &ResourceDecl,
+        vars: &BTreeMap<String, String>,
+        clouds: &BTreeMap<Cloud, CloudTarget>,
+    ) -> Option<Expanded> {
+        let file = self.file;
+        let name = self.interpolate(&decl.name, vars);
+        let max_len = if decl.kind == ResourceKind::Template {
+            54
+        } else {
+            63
+        };
+        if !valid_cloud_name(&name, max_len) {
+            let problem = self
+                .new_problem(ProblemKind::InvalidValue, decl.name.span, format!("Invalid name `{name}`"), "not a valid machine name")
+                .with_help(format!("names are lowercase letters, digits and `-`, start with a letter, end with a letter or digit, at most {max_len} characters (GCE's rule, applied on both clouds so names carry over)"));
+            self.problem(problem);
+        }
+        let address = Address::new(decl.kind, &name);
+
+        // The cloud: as written, or the only one configured.
+        let cloud = match &decl.cloud {
+            Some(cloud) => {
+                let text = self.interpolate(cloud, vars);
+                match Cloud::parse(&text) {
+                    Some(parsed) if clouds.contains_key(&parsed) => parsed,
+                    Some(parsed) => {
+                        let problem = self
+                            .new_problem(
+                                ProblemKind::UnknownCloud,
+                                cloud.span,
+                                format!("Cloud `{parsed}` is not configured"),
+                                format!("`clouds.{parsed}` is missing"),
+                            )
+                            .with_help(match parsed {
+                                Cloud::Gcp => {
+                                    "add `clouds: {gcp: {project: …, region: …}}` to the fleet file"
+                                }
+                                Cloud::Aws => "add `clouds: {aws: {region: …}}` to the fleet file",
+                            });
+                        self.problem(problem);
+                        return None;
+                    }
+                    None => {
+                        let problem = self
+                            .new_problem(
+                                ProblemKind::InvalidValue,
+                                cloud.span,
+                                format!("Unknown cloud `{text}`"),
+                                "not a cloud fleet supports",
+                            )
+                            .with_help("`cloud` is `gcp` or `aws`");
+                        self.problem(problem);
+                        return None;
+                    }
+                }
+            }
+            None => match clouds.keys().collect::<Vec<_>>()[..] {
+                [only] => *only,
+                [] => {
+                    let problem = self
+                        .new_problem(ProblemKind::UnknownCloud, decl.name.span, "No cloud configured", "this resource needs a cloud")
+                        .with_help("add `clouds: {gcp: {project: …, region: …}}` or `clouds: {aws: {region: …}}` to the fleet file");
+                    self.problem(problem);
+                    return None;
+                }
+                _ => {
+                    let problem = self
+                        .new_problem(ProblemKind::MissingField, decl.name.span, "Missing required field `cloud`", "which cloud is this on?")
+                        .with_help("this fleet configures both gcp and aws: add `cloud: gcp` or `cloud: aws`");
+                    self.problem(problem);
+                    return None;
+                }
+            },
+        };
+        let defaults: &MachineDefaults = match cloud {
+            Cloud::Gcp => &file.gcp_defaults,
+            Cloud::Aws => &file.aws_defaults,
+        };
+
+        let zone = self.required(&decl.zone, &defaults.zone, "zone", decl, cloud, vars);
+        let machine_type = self.required(
+            &decl.machine_type,
+            &defaults.machine_type,
+            "machine_type",
+            decl,
+            cloud,
+            vars,
+        );
+        let image = self.required(&decl.image, &defaults.image, "image", decl, cloud, vars);
+        let disk_type = match decl.disk_type.as_ref().or(defaults.disk_type.as_ref()) {
+            Some(disk_type) => {
+                let value = self.interpolate(disk_type, vars);
+                let known = match cloud {
+                    Cloud::Gcp => GCP_DISK_TYPES,
+                    Cloud::Aws => AWS_DISK_TYPES,
+                };
+                if !known.contains(&value.as_str()) {
+                    let mut help = format!("{cloud} disk types: {}", known.join(", "));
+                    if let Some(s) = closest(&value, known.iter().copied()) {
+                        help = format!("did you mean `{s}`? {help}");
+                    }
+                    let problem = self
+                        .new_problem(
+                            ProblemKind::InvalidValue,
+                            disk_type.span,
+                            format!("Unknown disk type `{value}`"),
+                            format!("not a {cloud} disk type"),
+                        )
+                        .with_help(help);
+                    self.problem(problem);
+                }
+                value
+            }
+            None => match cloud {
+                Cloud::Gcp => "pd-balanced".to_string(),
+                Cloud::Aws => "gp3".to_string(),
+            },
+        };
+        let disk_size_gb = decl
+            .disk_size_gb
+            .as_ref()
+            .or(defaults.disk_size_gb.as_ref())
+            .map_or(20, |size| size.value);
+
+        // Catalog facts.
+        let mut region = None;
+        if let Some((zone, zone_span)) = &zone {
+            match catalog::zone(zone) {
+                Some((zone_cloud, zone_region)) if zone_cloud == cloud => {
+                    region = Some(zone_region);
+                    if cloud == Cloud::Aws {
+                        if let Some(aws) = clouds.get(&Cloud::Aws) {
+                            if aws.region != zone_region {
+                                let problem = self
+                                    .new_problem(
+                                        ProblemKind::UnknownZone,
+                                        *zone_span,
+                                        format!("Zone `{zone}` is outside the AWS region"),
+                                        format!(
+                                            "in {zone_region}, but `clouds.aws.region` is {}",
+                                            aws.region
+                                        ),
+                                    )
+                                    .with_help(format!(
+                                        "use a zone of {} ({}) or change `clouds.aws.region`",
+                                        aws.region,
+                                        zones_of_region(&aws.region).join(", ")
+                                    ));
+                                self.problem(problem);
+                            }
+                        }
+                    }
+                }
+                Some((zone_cloud, _)) => {
+                    let problem = self
+                        .new_problem(
+                            ProblemKind::UnknownZone,
+                            *zone_span,
+                            format!("Zone `{zone}` belongs to {zone_cloud}"),
+                            format!("this resource is on {cloud}"),
+                        )
+                        .with_help(format!(
+                            "use a {cloud} zone ({}) or set `cloud: {zone_cloud}`",
+                            catalog::zones(cloud).take(4).collect::<Vec<_>>().join(", ")
+                        ));
+                    self.problem(problem);
+                }
+                None => {
+                    let zones: Vec<&str> = catalog::zones(cloud).collect();
+                    let help = match closest(zone, zones.iter().copied()) {
+                        Some(s) => {
+                            format!("did you mean `{s}`? {cloud} zones: {}", zones.join(", "))
+                        }
+                        None => format!("{cloud} zones: {}", zones.join(", ")),
+                    };
+                    let problem = self
+                        .new_problem(
+                            ProblemKind::UnknownZone,
+                            *zone_span,
+                            format!("Unknown zone `{zone}`"),
+                            format!("not a {cloud} zone fleet knows"),
+                        )
+                        .with_help(help);
+                    self.problem(problem);
+                }
+            }
+        }
+        let mut machine = None;
+        if let Some((machine_type, machine_span)) = &machine_type {
+            match catalog::machine_type(cloud, machine_type) {
+                Some(found) => {
+                    machine = Some(found);
+                    if let (Some(region), Some((zone, _))) = (region, &zone) {
+                        if !found.offered_in(region) {
+                            let offered = catalog::offered_regions(found);
+                            let problem = self
+                                .new_problem(ProblemKind::MachineTypeNotOffered, *machine_span, format!("Machine type `{machine_type}` is not offered in `{zone}`"), format!("not offered in {region}"))
+                                .with_help(format!("{machine_type} is offered in {}; move this resource to a zone there, or pick a machine type offered in {region}", offered.join(", ")));
+                            self.problem(problem);
+                        }
+                    }
+                }
+                None => {
+                    let other = Cloud::ALL
+                        .into_iter()
+                        .find(|c| *c != cloud && catalog::machine_type(*c, machine_type).is_some());
+                    let names: Vec<&str> = catalog::machine_types(cloud).map(|m| m.name).collect();
+                    let help = match (other, closest(machine_type, names.iter().copied())) {
+                        (Some(other), _) => format!("`{machine_type}` is an {other} machine type; this resource is on {cloud}"),
+                        (None, Some(s)) => format!("did you mean `{s}`?"),
+                        (None, None) => format!("{cloud} machine types fleet knows: {}", names.join(", ")),
+                    };
+                    let problem = self
+                        .new_problem(
+                            ProblemKind::UnknownMachineType,
+                            *machine_span,
+                            format!("Unknown machine type `{machine_type}`"),
+                            format!("not a {cloud} machine type"),
+                        )
+                        .with_help(help);
+                    self.problem(problem);
+                }
+            }
+        }
+
+        // Architecture: declared on templates, implied by the machine otherwise.
+        let mut arch = None;
+        if let Some(text) = &decl.arch {
+            match Arch::parse(&text.value) {
+                Some(parsed) => {
+                    arch = Some(parsed);
+                    if let Some(machine) = machine {
+                        if !machine.runs(parsed) {
+                            let mut problem = self.new_problem(
+                                ProblemKind::ArchitectureMismatch,
+                                text.span,
+                                format!("`{}` cannot run {}", machine.name, parsed.as_str()),
+                                format!("{} runs {}", machine.name, arch_list(machine.runs)),
+                            );
+                            problem.help = Some(machine.arch_note.map_or_else(
+                                || format!("pick a machine type that runs {}", parsed.as_str()),
+                                str::to_string,
+                            ));
+                            self.problem(problem);
+                        }
+                    }
+                }
+                None => {
+                    let problem = self
+                        .new_problem(
+                            ProblemKind::InvalidValue,
+                            text.span,
+                            format!("Unknown architecture `{}`", text.value),
+                            "not an architecture",
+                        )
+                        .with_help("`arch` is amd64, arm64 or armv7");
+                    self.problem(problem);
+                }
+            }
+        } else if let Some(machine) = machine {
+            arch = machine.runs.first().copied();
+        }
+
+        // Labels.
+        let mut labels_map = BTreeMap::new();
+        for (key, value) in &decl.labels {
+            let value_text = self.interpolate(value, vars);
+            if labels::is_managed(&key.value) {
+                let problem = self
+                    .new_problem(
+                        ProblemKind::InvalidValue,
+                        key.span,
+                        format!("Label `{}` is reserved", key.value),
+                        "fleet sets labels starting with `fleet`",
+                    )
+                    .with_help("rename the label");
+                self.problem(problem);
+                continue;
+            }
+            if !valid_label(&key.value, true) {
+                let problem = self.new_problem(ProblemKind::InvalidValue, key.span, format!("Invalid label key `{}`", key.value), "not a valid label key").with_help("label keys are lowercase letters, digits, `-` and `_`, start with a letter, at most 63 characters");
+                self.problem(problem);
+            }
+            if !valid_label(&value_text, false) {
+                let problem = self.new_problem(ProblemKind::InvalidValue, value.span, format!("Invalid label value `{value_text}`"), "not a valid label value").with_help("label values are lowercase letters, digits, `-` and `_`, at most 63 characters");
+                self.problem(problem);
+            }
+            labels_map.insert(key.value.clone(), value_text);
+        }
+        let role = match &decl.role {
+            Some(role) => {
+                let value = self.interpolate(role, vars);
+                if !valid_label(&value, false) || value.is_empty() {
+                    let problem = self
+                        .new_problem(
+                            ProblemKind::InvalidValue,
+                            role.span,
+                            format!("Invalid role `{value}`"),
+                            "not a valid label value",
+                        )
+                        .with_help(
+                            "a role is lowercase letters, digits, `-` and `_`, e.g. `prometheus`",
+                        );
+                    self.problem(problem);
+                }
+                value
+            }
+            None => decl.kind.default_role().to_string(),
+        };
+        labels_map.insert(labels::FLEET.to_string(), file.fleet.value.clone());
+        labels_map.insert(labels::KIND.to_string(), decl.kind.as_str().to_string());
+        labels_map.insert(labels::RESOURCE.to_string(), name.clone());
+        labels_map.insert(labels::ROLE.to_string(), role);
+        if decl.kind == ResourceKind::Pool {
+            let pool = decl.name.value.replace(['{', '}'], "");
+            labels_map.insert(labels::POOL.to_string(), pool.trim_matches('-').to_string());
+        }
+
+        let mut references = Vec::new();
+        for dependency in &decl.depends_on {
+            let text = self.interpolate(dependency, vars);
+            match Address::parse(&text) {
+                Some(address) => references.push((address, dependency.span)),
+                None => {
+                    let problem = self.new_problem(ProblemKind::InvalidValue, dependency.span, format!("`{text}` is not an address"), "expected `kind.name`").with_help("addresses are `template.NAME`, `manager.NAME`, `pool.NAME` or `helper.NAME`");
+                    self.problem(problem);
+                }
+            }
+        }
+        let scrape = decl
+            .scrape
+            .iter()
+            .map(|pattern| Spanned::new(self.interpolate(pattern, vars), pattern.span))
+            .collect();
+        let runners = decl
+            .runners
+            .iter()
+            .map(|runner| Runner {
+                name: self.interpolate(&runner.name, vars),
+                template: runner
+                    .template
+                    .as_ref()
+                    .map(|t| Spanned::new(self.interpolate(t, vars), t.span)),
+                arch: runner.arch.clone(),
+                executor: runner.executor.as_ref().map_or_else(
+                    || {
+                        if runner.template.is_some() {
+                            "docker+machine".to_string()
+                        } else {
+                            "docker".to_string()
+                        }
+                    },
+                    |e| e.value.clone(),
+                ),
+            })
+            .collect();
+
+        let (zone, machine_type, image) = (zone?.0, machine_type?.0, image?.0);
+        Some(Expanded {
+            resource: DesiredResource {
+                address,
+                kind: decl.kind,
+                cloud,
+                object: if decl.kind == ResourceKind::Template {
+                    ObjectKind::InstanceTemplate
+                } else {
+                    ObjectKind::Instance
+                },
+                cloud_name: name,
+                spec: MachineSpec {
+                    machine_type,
+                    zone,
+                    image,
+                    disk_type,
+                    disk_size_gb,
+                    labels: labels_map,
+                    metadata: BTreeMap::new(),
+                },
+                depends_on: Vec::new(),
+            },
+            name_span: decl.name.span,
+            references,
+            scrape,
+            runners,
+            arch,
+        })
+    }
+
+    /// A field from the resource or the cloud's defaults, interpolated; missing is a problem.
+    fn required(
+        &mut self,
+        own: &Option<Spanned<String>>,
+        default: &Option<Spanned<String>>,
+        field: &str,
+        decl: &ResourceDecl,
+        cloud: Cloud,
+        vars: &BTreeMap<String, String>,
+    ) -> Option<(String, SourceSpan)> {
+        match own.as_ref().or(default.as_ref()) {
+            Some(value) => Some((self.interpolate(value, vars), value.span)),
+            None => {
+                let problem = self
+                    .new_problem(ProblemKind::MissingField, decl.name.span, format!("Missing required field `{field}`"), format!("no `{field}` here or in `defaults.{cloud}`"))
+                    .with_help(format!("add `{field}: …` to this resource, or to `defaults.{cloud}` for every {cloud} resource"));
+                self.problem(problem);
+                None
+            }
+        }
+    }
+
+    fn check_label_value(&mut self, value: &Spanned<String>, what: &str) {
+        if value.value.is_empty() || !valid_label(&value.value, true) {
+            let problem = self
+                .new_problem(ProblemKind::InvalidValue, value.span, format!("Invalid {what} `{}`", value.value), "fleet puts this in a label on every machine")
+                .with_help("use lowercase letters, digits, `-` and `_`, starting with a letter, at most 63 characters");
+            self.problem(problem);
+        }
+    }
+
+    fn check_duplicates(&mut self, expanded: &[Expanded]) {
+        let mut by_address: BTreeMap<&Address, &Expanded> = BTreeMap::new();
+        let mut by_cloud_name: BTreeMap<(Cloud, ObjectKind, &str), &Expanded> = BTreeMap::new();
+        for e in expanded {
+            let r = &e.resource;
+            if let Some(first) = by_address.insert(&r.address, e) {
+                let problem = self
+                    .new_problem(ProblemKind::DuplicateName, e.name_span, format!("Duplicate resource `{}`", r.address), "expands to a name already taken")
+                    .with_secondary(first.name_span, "first made here")
+                    .with_help("make the names differ, e.g. with `{n}`, `{index}` or a matrix variable in the name pattern");
+                self.problem(problem);
+                continue;
+            }
+            if let Some(first) = by_cloud_name.insert((r.cloud, r.object, &r.cloud_name), e) {
+                let problem = self
+                    .new_problem(
+                        ProblemKind::DuplicateName,
+                        e.name_span,
+                        format!("Two machines named `{}` in {}", r.cloud_name, r.cloud),
+                        format!("{} takes the name of {}", r.address, first.resource.address),
+                    )
+                    .with_secondary(first.name_span, "first made here")
+                    .with_help("every machine of a cloud needs its own name: rename one of them");
+                self.problem(problem);
+            }
+        }
+    }
+
+    fn resolve_references(
+        &mut self,
+        expanded: &mut [Expanded],
+        addresses: &BTreeMap<Address, usize>,
+    ) {
+        let all: Vec<&str> = addresses.keys().map(Address::as_str).collect();
+        let mut problems = Vec::new();
+        let snapshot: Vec<(Cloud, Option<Arch>, Option<&'static catalog::MachineType>)> = expanded
+            .iter()
+            .map(|e| {
+                (
+                    e.resource.cloud,
+                    e.arch,
+                    catalog::machine_type(e.resource.cloud, &e.resource.spec.machine_type),
+                )
+            })
+            .collect();
+        for e in expanded.iter_mut() {
+            let mut deps = BTreeSet::new();
+            for (reference, span) in &e.references {
+                if addresses.contains_key(reference) {
+                    deps.insert(reference.clone());
+                } else {
+                    let help = match closest(reference.as_str(), all.iter().copied()) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => "run `fleet plan` to see every address this fleet file makes"
+                            .to_string(),
+                    };
+                    problems.push(
+                        Problem::new(
+                            ProblemKind::DanglingReference,
+                            self.source,
+                            *span,
+                            format!("Unknown resource `{reference}`"),
+                            "nothing in this fleet file has this address",
+                        )
+                        .with_help(help),
+                    );
+                }
+            }
+            for runner in &e.runners {
+                let Some(template) = &runner.template else {
+                    continue;
+                };
+                let address = Address::new(ResourceKind::Template, &template.value);
+                let Some(&index) = addresses.get(&address) else {
+                    let templates: Vec<&str> = all
+                        .iter()
+                        .filter_map(|a| a.strip_prefix("template."))
+                        .collect();
+                    let help = match closest(&template.value, templates.iter().copied()) {
+                        Some(s) => {
+                            format!("did you mean `{s}`? Templates: {}", templates.join(", "))
+                        }
+                        None if templates.is_empty() => "declare it under `templates:`".to_string(),
+                        None => format!("templates in this file: {}", templates.join(", ")),
+                    };
+                    problems.push(
+                        Problem::new(
+                            ProblemKind::DanglingReference,
+                            self.source,
+                            template.span,
+                            format!("Unknown template `{}`", template.value),
+                            "no template has this name",
+                        )
+                        .with_help(help),
+                    );
+                    continue;
+                };
+                deps.insert(address);
+                let (_, template_arch, machine) = snapshot[index];
+                if let Some(arch_text) = &runner.arch {
+                    match Arch::parse(&arch_text.value) {
+                        None => problems.push(
+                            Problem::new(
+                                ProblemKind::InvalidValue,
+                                self.source,
+                                arch_text.span,
+                                format!("Unknown architecture `{}`", arch_text.value),
+                                "not an architecture",
+                            )
+                            .with_help("`arch` is amd64, arm64 or armv7"),
+                        ),
+                        Some(arch) => {
+                            if let Some(machine) = machine {
+                                if !machine.runs(arch) {
+                                    let help = machine.arch_note.map_or_else(|| format!("point the runner at a template whose machine type runs {}", arch.as_str()), str::to_string);
+                                    problems.push(Problem::new(ProblemKind::ArchitectureMismatch, self.source, arch_text.span, format!("Runner `{}` builds {} on `{}`, which cannot run it", runner.name, arch.as_str(), machine.name), format!("template `{}` uses {}, which runs {}", template.value, machine.name, arch_list(machine.runs))).with_secondary(template.span, "this template").with_help(help));
+                                }
+                            }
+                            let _ = template_arch;
+                        }
+                    }
+                }
+            }
+            for pattern in &e.scrape {
+                let matched: Vec<&Address> = addresses
+                    .keys()
+                    .filter(|address| {
+                        address.matches(&pattern.value) && **address != e.resource.address
+                    })
+                    .collect();
+                if matched.is_empty() {
+                    problems.push(
+                        Problem::new(
+                            ProblemKind::DanglingReference,
+                            self.source,
+                            pattern.span,
+                            format!("`{}` matches no resource", pattern.value),
+                            "scrapes nothing",
+                        )
+                        .with_help(
+                            "use an address pattern such as `manager.shared-runners-manager-*`",
+                        ),
+                    );
+                }
+                deps.extend(matched.into_iter().cloned());
+            }
+            e.resource.depends_on = deps.into_iter().collect();
+        }
+        self.problems.extend(problems);
+    }
+
+    fn check_cycles(&mut self, expanded: &[Expanded], addresses: &BTreeMap<Address, usize>) {
+        let mut graph: DiGraphMap<usize, ()> = DiGraphMap::new();
+        for (index, e) in expanded.iter().enumerate() {
+            graph.add_node(index);
+            for dep in &e.resource.depends_on {
+                if let Some(&to) = addresses.get(dep) {
+                    graph.add_edge(to, index, ());
+                }
+            }
+        }
+        for component in petgraph::algo::tarjan_scc(&graph) {
+            let looped = component.len() > 1 || graph.contains_edge(component[0], component[0]);
+            if !looped {
+                continue;
+            }
+            let mut members: Vec<usize> = component.clone();
+            members.sort_unstable();
+            let names: Vec<&str> = members
+                .iter()
+                .map(|&i| expanded[i].resource.address.as_str())
+                .collect();
+            let first = &expanded[members[0]];
+            let span = first
+                .references
+                .iter()
+                .find(|(reference, _)| {
+                    members
+                        .iter()
+                        .any(|&m| expanded[m].resource.address == *reference)
+                })
+                .map_or(first.name_span, |(_, span)| *span);
+            let mut problem = self
+                .new_problem(ProblemKind::DependencyCycle, span, "Dependency cycle", format!("{} depend on each other", names.join(" → ")))
+                .with_help("fleet creates dependencies first, so a loop has no order: remove one `depends_on` (or `scrape`) edge of the loop");
+            for &member in members.iter().skip(1) {
+                problem = problem.with_secondary(
+                    expanded[member].name_span,
+                    format!("{} is part of the loop", expanded[member].resource.address),
+                );
+            }
+            self.problem(problem);
+        }
+    }
+}
+
+/// Names templates by version, writes the runner list into manager metadata, and stamps
+/// every resource with its spec hash, in dependency order (templates first).
+fn finish(fleet: &str, expanded: &mut [Expanded], addresses: &BTreeMap<Address, usize>) {
+    let _ = fleet;
+    for e in expanded
+        .iter_mut()
+        .filter(|e| e.resource.kind == ResourceKind::Template)
+    {
+        let hash = spec_hash(e.resource.cloud, e.resource.object, &e.resource.spec);
+        e.resource.cloud_name = format!("{}-{}", e.resource.cloud_name, &hash[..8]);
+        e.resource
+            .spec
+            .labels
+            .insert(labels::SPEC_HASH.to_string(), hash);
+    }
+    let template_names: BTreeMap<Address, String> = expanded
+        .iter()
+        .filter(|e| e.resource.kind == ResourceKind::Template)
+        .map(|e| (e.resource.address.clone(), e.resource.cloud_name.clone()))
+        .collect();
+    for e in expanded
+        .iter_mut()
+        .filter(|e| e.resource.kind != ResourceKind::Template)
+    {
+        if !e.runners.is_empty() {
+            let lines: Vec<String> = e
+                .runners
+                .iter()
+                .map(|runner| {
+                    let template = runner
+                        .template
+                        .as_ref()
+                        .and_then(|t| {
+                            template_names.get(&Address::new(ResourceKind::Template, &t.value))
+                        })
+                        .map_or("-", String::as_str);
+                    let arch = runner.arch.as_ref().map_or("-", |a| a.value.as_str());
+                    format!(
+                        "{} executor={} template={template} arch={arch}",
+                        runner.name, runner.executor
+                    )
+                })
+                .collect();
+            e.resource
+                .spec
+                .metadata
+                .insert("fleet-runners".to_string(), lines.join("\n"));
+        }
+        let hash = spec_hash(e.resource.cloud, e.resource.object, &e.resource.spec);
+        e.resource
+            .spec
+            .labels
+            .insert(labels::SPEC_HASH.to_string(), hash);
+    }
+    let _ = addresses;
+}
+
+fn braces(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("{{{n}}}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn arch_list(arches: &[Arch]) -> String {
+    arches
+        .iter()
+        .map(|a| a.as_str())
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+fn zones_of_region(region: &str) -> Vec<&'static str> {
+    catalog::ZONES
+        .iter()
+        .filter(|(_, r, _)| *r == region)
+        .flat_map(|(_, _, zones)| zones.iter().copied())
+        .collect()
+}
+
+/// GCE's resource-name rule.
+fn valid_cloud_name(name: &str, max_len: usize) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= max_len
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && !name.ends_with('-')
+}
+
+/// GCE's label rule (EC2 tags accept a superset).
+fn valid_label(text: &str, is_key: bool) -> bool {
+    text.len() <= 63
+        && (!is_key || text.as_bytes().first().is_some_and(u8::is_ascii_lowercase))
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}

@@ -1,0 +1,6 @@
+//! fleet's cloud providers: implementations of `fleet_engine::provider::Provider`.
+//!
+//! In: requests from the engine's executor. Out: what the clouds report. [`sim`] is the
+//! embedded simulated cloud, the default target of tests and the benchmark bed.
+
+pub mod sim;

@@ -1,0 +1,232 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Infrastructure as code for CI runner fleets.
+///
+/// Fleet files (YAML) describe runner managers, helpers, fixed-size pools and autoscale
+/// templates. `fleet plan` diffs them against the live cloud and shows what would change;
+/// `fleet apply` makes it so. Every object fleet creates carries labels (`fleet`,
+/// `fleet-kind`, `fleet-resource`, `fleet-spec`), which is how live state is discovered:
+/// there is no state file.
+///
+/// Quick start on the embedded simulated cloud (no account needed):
+///
+///   fleet --sim-dir sim-state plan fleets/distribution.yaml
+///   fleet --sim-dir sim-state apply fleets/distribution.yaml --auto-approve
+#[derive(Debug, Parser)]
+#[command(name = "fleet", version, max_term_width = 100)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Where fleet points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum CloudMode {
+    /// The embedded simulated cloud in --sim-dir.
+    Sim,
+    /// The real clouds (GCP Compute Engine, AWS EC2) with the standard credentials.
+    Live,
+}
+
+/// One cloud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OnlyCloud {
+    /// Google Compute Engine.
+    Gcp,
+    /// Amazon EC2.
+    Aws,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// Which cloud to talk to.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "sim",
+        env = "FLEET_CLOUD"
+    )]
+    pub(crate) cloud: CloudMode,
+
+    /// Directory of the simulated cloud (created if missing).
+    #[arg(
+        long,
+        global = true,
+        default_value = ".fleet/sim",
+        env = "FLEET_SIM_DIR"
+    )]
+    pub(crate) sim_dir: PathBuf,
+
+    /// Directory of locks and the apply journal [default: <sim-dir>/state with --cloud sim,
+    /// .fleet/state otherwise].
+    #[arg(long, global = true, env = "FLEET_STATE_DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
+
+    /// Limit discovery and changes to one cloud of a mixed fleet.
+    #[arg(long, global = true, value_enum)]
+    pub(crate) only_cloud: Option<OnlyCloud>,
+
+    /// Simulator: latency of every API call, in milliseconds.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEET_SIM_LATENCY_MS",
+        default_value_t = 0,
+        hide_short_help = true
+    )]
+    pub(crate) sim_latency_ms: u64,
+
+    /// Simulator: API calls per second before it answers "rate limit exceeded".
+    #[arg(
+        long,
+        global = true,
+        env = "FLEET_SIM_RATE_LIMIT",
+        hide_short_help = true
+    )]
+    pub(crate) sim_rate_limit: Option<f64>,
+
+    /// Simulator: share of API calls that fail with a transient fault (0 to 1).
+    #[arg(
+        long,
+        global = true,
+        env = "FLEET_SIM_FAULT_RATE",
+        default_value_t = 0.0,
+        hide_short_help = true
+    )]
+    pub(crate) sim_fault_rate: f64,
+
+    /// Simulator: seed of the fault injection, for reproducible runs.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEET_SIM_SEED",
+        default_value_t = 0,
+        hide_short_help = true
+    )]
+    pub(crate) sim_seed: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Check fleet files: syntax, keys, references, machine types, zones, architectures.
+    ///
+    /// Reports every problem at once with file, line and column; exits 1 if there is any.
+    Validate {
+        /// Fleet files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show what apply would change: create +, update ~, replace ± or ∓, delete -.
+    ///
+    /// Exit status: 0 success (with --detailed-exitcode: no changes), 1 error,
+    /// 2 changes present (with --detailed-exitcode).
+    Plan(PlanArgs),
+    /// Make the cloud match a fleet file, or apply a plan saved with `fleet plan -o`.
+    ///
+    /// A saved plan is applied exactly as it is, and refused if the live state changed since
+    /// it was made. Only one apply per fleet runs at a time.
+    Apply(ApplyArgs),
+    /// Print the plan's dependency graph as Graphviz DOT.
+    Graph {
+        /// Fleet file.
+        file: PathBuf,
+    },
+    /// Act on the simulated cloud out of band, as a person in the cloud console would.
+    #[command(subcommand)]
+    Sim(SimCommand),
+}
+
+/// Output format of a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    /// For people; colour on a terminal unless NO_COLOR is set.
+    Text,
+    /// Machine-readable, Terraform-style `resource_changes`; the saved-plan format.
+    Json,
+    /// For a merge-request comment.
+    Markdown,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PlanArgs {
+    /// Fleet file.
+    pub(crate) file: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub(crate) format: Format,
+    /// Save the plan (JSON) for `fleet apply PLAN`.
+    #[arg(short = 'o', long = "out")]
+    pub(crate) out: Option<PathBuf>,
+    /// Exit 0 when there are no changes, 2 when there are, 1 on error.
+    #[arg(long)]
+    pub(crate) detailed_exitcode: bool,
+    /// Limit the plan to addresses matching PATTERN (`*` wildcards) and what they depend on.
+    #[arg(long, value_name = "PATTERN")]
+    pub(crate) target: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ApplyArgs {
+    /// Fleet file, or a plan saved with `fleet plan -o`.
+    pub(crate) file: PathBuf,
+    /// Apply without asking.
+    #[arg(long)]
+    pub(crate) auto_approve: bool,
+    /// Limit to addresses matching PATTERN and what they depend on (fleet files only).
+    #[arg(long, value_name = "PATTERN")]
+    pub(crate) target: Vec<String>,
+    /// Cloud calls in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) concurrency: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SimCommand {
+    /// Print every instance and template as a JSON array.
+    List,
+    /// Print API call counts by operation as a JSON object.
+    Stats,
+    /// Stop an instance (GCE: TERMINATED; EC2: stopped).
+    Stop {
+        /// Cloud name or id.
+        name: String,
+    },
+    /// Start a stopped instance.
+    Start {
+        /// Cloud name or id.
+        name: String,
+    },
+    /// Delete an instance or template.
+    Delete {
+        /// Cloud name or id.
+        name: String,
+    },
+    /// Change one field: machine_type, image, disk_type, disk_size_gb, zone, status,
+    /// label.KEY or metadata.KEY (an empty value removes a label).
+    Set {
+        /// Cloud name or id.
+        name: String,
+        /// Field.
+        field: String,
+        /// New value.
+        value: String,
+    },
+    /// Create an instance fleet did not make (no labels).
+    Create {
+        /// Cloud name.
+        name: String,
+        /// Zone; decides the cloud (us-east1-c is GCP, us-east-1a is AWS).
+        #[arg(long)]
+        zone: String,
+        /// Machine type.
+        #[arg(long)]
+        machine_type: String,
+    },
+}

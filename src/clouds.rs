@@ -1,0 +1,101 @@
+//! Builds the providers of a run from the global options.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fleet_engine::apply::Providers;
+use fleet_engine::desired::Desired;
+use fleet_engine::provider::Cloud;
+use fleet_providers::sim::{SimCloud, SimConfig};
+use miette::{miette, IntoDiagnostic, Result};
+
+use crate::cli::{CloudMode, Global, OnlyCloud};
+
+/// The clouds of a run and where its state lives.
+pub(crate) struct Clouds {
+    pub(crate) providers: Providers,
+    pub(crate) state_dir: PathBuf,
+    /// Kept so the simulator's API-call counts are flushed when the run ends.
+    pub(crate) sim: Option<SimCloud>,
+}
+
+impl Drop for Clouds {
+    fn drop(&mut self) {
+        if let Some(sim) = &self.sim {
+            let _ = sim.flush_stats();
+        }
+    }
+}
+
+pub(crate) fn only_cloud(global: &Global) -> Option<Cloud> {
+    global.only_cloud.map(|only| match only {
+        OnlyCloud::Gcp => Cloud::Gcp,
+        OnlyCloud::Aws => Cloud::Aws,
+    })
+}
+
+/// Opens the simulator with the configured latency, rate limit and faults.
+pub(crate) fn open_sim(global: &Global) -> Result<SimCloud> {
+    if !(0.0..=1.0).contains(&global.sim_fault_rate) {
+        return Err(miette!(
+            code = "fleet::sim::config",
+            help = "FLEET_SIM_FAULT_RATE is a share of calls between 0 and 1, e.g. 0.2",
+            "invalid simulator fault rate {}",
+            global.sim_fault_rate
+        ));
+    }
+    let config = SimConfig {
+        latency: Duration::from_millis(global.sim_latency_ms),
+        rate_limit: global.sim_rate_limit.filter(|rate| *rate > 0.0),
+        fault_rate: global.sim_fault_rate,
+        seed: global.sim_seed,
+    };
+    Ok(SimCloud::open(&global.sim_dir, config)?)
+}
+
+/// The providers for the clouds a desired set uses.
+pub(crate) fn connect(global: &Global, desired: &Desired) -> Result<Clouds> {
+    let mut providers = Providers::new();
+    match global.cloud {
+        CloudMode::Sim => {
+            let sim = open_sim(global)?;
+            for cloud in Cloud::ALL {
+                providers.insert(sim.provider(cloud));
+            }
+            let state_dir = global
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| global.sim_dir.join("state"));
+            std::fs::create_dir_all(&state_dir).into_diagnostic()?;
+            Ok(Clouds {
+                providers,
+                state_dir,
+                sim: Some(sim),
+            })
+        }
+        CloudMode::Live => {
+            let wanted: Vec<Cloud> = desired
+                .clouds
+                .keys()
+                .copied()
+                .filter(|cloud| only_cloud(global).is_none_or(|only| only == *cloud))
+                .collect();
+            if let Some(cloud) = wanted.first() {
+                return Err(miette!(
+                    code = "fleet::live::unavailable",
+                    help =
+                        "use `--cloud sim` to plan and apply against the embedded simulated cloud",
+                    "the live {cloud} provider is not part of this build yet"
+                ));
+            }
+            Ok(Clouds {
+                providers,
+                state_dir: global
+                    .state_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(".fleet/state")),
+                sim: None,
+            })
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! One module per subcommand; each parses nothing more and calls one engine operation.
+
+mod apply;
+mod graph;
+mod plan;
+mod sim;
+mod validate;
+
+use std::path::Path;
+
+use fleet_engine::desired::Desired;
+use miette::Result;
+
+use crate::cli::{Cli, Command};
+
+/// Runs a command; the `Ok` value is the exit status.
+pub(crate) async fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Validate { files } => validate::run(&files),
+        Command::Plan(args) => plan::run(&cli.global, &args).await,
+        Command::Apply(args) => apply::run(&cli.global, &args).await,
+        Command::Graph { file } => graph::run(&cli.global, &file).await,
+        Command::Sim(command) => sim::run(&cli.global, command),
+    }
+}
+
+/// Loads and checks a fleet file.
+pub(crate) fn compile(path: &Path) -> Result<Desired> {
+    Ok(fleet_engine::spec::compile_file(path)?)
+}

@@ -1,0 +1,53 @@
+//! `fleet plan`
+
+use fleet_engine::ops::{self, PlanOptions};
+use fleet_engine::plan::display::{self, TextOptions};
+use miette::{IntoDiagnostic, Result, WrapErr};
+
+use crate::cli::{Format, Global, PlanArgs};
+use crate::{clouds, output};
+
+pub(crate) async fn run(global: &Global, args: &PlanArgs) -> Result<u8> {
+    let desired = super::compile(&args.file)?;
+    let clouds = clouds::connect(global, &desired)?;
+    let options = PlanOptions {
+        targets: args.target.clone(),
+        only_cloud: clouds::only_cloud(global),
+        ..PlanOptions::default()
+    };
+    let (plan, _) = ops::plan(&desired, &clouds.providers, &options).await?;
+    match args.format {
+        Format::Text => output::out(&display::text(
+            &plan,
+            TextOptions {
+                color: output::color(),
+            },
+        )),
+        Format::Json => output::out(&plan.to_json()),
+        Format::Markdown => output::out(&display::markdown(&plan)),
+    }
+    if let Some(path) = &args.out {
+        std::fs::write(path, plan.to_json())
+            .into_diagnostic()
+            .wrap_err_with(|| format!("cannot write the plan to {}", path.display()))?;
+        if args.format == Format::Text {
+            output::line(&format!(
+                "\nSaved the plan to {}. Apply exactly this plan with:\n  fleet apply {}",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    if !plan.blocked.is_empty() {
+        output::warn(&format!(
+            "error: {} resource(s) blocked by machines fleet did not make; see above for how to resolve each",
+            plan.blocked.len()
+        ));
+        return Ok(1);
+    }
+    Ok(if args.detailed_exitcode && plan.summary.has_changes() {
+        2
+    } else {
+        0
+    })
+}

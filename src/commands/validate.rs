@@ -1,0 +1,35 @@
+//! `fleet validate`
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use miette::Result;
+
+use crate::output;
+
+pub(crate) fn run(files: &[PathBuf]) -> Result<u8> {
+    let mut failed = false;
+    for path in files {
+        match fleet_engine::spec::compile_file(path) {
+            Ok(desired) => {
+                let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+                for resource in desired.resources.values() {
+                    *counts.entry(resource.kind.section()).or_default() += 1;
+                }
+                let counts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+                output::line(&format!(
+                    "{}: valid (fleet {}, {} resources: {})",
+                    path.display(),
+                    desired.fleet,
+                    desired.resources.len(),
+                    counts.join(", ")
+                ));
+            }
+            Err(invalid) => {
+                failed = true;
+                output::warn(&format!("{:?}", miette::Report::new(invalid)));
+            }
+        }
+    }
+    Ok(u8::from(failed))
+}
