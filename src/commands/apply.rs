@@ -47,6 +47,15 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
     let (plan, desired, clouds) = match read_saved_plan(&text) {
         Some(saved) => {
             let plan = saved?;
+            if plan.content_hash() != plan.plan_id {
+                return Err(miette!(
+                    code = "fleet::apply::modified_plan",
+                    help = "make the plan again with `fleet plan … -o PLAN`; a saved plan is applied exactly as reviewed",
+                    "{} was changed after it was made (its content no longer matches plan id {})",
+                    args.file.display(),
+                    plan.plan_id
+                ));
+            }
             if !args.target.is_empty() {
                 return Err(miette!(
                     code = "fleet::apply::target",

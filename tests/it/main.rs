@@ -1,1 +1,8 @@
-mod x {}
+//! End-to-end tests of the `fleet` CLI: one test binary, one module per area.
+
+mod apply;
+mod drift;
+mod golden;
+mod plan;
+mod support;
+mod validate;

@@ -219,7 +219,7 @@ impl SourceCode for Problem {
 #[error("{summary}")]
 #[diagnostic(
     code(fleet::spec::invalid),
-    help("fix the problems above and run `fleet validate` again")
+    help("fix each problem below, then run `fleet validate` again")
 )]
 pub struct Invalid {
     summary: String,

@@ -648,7 +648,11 @@ impl Expander<'_> {
             })
             .collect();
 
-        let (zone, machine_type, image) = (zone?.0, machine_type?.0, image?.0);
+        // A missing field was reported above; go on with an empty value so the checks that
+        // span resources (references, architectures, duplicates) still run.
+        let zone = zone.map(|z| z.0).unwrap_or_default();
+        let machine_type = machine_type.map(|m| m.0).unwrap_or_default();
+        let image = image.map(|i| i.0).unwrap_or_default();
         Some(Expanded {
             resource: DesiredResource {
                 address,
@@ -702,7 +706,7 @@ impl Expander<'_> {
     }
 
     fn check_label_value(&mut self, value: &Spanned<String>, what: &str) {
-        if value.value.is_empty() || !valid_label(&value.value, true) {
+        if !value.value.is_empty() && !valid_label(&value.value, true) {
             let problem = self
                 .new_problem(ProblemKind::InvalidValue, value.span, format!("Invalid {what} `{}`", value.value), "fleet puts this in a label on every machine")
                 .with_help("use lowercase letters, digits, `-` and `_`, starting with a letter, at most 63 characters");
@@ -825,7 +829,26 @@ impl Expander<'_> {
                             if let Some(machine) = machine {
                                 if !machine.runs(arch) {
                                     let help = machine.arch_note.map_or_else(|| format!("point the runner at a template whose machine type runs {}", arch.as_str()), str::to_string);
-                                    problems.push(Problem::new(ProblemKind::ArchitectureMismatch, self.source, arch_text.span, format!("Runner `{}` builds {} on `{}`, which cannot run it", runner.name, arch.as_str(), machine.name), format!("template `{}` uses {}, which runs {}", template.value, machine.name, arch_list(machine.runs))).with_secondary(template.span, "this template").with_help(help));
+                                    problems.push(
+                                        Problem::new(
+                                            ProblemKind::ArchitectureMismatch,
+                                            self.source,
+                                            arch_text.span,
+                                            format!(
+                                                "Runner builds {} on `{}`, which cannot run it",
+                                                arch.as_str(),
+                                                machine.name
+                                            ),
+                                            format!(
+                                                "template `{}` uses {}, which runs {}",
+                                                template.value,
+                                                machine.name,
+                                                arch_list(machine.runs)
+                                            ),
+                                        )
+                                        .with_secondary(template.span, "this template")
+                                        .with_help(help),
+                                    );
                                 }
                             }
                             let _ = template_arch;

@@ -423,7 +423,8 @@ impl<'s> Reader<'s> {
         resources.sort_by_key(|decl| decl.name.span.offset());
         Some(FleetFile {
             source: self.source.clone(),
-            fleet: fleet?,
+            // A missing name was reported; reading goes on so every other problem is found too.
+            fleet: fleet.unwrap_or_else(|| Spanned::new(String::new(), start)),
             gcp,
             aws,
             gcp_defaults,

@@ -7,8 +7,8 @@
 //!
 //! ```text
 //! sim.json                       format version and a note that this is a simulator
-//! sim.lock                       fs4 lock: exclusive to change anything, shared to list
-//! generation                     a counter bumped by every change, to validate caches
+//! sim.lock                       fs4 lock: exclusive to change anything, shared to list;
+//!                                holds the generation, a counter bumped by every change
 //! objects/<cloud>/instances/     one JSON file per instance, named after its id
 //! objects/<cloud>/templates/     one JSON file per template
 //! tokens/<cloud>/<sha256>.json   idempotency token -> id and the object's last record
@@ -23,7 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind as IoErrorKind, Write};
+use std::io::{ErrorKind as IoErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -294,10 +294,6 @@ impl Store {
             .join(format!("{}.json", sha256_hex(&[token])))
     }
 
-    fn generation_path(&self) -> PathBuf {
-        self.dir.join("generation")
-    }
-
     fn stats_path(&self) -> PathBuf {
         self.dir.join("stats.json")
     }
@@ -335,16 +331,28 @@ impl Store {
         self.write_bytes(path, &bytes)
     }
 
-    fn read_generation(&self) -> Result<u64, SimError> {
-        let path = self.generation_path();
-        match fs::read_to_string(&path) {
-            Ok(text) => text
-                .trim()
-                .parse()
-                .map_err(|error| self.corrupt(&path, format!("not a counter: {error}"))),
-            Err(error) if error.kind() == IoErrorKind::NotFound => Ok(0),
-            Err(error) => Err(self.io_error(&path, "read", error)),
-        }
+    /// The generation kept in the lock file; the caller holds the lock. It lives there, and
+    /// not in a file of its own, because every change writes it: one write in place through
+    /// the open handle is the cheapest durable counter there is.
+    fn read_generation(&self, lock_file: &File) -> Result<u64, SimError> {
+        let mut text = String::new();
+        let mut reader = lock_file;
+        reader
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| reader.read_to_string(&mut text))
+            .map_err(|error| self.io_error(&self.dir.join("sim.lock"), "read", error))?;
+        // An empty lock file is a new sim dir. Anything unreadable counts as 0, which at
+        // worst makes a process re-read the objects once.
+        Ok(text.trim().parse().unwrap_or(0))
+    }
+
+    fn write_generation(&self, lock_file: &File, generation: u64) -> Result<(), SimError> {
+        let mut writer = lock_file;
+        // Fixed width, so each write covers the last one and no truncation is needed.
+        writer
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| writer.write_all(format!("{generation:020}\n").as_bytes()))
+            .map_err(|error| self.io_error(&self.dir.join("sim.lock"), "write", error))
     }
 
     /// Reads every object file. Files are independent, so two threads halve the time on a
@@ -419,7 +427,7 @@ impl Store {
         let mut local = self.lock_local();
         let local = &mut *local;
         let _lock = FileLock::shared(self, &local.lock_file)?;
-        let generation = self.read_generation()?;
+        let generation = self.read_generation(&local.lock_file)?;
         if local.cache.as_ref().map(|cache| cache.generation) != Some(generation) {
             local.cache = Some(self.load_all(generation)?);
         }
@@ -432,7 +440,7 @@ impl Store {
         let mut local = self.lock_local();
         let local = &mut *local;
         let _lock = FileLock::shared(self, &local.lock_file)?;
-        let generation = self.read_generation()?;
+        let generation = self.read_generation(&local.lock_file)?;
         match &local.cache {
             Some(cache) if cache.generation == generation => {
                 Ok(cache.objects.get(&(cloud, id.to_owned())).cloned())
@@ -453,13 +461,14 @@ impl Store {
         let mut local = self.lock_local();
         let local = &mut *local;
         let _lock = FileLock::exclusive(self, &local.lock_file)?;
-        let generation = self.read_generation()?;
+        let generation = self.read_generation(&local.lock_file)?;
         if local.cache.as_ref().map(|cache| cache.generation) != Some(generation) {
             // Stale: drop it now, re-read lazily only if the change needs every object.
             local.cache = None;
         }
         let mut txn = Txn {
             store: self,
+            lock_file: &local.lock_file,
             cache: &mut local.cache,
             generation,
             bumped: false,
@@ -494,6 +503,7 @@ impl Store {
 /// One change to the sim dir, under the exclusive lock.
 pub(crate) struct Txn<'a> {
     store: &'a Store,
+    lock_file: &'a File,
     cache: &'a mut Option<Snapshot>,
     generation: u64,
     bumped: bool,
@@ -505,9 +515,7 @@ impl Txn<'_> {
     fn bump(&mut self) -> Result<(), SimError> {
         if !self.bumped {
             let next = self.generation + 1;
-            let path = self.store.generation_path();
-            self.store
-                .write_bytes(&path, format!("{next}\n").as_bytes())?;
+            self.store.write_generation(self.lock_file, next)?;
             if let Some(cache) = self.cache.as_mut() {
                 cache.generation = next;
             }

@@ -1,0 +1,198 @@
+//! Runs the real `fleet` binary in a scratch directory.
+//!
+//! The directory links the repository's `fleets/` and `templates/` in and keeps the simulated
+//! cloud in `sim-state/`, so paths in the output are the same on every machine and golden
+//! files stay stable.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub(crate) fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A scratch directory with a fresh simulated cloud.
+pub(crate) struct Env {
+    pub(crate) dir: tempfile::TempDir,
+    extra: Vec<(String, String)>,
+}
+
+/// One finished run.
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+    args: String,
+}
+
+impl Run {
+    /// Asserts the exit status, showing the output when it differs.
+    #[track_caller]
+    pub(crate) fn code(self, expected: i32) -> Run {
+        assert_eq!(
+            self.code, expected,
+            "`fleet {}` exited {} (expected {expected})\n--- stdout\n{}\n--- stderr\n{}",
+            self.args, self.code, self.stdout, self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub(crate) fn ok(self) -> Run {
+        self.code(0)
+    }
+
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "`fleet {}` did not print JSON ({e}):\n{}",
+                self.args, self.stdout
+            )
+        })
+    }
+}
+
+impl Env {
+    pub(crate) fn new() -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for linked in ["fleets", "templates"] {
+            let target = repo().join(linked);
+            if target.exists() {
+                std::os::unix::fs::symlink(&target, dir.path().join(linked)).expect("symlink");
+            }
+        }
+        Env {
+            dir,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Adds an environment variable to every later run.
+    pub(crate) fn with_env(mut self, key: &str, value: &str) -> Env {
+        self.extra.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a file into the scratch directory and returns its relative name.
+    pub(crate) fn write(&self, name: &str, text: &str) -> String {
+        let path = self.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&path, text).expect("write");
+        name.to_string()
+    }
+
+    pub(crate) fn command(&self, args: &[&str], envs: &[(&str, &str)]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fleet"));
+        command
+            .current_dir(self.path())
+            .args(["--sim-dir", "sim-state"])
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env("COLUMNS", "100")
+            .stdin(Stdio::null());
+        for key in [
+            "FLEET_CLOUD",
+            "FLEET_SIM_DIR",
+            "FLEET_STATE_DIR",
+            "FLEET_SIM_LATENCY_MS",
+            "FLEET_SIM_RATE_LIMIT",
+            "FLEET_SIM_FAULT_RATE",
+            "FLEET_SIM_SEED",
+            "FLEET_SIM_FAIL_CREATE",
+        ] {
+            command.env_remove(key);
+        }
+        for (key, value) in &self.extra {
+            command.env(key, value);
+        }
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        command
+    }
+
+    /// Runs `fleet --sim-dir sim-state ARGS…`.
+    pub(crate) fn fleet(&self, args: &[&str]) -> Run {
+        self.fleet_with(args, &[])
+    }
+
+    /// Runs with extra environment variables.
+    pub(crate) fn fleet_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
+        let output = self.command(args, envs).output().expect("run fleet");
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            args: args.join(" "),
+        }
+    }
+
+    /// Starts a run in the background.
+    pub(crate) fn spawn(&self, args: &[&str], envs: &[(&str, &str)]) -> Child {
+        self.command(args, envs)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fleet")
+    }
+
+    /// `sim list` as JSON objects.
+    pub(crate) fn sim_list(&self) -> Vec<serde_json::Value> {
+        match self.fleet(&["sim", "list"]).ok().json() {
+            serde_json::Value::Array(items) => items,
+            other => panic!("sim list is not an array: {other}"),
+        }
+    }
+
+    /// `sim stats` as a map.
+    pub(crate) fn sim_stats(&self) -> serde_json::Map<String, serde_json::Value> {
+        match self.fleet(&["sim", "stats"]).ok().json() {
+            serde_json::Value::Object(map) => map,
+            other => panic!("sim stats is not an object: {other}"),
+        }
+    }
+
+    /// Applies a fleet file and asserts it converged.
+    #[track_caller]
+    pub(crate) fn converge(&self, file: &str) -> Run {
+        let run = self.fleet(&["apply", file, "--auto-approve"]).ok();
+        assert!(
+            run.stdout
+                .contains("Verified: the live fleet matches the plan"),
+            "{}",
+            run.stdout
+        );
+        run
+    }
+}
+
+/// The `actions` of one address in a JSON plan.
+pub(crate) fn actions_of(plan: &serde_json::Value, address: &str) -> Vec<String> {
+    plan["resource_changes"]
+        .as_array()
+        .expect("resource_changes")
+        .iter()
+        .filter(|change| change["address"] == address)
+        .flat_map(|change| change["actions"].as_array().cloned().unwrap_or_default())
+        .map(|a| a.as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The reason types of one address in a JSON plan.
+pub(crate) fn reasons_of(plan: &serde_json::Value, address: &str) -> Vec<String> {
+    plan["resource_changes"]
+        .as_array()
+        .expect("resource_changes")
+        .iter()
+        .filter(|change| change["address"] == address)
+        .flat_map(|change| change["reasons"].as_array().cloned().unwrap_or_default())
+        .map(|r| r["type"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
