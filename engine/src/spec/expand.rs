@@ -605,8 +605,11 @@ impl Expander<'_> {
         labels_map.insert(labels::RESOURCE.to_string(), name.clone());
         labels_map.insert(labels::ROLE.to_string(), role);
         if decl.kind == ResourceKind::Pool {
-            let pool = decl.name.value.replace(['{', '}'], "");
-            labels_map.insert(labels::POOL.to_string(), pool.trim_matches('-').to_string());
+            // The pool's name is its pattern without the member number: `arm-builder-{n}` is
+            // pool `arm-builder`.
+            let pool = self.interpolate(&Spanned::new(decl.name.value.replace("{n}", ""), decl.name.span), vars);
+            let pool = pool.split('-').filter(|part| !part.is_empty()).collect::<Vec<_>>().join("-");
+            labels_map.insert(labels::POOL.to_string(), pool);
         }
 
         let mut references = Vec::new();
