@@ -111,6 +111,17 @@ pub(crate) struct Global {
         hide_short_help = true
     )]
     pub(crate) sim_seed: u64,
+
+    /// Simulator: names (`*` wildcards, comma-separated) whose creation always fails, to see
+    /// how apply handles a failure.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEET_SIM_FAIL_CREATE",
+        value_delimiter = ',',
+        hide_short_help = true
+    )]
+    pub(crate) sim_fail_create: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -50,7 +50,9 @@ pub(crate) fn open_sim(global: &Global) -> Result<SimCloud> {
         fault_rate: global.sim_fault_rate,
         seed: global.sim_seed,
     };
-    Ok(SimCloud::open(&global.sim_dir, config)?)
+    let sim = SimCloud::open(&global.sim_dir, config)?;
+    sim.fail_creates_matching(global.sim_fail_create.clone());
+    Ok(sim)
 }
 
 /// The providers for the clouds a desired set uses.

@@ -9,13 +9,26 @@ fn drift(fleet: &str) -> Vec<Vec<&'static str>> {
     match fleet {
         "distribution" => vec![
             vec!["stop", "runners-manager-distribution-com-blue-1"],
-            vec!["set", "runners-manager-distribution-dev-blue-1", "label.color", "green"],
+            vec![
+                "set",
+                "runners-manager-distribution-dev-blue-1",
+                "label.color",
+                "green",
+            ],
         ],
         "ci-shared-runners" => vec![
-            vec!["set", "private-runners-manager-1", "machine_type", "n1-standard-8"],
+            vec![
+                "set",
+                "private-runners-manager-1",
+                "machine_type",
+                "n1-standard-8",
+            ],
             vec!["delete", "prometheus-01-us-east1-d"],
         ],
-        "arm-builders" => vec![vec!["stop", "arm-builder-2"], vec!["delete", "arm-builder-4"]],
+        "arm-builders" => vec![
+            vec!["stop", "arm-builder-2"],
+            vec!["delete", "arm-builder-4"],
+        ],
         other => panic!("no drift scenario for {other}"),
     }
 }
@@ -42,7 +55,9 @@ fn check(path: &str, actual: &str, failures: &mut Vec<String>) {
                 actual.lines().nth(first).unwrap_or("<end>")
             ));
         }
-        Err(_) => failures.push(format!("{path} is missing; run with FLEET_BLESS=1 to write it")),
+        Err(_) => failures.push(format!(
+            "{path} is missing; run with FLEET_BLESS=1 to write it"
+        )),
     }
 }
 
@@ -62,9 +77,17 @@ fn golden_plans_match_the_cli() {
                 }
             }
             let text = env.fleet(&["plan", &file]).ok().stdout;
-            check(&format!("plans/{fleet}/{scenario}.txt"), &text, &mut failures);
+            check(
+                &format!("plans/{fleet}/{scenario}.txt"),
+                &text,
+                &mut failures,
+            );
             let json = env.fleet(&["plan", &file, "--format", "json"]).ok().stdout;
-            check(&format!("plans/{fleet}/{scenario}.json"), &json, &mut failures);
+            check(
+                &format!("plans/{fleet}/{scenario}.json"),
+                &json,
+                &mut failures,
+            );
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -78,7 +101,13 @@ fn the_same_inputs_give_the_same_plan_bytes() {
         env.converge("fleets/arm-builders.yaml");
         env.fleet(&["sim", "stop", "arm-builder-1"]).ok();
     }
-    let a = one.fleet(&["plan", "fleets/arm-builders.yaml", "--format", "json"]).ok().stdout;
-    let b = two.fleet(&["plan", "fleets/arm-builders.yaml", "--format", "json"]).ok().stdout;
+    let a = one
+        .fleet(&["plan", "fleets/arm-builders.yaml", "--format", "json"])
+        .ok()
+        .stdout;
+    let b = two
+        .fleet(&["plan", "fleets/arm-builders.yaml", "--format", "json"])
+        .ok()
+        .stdout;
     assert_eq!(a, b);
 }

@@ -209,3 +209,34 @@ fn apply_journal_records_every_step() {
     assert_eq!(succeeded, 4, "{journal}");
     assert!(journal.lines().all(|l| l.contains("\"plan_id\"")));
 }
+
+#[test]
+fn discovery_is_one_list_call_per_page_not_one_per_machine() {
+    let env = Env::new();
+    env.converge("fleets/ci-shared-runners.yaml");
+    let count = |stats: &serde_json::Map<String, serde_json::Value>, op: &str| {
+        stats.get(op).and_then(|v| v.as_u64()).unwrap_or(0)
+    };
+    let before = env.sim_stats();
+    env.fleet(&[
+        "plan",
+        "fleets/ci-shared-runners.yaml",
+        "--detailed-exitcode",
+    ])
+    .ok();
+    let after = env.sim_stats();
+    // Ten machines and templates, all found by label: one instance page, one template page.
+    assert_eq!(
+        count(&after, "compute.instances.aggregatedList")
+            - count(&before, "compute.instances.aggregatedList"),
+        1
+    );
+    assert_eq!(
+        count(&after, "compute.instanceTemplates.list")
+            - count(&before, "compute.instanceTemplates.list"),
+        1
+    );
+    let calls: u64 = after.values().filter_map(|v| v.as_u64()).sum::<u64>()
+        - before.values().filter_map(|v| v.as_u64()).sum::<u64>();
+    assert_eq!(calls, 2, "a no-change plan made other calls: {after:?}");
+}

@@ -167,7 +167,7 @@ fn write_change(out: &mut String, change: &Change, paint: &Paint) {
                 }
                 for (key, value) in &after.spec.metadata {
                     let mut lines = value.lines();
-                    row(out, &format!("{key}"), lines.next().unwrap_or(""));
+                    row(out, key, lines.next().unwrap_or(""));
                     for line in lines {
                         row(out, "", line);
                     }

@@ -607,8 +607,15 @@ impl Expander<'_> {
         if decl.kind == ResourceKind::Pool {
             // The pool's name is its pattern without the member number: `arm-builder-{n}` is
             // pool `arm-builder`.
-            let pool = self.interpolate(&Spanned::new(decl.name.value.replace("{n}", ""), decl.name.span), vars);
-            let pool = pool.split('-').filter(|part| !part.is_empty()).collect::<Vec<_>>().join("-");
+            let pool = self.interpolate(
+                &Spanned::new(decl.name.value.replace("{n}", ""), decl.name.span),
+                vars,
+            );
+            let pool = pool
+                .split('-')
+                .filter(|part| !part.is_empty())
+                .collect::<Vec<_>>()
+                .join("-");
             labels_map.insert(labels::POOL.to_string(), pool);
         }
 

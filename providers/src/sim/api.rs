@@ -237,6 +237,7 @@ fn already_exists(cloud: Cloud, operation: &str, existing: &LiveResource) -> Pro
 /// Creates one object inside a transaction, honouring its idempotency token.
 fn commit_create(
     txn: &mut Txn<'_>,
+    inner: &Inner,
     cloud: Cloud,
     operation: &str,
     request: &CreateRequest,
@@ -252,6 +253,18 @@ fn commit_create(
         // The token was written and the object was not: a crash in between. The create
         // never finished, so finish it now under the same id.
         replay_id = Some(record.id);
+    }
+    if let Some(pattern) = inner.failing_create_pattern(&request.name) {
+        return Err(ProviderError::new(
+            ErrorKind::Fatal,
+            operation,
+            "simulatedFailure",
+            format!(
+                "creating '{}' fails on purpose: the name matches the simulator's failing-create pattern '{pattern}'",
+                request.name
+            ),
+        )
+        .into());
     }
     let spec = &request.spec;
     let region = check_placement(cloud, &spec.zone, &spec.machine_type)
@@ -449,7 +462,7 @@ impl SimProvider {
                         group
                             .iter()
                             .map(|request| {
-                                commit_create(txn, cloud, operation, request)
+                                commit_create(txn, inner, cloud, operation, request)
                                     .map_err(|error| error.into_provider_error(operation))
                             })
                             .collect::<Vec<_>>(),
@@ -570,7 +583,7 @@ impl Provider for SimProvider {
             .blocking(operation, move |inner| {
                 inner
                     .store
-                    .write(|txn| commit_create(txn, cloud, operation, &request))
+                    .write(|txn| commit_create(txn, inner, cloud, operation, &request))
             })
             .await?;
         match outcome {

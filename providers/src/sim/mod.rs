@@ -8,10 +8,13 @@
 //! count of API calls made ([`SimCloud::stats`]).
 //!
 //! The state persists in the directory and may be shared by several processes at once (an
-//! apply running while a test stops a machine); see [`store`] for the layout. Everything is
-//! deterministic: ids are hashes of tokens or names, and each injected fault is drawn from a
-//! hash of the seed, the operation, its key and the attempt number, never from a shared
-//! random generator, so results do not depend on task scheduling.
+//! apply running while a test stops a machine): `sim.json` (format and a note that this is a
+//! simulator), `sim.lock` (the fs4 lock), one JSON file per object under `objects/<cloud>/`,
+//! idempotency-token records under `tokens/<cloud>/` and call counts in `stats.json`.
+//!
+//! Everything is deterministic: ids are hashes of tokens or names, and each injected fault is
+//! drawn from a hash of the seed, the operation, its key and the attempt number, never from a
+//! shared random generator, so results do not depend on task scheduling.
 //!
 //! The simulator says so wherever it shows itself: `describe()` reads `simulated GCP (sim
 //! dir: …)`, injected errors say `simulated fault`, and `sim.json` says nothing in the
@@ -73,6 +76,46 @@ impl Default for SimConfig {
 pub(crate) struct Inner {
     store: Store,
     gate: calls::Gate,
+    /// Name patterns whose creation fails; see [`SimCloud::fail_creates_matching`].
+    failing_creates: std::sync::RwLock<Vec<String>>,
+}
+
+impl Inner {
+    /// The pattern `name` matches among the failing-create patterns, if any.
+    fn failing_create_pattern(&self, name: &str) -> Option<String> {
+        self.failing_creates
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .iter()
+            .find(|pattern| glob_matches(pattern, name))
+            .cloned()
+    }
+}
+
+/// Whether `name` matches `pattern`, where `*` stands for any run of characters and `?` for
+/// one character.
+fn glob_matches(pattern: &str, name: &str) -> bool {
+    let pattern: Vec<char> = pattern.chars().collect();
+    let name: Vec<char> = name.chars().collect();
+    let (mut p, mut n) = (0, 0);
+    // Where the last `*` was, and how much of the name it has taken so far.
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == name[n]) {
+            p += 1;
+            n += 1;
+        } else if p < pattern.len() && pattern[p] == '*' {
+            star = Some((p, n));
+            p += 1;
+        } else if let Some((star_p, star_n)) = star {
+            p = star_p + 1;
+            n = star_n + 1;
+            star = Some((star_p, star_n + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|c| *c == '*')
 }
 
 impl Inner {
@@ -171,7 +214,11 @@ impl SimCloud {
             config.seed,
         );
         Ok(SimCloud {
-            inner: Arc::new(Inner { store, gate }),
+            inner: Arc::new(Inner {
+                store,
+                gate,
+                failing_creates: std::sync::RwLock::new(Vec::new()),
+            }),
         })
     }
 
@@ -179,6 +226,19 @@ impl SimCloud {
     /// and call counts.
     pub fn provider(&self, cloud: Cloud) -> Arc<dyn Provider> {
         Arc::new(api::SimProvider::new(cloud, Arc::clone(&self.inner)))
+    }
+
+    /// Makes every create (single or batched) of an object whose name matches one of
+    /// `patterns` fail with a fatal, non-retryable simulated error, to test how failures are
+    /// handled. `*` matches any run of characters, `?` one. Replaces earlier patterns; an
+    /// empty list turns it off. Holds for this process and every clone and provider of this
+    /// simulator; the failing calls are counted like any other.
+    pub fn fail_creates_matching(&self, patterns: Vec<String>) {
+        *self
+            .inner
+            .failing_creates
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = patterns;
     }
 
     /// Adds this process's API-call counts to the sim dir's totals and resets them. Also done,

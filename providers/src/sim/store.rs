@@ -246,7 +246,9 @@ impl Store {
                     .map_err(|error| self.io_error(&self.dir, "list", error))?;
                 for entry in entries {
                     let entry = entry.map_err(|error| self.io_error(&self.dir, "list", error))?;
-                    if entry.file_name() != "sim.lock" {
+                    // `state/` is where the fleet CLI keeps its state next to the
+                    // simulator by default, and may be made first.
+                    if entry.file_name() != "sim.lock" && entry.file_name() != "state" {
                         return Err(SimError::NotASimDir {
                             dir: self.dir_display.clone(),
                         });

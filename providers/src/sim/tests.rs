@@ -80,6 +80,14 @@ fn template(name: &str, zone: &str, machine_type: &str, token: &str) -> CreateRe
     }
 }
 
+/// `discover` through the provider of `cloud`, which must succeed.
+async fn discover(sim: &SimCloud, cloud: Cloud, fleet: &str) -> Vec<LiveResource> {
+    sim.provider(cloud)
+        .discover(fleet)
+        .await
+        .expect("discover succeeds")
+}
+
 fn names(resources: &[LiveResource]) -> Vec<&str> {
     resources
         .iter()
@@ -174,17 +182,17 @@ async fn created_objects_survive_reopening_the_sim_dir() {
     };
 
     let sim = open(&dir);
-    let gcp = sim.discover_on(Cloud::Gcp, "blue").await;
+    let gcp = discover(&sim, Cloud::Gcp, "blue").await;
     assert_eq!(
         gcp.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
         vec![gcp_ids.0, gcp_ids.1],
         "instances first, then templates"
     );
-    let aws = sim.discover_on(Cloud::Aws, "blue").await;
+    let aws = discover(&sim, Cloud::Aws, "blue").await;
     assert_eq!(aws.len(), 1);
     assert_eq!(aws[0].id, aws_id);
     assert_eq!(aws[0].spec, spec("us-east-1a", "m6g.2xlarge", "blue"));
-    assert!(sim.discover_on(Cloud::Gcp, "green").await.is_empty());
+    assert!(discover(&sim, Cloud::Gcp, "green").await.is_empty());
 
     let listed = sim.list().unwrap();
     assert_eq!(
@@ -198,15 +206,6 @@ async fn created_objects_survive_reopening_the_sim_dir() {
     );
     let note = std::fs::read_to_string(dir.path().join("sim.json")).unwrap();
     assert!(note.contains("simulated"), "{note}");
-}
-
-impl SimCloud {
-    async fn discover_on(&self, cloud: Cloud, fleet: &str) -> Vec<LiveResource> {
-        self.provider(cloud)
-            .discover(fleet)
-            .await
-            .expect("discover succeeds")
-    }
 }
 
 #[tokio::test]
@@ -464,14 +463,14 @@ async fn discover_costs_one_list_call_per_page_like_the_real_apis() {
     );
     assert_eq!(count(&sim, "compute.instances.bulkInsert"), 1);
 
-    let aws = sim.discover_on(Cloud::Aws, "blue").await;
+    let aws = discover(&sim, Cloud::Aws, "blue").await;
     assert_eq!(aws.len(), 1201);
     assert_eq!(aws[0].name, "pool-0000");
     assert_eq!(aws[1200].kind, ObjectKind::InstanceTemplate);
     assert_eq!(count(&sim, "ec2:DescribeInstances"), 2);
     assert_eq!(count(&sim, "ec2:DescribeLaunchTemplates"), 1);
 
-    let gcp = sim.discover_on(Cloud::Gcp, "blue").await;
+    let gcp = discover(&sim, Cloud::Gcp, "blue").await;
     assert_eq!(gcp.len(), 1201);
     assert!(gcp.iter().all(|resource| resource.cloud == Cloud::Gcp));
     assert_eq!(count(&sim, "compute.instances.aggregatedList"), 3);
@@ -496,7 +495,7 @@ async fn discover_costs_one_list_call_per_page_like_the_real_apis() {
     // Counts survive the process, and add up over processes.
     sim.flush_stats().unwrap();
     let later = open(&dir);
-    later.discover_on(Cloud::Aws, "blue").await;
+    discover(&later, Cloud::Aws, "blue").await;
     drop(later);
     assert_eq!(count(&open(&dir), "ec2:DescribeInstances"), 4);
 }
@@ -585,22 +584,21 @@ async fn the_same_seed_and_calls_give_the_same_ids_and_faults() {
 async fn calls_over_the_rate_limit_fail_at_once_as_throttled() {
     let dir = TempDir::new("ratelimit");
     let config = SimConfig {
-        rate_limit: Some(2.0),
+        rate_limit: Some(1.0),
         ..SimConfig::default()
     };
     let sim = SimCloud::open(dir.path(), config).unwrap();
     let gcp = sim.provider(Cloud::Gcp);
-    assert_eq!(gcp.limits().calls_per_second, Some(2.0));
+    assert_eq!(gcp.limits().calls_per_second, Some(1.0));
     assert_eq!(gcp.limits().max_concurrent_mutations, 16);
     gcp.create(&instance("a", "us-east1-b", "e2-small", "a"))
         .await
         .unwrap();
-    gcp.create(&instance("b", "us-east1-b", "e2-small", "b"))
-        .await
-        .unwrap();
+    // The bucket holds one call and refills one per second: the next calls, well within that
+    // second, are over the limit.
     let started = std::time::Instant::now();
     let throttled = gcp
-        .create(&instance("c", "us-east1-b", "e2-small", "c"))
+        .create(&instance("b", "us-east1-b", "e2-small", "b"))
         .await
         .unwrap_err();
     assert!(
@@ -611,17 +609,19 @@ async fn calls_over_the_rate_limit_fail_at_once_as_throttled() {
     assert_eq!(throttled.code, "rateLimitExceeded");
     assert!(throttled.message.contains("403"), "{}", throttled.message);
     let aws_throttled = sim.provider(Cloud::Aws).discover("blue").await.unwrap_err();
+    assert_eq!(aws_throttled.kind, ErrorKind::Throttled);
     assert_eq!(aws_throttled.code, "RequestLimitExceeded");
     assert_eq!(
         sim.list().unwrap().len(),
-        2,
+        1,
         "the throttled create made nothing"
     );
 
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    gcp.create(&instance("c", "us-east1-b", "e2-small", "c"))
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    gcp.create(&instance("b", "us-east1-b", "e2-small", "b"))
         .await
         .expect("the bucket refills at the rate");
+    assert_eq!(sim.list().unwrap().len(), 2);
 }
 
 #[tokio::test]
@@ -634,7 +634,7 @@ async fn every_call_waits_the_configured_latency() {
     let sim = SimCloud::open(dir.path(), config).unwrap();
     let started = std::time::Instant::now();
     // One page of instances and one of templates.
-    sim.discover_on(Cloud::Gcp, "blue").await;
+    discover(&sim, Cloud::Gcp, "blue").await;
     assert!(
         started.elapsed() >= Duration::from_millis(80),
         "{:?}",
@@ -674,7 +674,7 @@ async fn admin_changes_show_in_discovery() {
         InstanceStatus::Terminated,
         "GCE calls a stopped VM TERMINATED"
     );
-    let discovered = sim.discover_on(Cloud::Gcp, "blue").await;
+    let discovered = discover(&sim, Cloud::Gcp, "blue").await;
     assert_eq!(
         discovered[0].status,
         InstanceStatus::Terminated,
@@ -691,7 +691,7 @@ async fn admin_changes_show_in_discovery() {
 
     sim.set(&builder.id, "status", "terminated").unwrap();
     assert!(
-        sim.discover_on(Cloud::Aws, "blue").await.is_empty(),
+        discover(&sim, Cloud::Aws, "blue").await.is_empty(),
         "terminated EC2 is gone"
     );
     sim.set(&builder.id, "status", "running").unwrap();
@@ -706,7 +706,7 @@ async fn admin_changes_show_in_discovery() {
         .unwrap();
     sim.set("runners-manager-blue-1", "metadata.startup-script", "")
         .unwrap();
-    let drifted = &sim.discover_on(Cloud::Gcp, "blue").await[0];
+    let drifted = &discover(&sim, Cloud::Gcp, "blue").await[0];
     assert_eq!(drifted.spec.disk_size_gb, 100);
     assert_eq!(drifted.label("team"), Some("ci"));
     assert!(drifted.spec.metadata.is_empty());
@@ -730,7 +730,7 @@ async fn admin_changes_show_in_discovery() {
     sim.set("runners-manager-blue-1", "label.fleet", "")
         .unwrap();
     assert!(
-        sim.discover_on(Cloud::Gcp, "blue").await.is_empty(),
+        discover(&sim, Cloud::Gcp, "blue").await.is_empty(),
         "unlabelled is unmanaged"
     );
 
@@ -773,8 +773,7 @@ async fn admin_changes_show_in_discovery() {
         ),
         ("debian-12", "gp3")
     );
-    assert!(sim
-        .discover_on(Cloud::Aws, "blue")
+    assert!(discover(&sim, Cloud::Aws, "blue")
         .await
         .iter()
         .all(|r| r.name != "legacy-runner"));
@@ -814,16 +813,16 @@ async fn another_handle_on_the_same_dir_sees_changes_at_once() {
         .await
         .unwrap();
     assert_eq!(
-        apply.discover_on(Cloud::Gcp, "blue").await[0].status,
+        discover(&apply, Cloud::Gcp, "blue").await[0].status,
         InstanceStatus::Running
     );
     console.stop("helper").unwrap();
     assert_eq!(
-        apply.discover_on(Cloud::Gcp, "blue").await[0].status,
+        discover(&apply, Cloud::Gcp, "blue").await[0].status,
         InstanceStatus::Terminated
     );
     console.delete(&made.id).unwrap();
-    assert!(apply.discover_on(Cloud::Gcp, "blue").await.is_empty());
+    assert!(discover(&apply, Cloud::Gcp, "blue").await.is_empty());
     let again = gcp
         .create(&instance("helper", "us-central1-b", "e2-medium", "t"))
         .await
@@ -977,56 +976,71 @@ async fn a_directory_of_other_files_is_not_taken_over() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zz_perf_probe() {
-    let dir = TempDir::new("perf");
-    let sim = open(&dir);
-    let gcp = sim.provider(Cloud::Gcp);
-    let t = std::time::Instant::now();
-    let requests: Vec<CreateRequest> = (0..5000)
-        .map(|n| {
-            instance(
-                &format!("pool-{n:05}"),
-                "us-east1-c",
-                "n1-highcpu-32",
-                &format!("b{n}"),
-            )
-        })
-        .collect();
-    gcp.create_batch(&requests).await;
-    eprintln!("bulk 5000: {:?}", t.elapsed());
-    let t = std::time::Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for n in 0..5000 {
-        let gcp = gcp.clone();
-        let r = instance(
-            &format!("single-{n:05}"),
-            "us-east1-b",
-            "n1-highcpu-32",
-            &format!("s{n}"),
-        );
-        set.spawn(async move { gcp.create(&r).await.unwrap() });
-        if set.len() >= 16 {
-            set.join_next().await;
+async fn two_processes_racing_on_the_same_tokens_make_each_machine_once() {
+    let dir = TempDir::new("race");
+    // Two handles lock through two open files, exactly as two processes do.
+    let first = open(&dir);
+    let second = open(&dir);
+    let mut tasks = tokio::task::JoinSet::new();
+    for sim in [&first, &second] {
+        for n in 0..30 {
+            let aws = sim.provider(Cloud::Aws);
+            let request = instance(
+                &format!("runner-{n}"),
+                "us-east-1f",
+                "m5.large",
+                &format!("race-{n}"),
+            );
+            tasks.spawn(async move { aws.create(&request).await.unwrap().id });
         }
     }
-    while set.join_next().await.is_some() {}
-    eprintln!("single 5000 (16 in flight): {:?}", t.elapsed());
-    let t = std::time::Instant::now();
-    let found = sim.discover_on(Cloud::Gcp, "blue").await;
-    eprintln!("warm discover {}: {:?}", found.len(), t.elapsed());
-    let cold = open(&dir);
-    let t = std::time::Instant::now();
-    let found = cold.discover_on(Cloud::Gcp, "blue").await;
-    eprintln!("cold discover {}: {:?}", found.len(), t.elapsed());
-    let t = std::time::Instant::now();
-    let found = cold.discover_on(Cloud::Gcp, "blue").await;
-    eprintln!("warm2 discover {}: {:?}", found.len(), t.elapsed());
-    cold.stop("pool-00001").unwrap();
-    let t = std::time::Instant::now();
-    let found = sim.discover_on(Cloud::Gcp, "blue").await;
-    eprintln!(
-        "after other-process change discover {}: {:?}",
-        found.len(),
-        t.elapsed()
+    let mut ids = Vec::new();
+    while let Some(id) = tasks.join_next().await {
+        ids.push(id.unwrap());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 30, "both callers got the same 30 machines");
+    assert_eq!(first.list().unwrap().len(), 30);
+    assert_eq!(discover(&second, Cloud::Aws, "blue").await.len(), 30);
+}
+
+#[tokio::test]
+async fn creates_of_names_matching_a_failing_pattern_fail_for_good() {
+    let dir = TempDir::new("fail-create");
+    let sim = open(&dir);
+    sim.fail_creates_matching(vec!["arm64-aws-*".to_owned()]);
+    let aws = sim.provider(Cloud::Aws);
+    let refused = aws
+        .create(&template("arm64-aws-v1", "us-east-1a", "m6g.large", "a"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind, ErrorKind::Fatal, "not retried");
+    assert!(
+        refused.message.contains("arm64-aws-*"),
+        "{}",
+        refused.message
     );
+    let batch = [
+        instance("arm64-aws-1", "us-east-1a", "m6g.large", "b"),
+        instance("amd64-aws-1", "us-east-1a", "m6g.large", "c"),
+    ];
+    let results = aws.create_batch(&batch).await;
+    assert!(results[0].is_err() && results[1].is_ok());
+    assert_eq!(names(&sim.list().unwrap()), ["amd64-aws-1"]);
+
+    sim.fail_creates_matching(Vec::new());
+    aws.create(&template("arm64-aws-v1", "us-east-1a", "m6g.large", "a"))
+        .await
+        .expect("the same request succeeds once the pattern is gone");
+}
+
+#[test]
+fn failing_create_patterns_match_whole_names() {
+    use super::glob_matches;
+    assert!(glob_matches("arm64-aws-*", "arm64-aws-v1a2b"));
+    assert!(glob_matches("*-blue-?", "runners-manager-com-blue-1"));
+    assert!(glob_matches("exact", "exact"));
+    assert!(!glob_matches("arm64-aws-*", "x-arm64-aws-v1"));
+    assert!(!glob_matches("*-blue-?", "runners-blue-12"));
 }
