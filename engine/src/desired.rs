@@ -153,10 +153,19 @@ pub fn spec_hash(cloud: Cloud, object: ObjectKind, spec: &MachineSpec) -> String
             feed(value);
         }
     }
-    feed("metadata");
-    for (key, value) in &spec.metadata {
-        feed(key);
-        feed(value);
+    // Metadata enters through its digest label (`fleet-config`), so a cloud that does not
+    // return metadata in list calls hashes the same as one that does.
+    hex(&hasher.finalize())[..16].to_string()
+}
+
+/// The digest of a machine's metadata, put in the `fleet-config` label.
+pub fn metadata_hash(metadata: &BTreeMap<String, String>) -> String {
+    let mut hasher = Sha256::new();
+    for (key, value) in metadata {
+        hasher.update(key.as_bytes());
+        hasher.update([0]);
+        hasher.update(value.as_bytes());
+        hasher.update([0]);
     }
     hex(&hasher.finalize())[..16].to_string()
 }

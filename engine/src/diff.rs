@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::desired::{spec_hash, Address, Desired, DesiredResource};
+use crate::desired::{metadata_hash, spec_hash, Address, Desired, DesiredResource};
 use crate::provider::{labels, Cloud, InstanceStatus, LiveResource, ObjectKind};
 use crate::spec::model::ResourceKind;
 
@@ -451,11 +451,22 @@ fn compare(want: &DesiredResource, live: &LiveResource) -> Change {
             });
         }
     }
-    let keys: BTreeSet<&String> = have.metadata.keys().chain(spec.metadata.keys()).collect();
+    // Metadata content is compared where the cloud returns it (GCE); elsewhere (EC2 user
+    // data) the `fleet-config` digest label above stands for it.
+    let metadata_observed =
+        !have.metadata.is_empty() || !have.labels.contains_key(labels::CONFIG_HASH);
+    let keys: BTreeSet<&String> = if metadata_observed {
+        have.metadata.keys().chain(spec.metadata.keys()).collect()
+    } else {
+        BTreeSet::new()
+    };
+    let mut metadata_changed =
+        have.labels.get(labels::CONFIG_HASH) != spec.labels.get(labels::CONFIG_HASH);
     for key in keys {
         let before = have.metadata.get(key).cloned().unwrap_or_default();
         let after = spec.metadata.get(key).cloned().unwrap_or_default();
         if before != after {
+            metadata_changed = true;
             in_place.push(Reason::FieldChanged {
                 field: format!("metadata.{key}"),
                 before,
@@ -463,6 +474,24 @@ fn compare(want: &DesiredResource, live: &LiveResource) -> Change {
                 forces_replacement: false,
             });
         }
+    }
+    // EC2 user data cannot change while an instance runs: new metadata means a new machine.
+    if metadata_changed && want.cloud == Cloud::Aws && want.object == ObjectKind::Instance {
+        reasons.push(Reason::FieldChanged {
+            field: "metadata".to_string(),
+            before: have
+                .labels
+                .get(labels::CONFIG_HASH)
+                .cloned()
+                .unwrap_or_default(),
+            after: spec
+                .labels
+                .get(labels::CONFIG_HASH)
+                .cloned()
+                .unwrap_or_default(),
+            forces_replacement: true,
+        });
+        replace = true;
     }
     let template_renamed =
         want.object == ObjectKind::InstanceTemplate && live.name != want.cloud_name;
@@ -478,7 +507,11 @@ fn compare(want: &DesiredResource, live: &LiveResource) -> Change {
     }
     let stamped = live.label(labels::SPEC_HASH);
     let observed = spec_hash(live.cloud, live.kind, &live.spec);
-    let drift = stamped.is_some_and(|stamped| stamped != observed);
+    let metadata_edited = metadata_observed
+        && !have.metadata.is_empty()
+        && have.labels.get(labels::CONFIG_HASH).map(String::as_str)
+            != Some(metadata_hash(&have.metadata).as_str());
+    let drift = stamped.is_some_and(|stamped| stamped != observed) || metadata_edited;
     let needs_change = replace || !in_place.is_empty();
     if drift && needs_change {
         reasons.push(Reason::Drift);

@@ -345,6 +345,9 @@ pub mod labels {
     pub const ROLE: &str = "fleet-role";
     /// For pool members: the pool's name.
     pub const POOL: &str = "fleet-pool";
+    /// A hash of the metadata (rendered files) delivered with the machine. Clouds that do not
+    /// return metadata in their list calls (EC2 user data) are compared through it.
+    pub const CONFIG_HASH: &str = "fleet-config";
 
     /// Whether a label key is one fleet manages (as opposed to a user label).
     pub fn is_managed(key: &str) -> bool {

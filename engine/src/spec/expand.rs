@@ -13,7 +13,7 @@ use petgraph::graphmap::DiGraphMap;
 use super::diagnostic::{closest, Problem, ProblemKind, SourceFile};
 use super::model::{FleetFile, MachineDefaults, ResourceDecl, ResourceKind, Spanned};
 use crate::catalog::{self, Arch};
-use crate::desired::{spec_hash, Address, CloudTarget, Desired, DesiredResource};
+use crate::desired::{metadata_hash, spec_hash, Address, CloudTarget, Desired, DesiredResource};
 use crate::provider::{labels, Cloud, MachineSpec, ObjectKind};
 
 const GCP_DISK_TYPES: &[&str] = &[
@@ -986,6 +986,13 @@ fn finish(fleet: &str, expanded: &mut [Expanded], addresses: &BTreeMap<Address, 
                 .spec
                 .metadata
                 .insert("fleet-runners".to_string(), lines.join("\n"));
+        }
+        if !e.resource.spec.metadata.is_empty() {
+            let digest = metadata_hash(&e.resource.spec.metadata);
+            e.resource
+                .spec
+                .labels
+                .insert(labels::CONFIG_HASH.to_string(), digest);
         }
         let hash = spec_hash(e.resource.cloud, e.resource.object, &e.resource.spec);
         e.resource
