@@ -69,6 +69,10 @@ pub(crate) struct Global {
     #[arg(long, global = true, env = "FLEET_STATE_DIR")]
     pub(crate) state_dir: Option<PathBuf>,
 
+    /// Print the API calls this run made, by operation, on standard error.
+    #[arg(long, global = true)]
+    pub(crate) stats: bool,
+
     /// Limit discovery and changes to one cloud of a mixed fleet.
     #[arg(long, global = true, value_enum)]
     pub(crate) only_cloud: Option<OnlyCloud>,

@@ -1,15 +1,17 @@
 //! Builds the providers of a run from the global options.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_engine::apply::Providers;
-use fleet_engine::desired::Desired;
-use fleet_engine::provider::Cloud;
+use fleet_engine::desired::{CloudTarget, Desired};
+use fleet_engine::provider::{Cloud, Provider};
 use fleet_providers::sim::{SimCloud, SimConfig};
 use miette::{miette, IntoDiagnostic, Result};
 
 use crate::cli::{CloudMode, Global, OnlyCloud};
+use crate::output;
 
 /// The clouds of a run and where its state lives.
 pub(crate) struct Clouds {
@@ -17,10 +19,21 @@ pub(crate) struct Clouds {
     pub(crate) state_dir: PathBuf,
     /// Kept so the simulator's API-call counts are flushed when the run ends.
     pub(crate) sim: Option<SimCloud>,
+    /// `--stats`: print the API calls made on the way out.
+    stats: bool,
 }
 
 impl Drop for Clouds {
     fn drop(&mut self) {
+        if self.stats {
+            let mut calls = serde_json::Map::new();
+            for (_, provider) in self.providers.iter() {
+                for (operation, count) in provider.call_counts() {
+                    calls.insert(operation, count.into());
+                }
+            }
+            output::warn(&format!("API calls: {}", serde_json::Value::Object(calls)));
+        }
         if let Some(sim) = &self.sim {
             let _ = sim.flush_stats();
         }
@@ -56,7 +69,7 @@ pub(crate) fn open_sim(global: &Global) -> Result<SimCloud> {
 }
 
 /// The providers for the clouds a desired set uses.
-pub(crate) fn connect(global: &Global, desired: &Desired) -> Result<Clouds> {
+pub(crate) async fn connect(global: &Global, desired: &Desired) -> Result<Clouds> {
     let mut providers = Providers::new();
     match global.cloud {
         CloudMode::Sim => {
@@ -73,31 +86,49 @@ pub(crate) fn connect(global: &Global, desired: &Desired) -> Result<Clouds> {
                 providers,
                 state_dir,
                 sim: Some(sim),
+                stats: global.stats,
             })
         }
         CloudMode::Live => {
-            let wanted: Vec<Cloud> = desired
-                .clouds
-                .keys()
-                .copied()
-                .filter(|cloud| only_cloud(global).is_none_or(|only| only == *cloud))
-                .collect();
-            if let Some(cloud) = wanted.first() {
-                return Err(miette!(
-                    code = "fleet::live::unavailable",
-                    help =
-                        "use `--cloud sim` to plan and apply against the embedded simulated cloud",
-                    "the live {cloud} provider is not part of this build yet"
-                ));
+            for (cloud, target) in &desired.clouds {
+                if only_cloud(global).is_some_and(|only| only != *cloud) {
+                    continue;
+                }
+                let provider = match cloud {
+                    Cloud::Aws => aws_provider(global, target).await?,
+                    Cloud::Gcp => gcp_provider(global, target).await?,
+                };
+                providers.insert(provider);
             }
+            let state_dir = global
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(".fleet/state"));
+            std::fs::create_dir_all(&state_dir).into_diagnostic()?;
             Ok(Clouds {
                 providers,
-                state_dir: global
-                    .state_dir
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from(".fleet/state")),
+                state_dir,
                 sim: None,
+                stats: global.stats,
             })
         }
     }
+}
+
+/// The live AWS provider for `clouds.aws` of a fleet file.
+async fn aws_provider(_global: &Global, _target: &CloudTarget) -> Result<Arc<dyn Provider>> {
+    Err(miette!(
+        code = "fleet::live::unavailable",
+        help = "use `--cloud sim` to plan and apply against the embedded simulated cloud, or `--only-cloud gcp`",
+        "the live AWS provider is not part of this build yet"
+    ))
+}
+
+/// The live GCP provider for `clouds.gcp` of a fleet file.
+async fn gcp_provider(_global: &Global, _target: &CloudTarget) -> Result<Arc<dyn Provider>> {
+    Err(miette!(
+        code = "fleet::live::unavailable",
+        help = "use `--cloud sim` to plan and apply against the embedded simulated cloud, or `--only-cloud aws`",
+        "the live GCP provider is not part of this build yet"
+    ))
 }

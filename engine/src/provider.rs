@@ -262,6 +262,12 @@ pub trait Provider: Send + Sync {
     /// The pace this cloud accepts.
     fn limits(&self) -> ProviderLimits;
 
+    /// The API calls this provider made in this process so far, by operation name
+    /// (`compute.instances.insert`, `ec2:RunInstances`, …), for `--stats` and tests.
+    fn call_counts(&self) -> BTreeMap<String, u64> {
+        BTreeMap::new()
+    }
+
     /// Lists every instance and template whose `fleet` label equals `fleet`.
     ///
     /// # Guarantees

@@ -64,7 +64,7 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
                 ));
             }
             let desired = ops::desired_of(&plan);
-            let clouds = clouds::connect(global, &desired)?;
+            let clouds = clouds::connect(global, &desired).await?;
             for (cloud, described) in &plan.providers {
                 let now = clouds.providers.get(*cloud).map(|p| p.describe());
                 if now.as_deref() != Some(described.as_str()) {
@@ -81,7 +81,7 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
         }
         None => {
             let desired = super::compile(&args.file)?;
-            let clouds = clouds::connect(global, &desired)?;
+            let clouds = clouds::connect(global, &desired).await?;
             let options = PlanOptions {
                 targets: args.target.clone(),
                 only_cloud: clouds::only_cloud(global),

@@ -11,7 +11,7 @@ use crate::{clouds, output};
 
 pub(crate) async fn run(global: &Global, file: &Path) -> Result<u8> {
     let desired = super::compile(file)?;
-    let clouds = clouds::connect(global, &desired)?;
+    let clouds = clouds::connect(global, &desired).await?;
     let options = PlanOptions {
         only_cloud: clouds::only_cloud(global),
         ..PlanOptions::default()

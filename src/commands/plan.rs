@@ -9,7 +9,7 @@ use crate::{clouds, output};
 
 pub(crate) async fn run(global: &Global, args: &PlanArgs) -> Result<u8> {
     let desired = super::compile(&args.file)?;
-    let clouds = clouds::connect(global, &desired)?;
+    let clouds = clouds::connect(global, &desired).await?;
     let options = PlanOptions {
         targets: args.target.clone(),
         only_cloud: clouds::only_cloud(global),

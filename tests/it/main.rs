@@ -1,7 +1,9 @@
 //! End-to-end tests of the `fleet` CLI: one test binary, one module per area.
 
 mod apply;
+mod aws;
 mod drift;
+mod gcp;
 mod golden;
 mod plan;
 mod support;

@@ -540,6 +540,19 @@ impl Provider for SimProvider {
         )
     }
 
+    fn call_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        let prefix = match self.cloud {
+            Cloud::Gcp => "compute.",
+            Cloud::Aws => "ec2:",
+        };
+        self.inner
+            .gate
+            .session()
+            .into_iter()
+            .filter(|(operation, _)| operation.starts_with(prefix))
+            .collect()
+    }
+
     fn limits(&self) -> ProviderLimits {
         ProviderLimits {
             max_concurrent_mutations: MAX_CONCURRENT_MUTATIONS,

@@ -65,6 +65,8 @@ pub(crate) struct Gate {
     bucket: Option<Mutex<Bucket>>,
     /// Calls not yet merged into `stats.json`.
     pending: Mutex<BTreeMap<String, u64>>,
+    /// Every call this process made, never reset (for `--stats`).
+    session: Mutex<BTreeMap<String, u64>>,
     /// Attempts so far per (operation, key), so each retry draws a fresh, reproducible fault.
     attempts: Mutex<HashMap<(&'static str, String), u64>>,
 }
@@ -89,6 +91,7 @@ impl Gate {
             seed,
             bucket: rate_limit.map(|rate| Mutex::new(Bucket::new(rate))),
             pending: Mutex::new(BTreeMap::new()),
+            session: Mutex::new(BTreeMap::new()),
             attempts: Mutex::new(HashMap::new()),
         }
     }
@@ -112,6 +115,11 @@ impl Gate {
     }
 
     /// The counts not yet merged, without taking them.
+    /// Every call this process made, by operation.
+    pub(crate) fn session(&self) -> BTreeMap<String, u64> {
+        lock(&self.session).clone()
+    }
+
     pub(crate) fn pending(&self) -> BTreeMap<String, u64> {
         lock(&self.pending).clone()
     }
@@ -128,6 +136,7 @@ impl Gate {
         mutating: bool,
     ) -> Result<Outcome, ProviderError> {
         *lock(&self.pending).entry(operation.to_owned()).or_default() += 1;
+        *lock(&self.session).entry(operation.to_owned()).or_default() += 1;
         if let Some(bucket) = &self.bucket {
             if !lock(bucket).try_take() {
                 return Err(throttled(
