@@ -20,7 +20,7 @@ use crate::desired::{short_hash, Address};
 use crate::graph::{ApplyGraph, Step, StepKind};
 use crate::plan::Plan;
 use crate::provider::{
-    labels, Cloud, CreateRequest, DeleteRequest, LiveResource, Provider, ProviderError,
+    Cloud, CreateRequest, DeleteRequest, LiveResource, Provider, ProviderError,
     UpdateRequest,
 };
 use crate::retry::RetryPolicy;
@@ -261,7 +261,7 @@ pub async fn execute(
     let mut report = ApplyReport::default();
     let mut done = 0usize;
     let mut finished: BTreeMap<NodeIndex, bool> = BTreeMap::new();
-    let mut tasks: JoinSet<(NodeIndex, u32, Result<String, ProviderError>)> = JoinSet::new();
+    let mut tasks: JoinSet<Vec<(NodeIndex, u32, Result<String, ProviderError>)>> = JoinSet::new();
     let concurrency = options.concurrency.max(1);
     loop {
         while tasks.len() < concurrency {
@@ -300,71 +300,107 @@ pub async fn execute(
                 );
                 continue;
             };
-            observer.event(
-                &ApplyEvent::Started {
-                    address: step.address.to_string(),
-                    step: step.kind.verb(),
-                    name: change.cloud_name().to_string(),
-                },
-                done,
-                total,
-            );
+            // Identical pool members that are ready together go to the cloud as one batch
+            // (GCE bulkInsert, EC2 RunInstances with MinCount/MaxCount).
+            let mut members = vec![node];
+            if step.kind == StepKind::Create && change.kind == ResourceKind::Pool {
+                let shape = batch_shape(change);
+                let mut index = 0;
+                while index < ready.len() && members.len() < MAX_BATCH {
+                    let other = &g[ready[index]];
+                    let same = other.kind == StepKind::Create
+                        && plan.resource_changes.get(other.change).is_some_and(|c| {
+                            c.kind == ResourceKind::Pool
+                                && c.cloud == cloud
+                                && batch_shape(c) == shape
+                        });
+                    match (same, ready.remove(index)) {
+                        (true, Some(member)) => members.push(member),
+                        (false, Some(other)) => {
+                            ready.insert(index, other);
+                            index += 1;
+                        }
+                        (_, None) => break,
+                    }
+                }
+            }
+            for &member in &members {
+                let member_step = &g[member];
+                observer.event(
+                    &ApplyEvent::Started {
+                        address: member_step.address.to_string(),
+                        step: member_step.kind.verb(),
+                        name: plan.resource_changes[member_step.change]
+                            .cloud_name()
+                            .to_string(),
+                    },
+                    done,
+                    total,
+                );
+            }
             let plan = plan.clone();
             let observer = observer.clone();
             let retry = options.retry;
+            let steps: Vec<(NodeIndex, Step)> =
+                members.iter().map(|&m| (m, g[m].clone())).collect();
             tasks.spawn(async move {
-                let (attempts, result) =
-                    run_step(&plan, &step, &lane, retry, &*observer, total).await;
-                (node, attempts, result)
+                if let [(node, step)] = steps.as_slice() {
+                    let (attempts, result) =
+                        run_step(&plan, step, &lane, retry, &*observer, total).await;
+                    return vec![(*node, attempts, result)];
+                }
+                run_batch(&plan, &steps, &lane, retry, &*observer, total).await
             });
         }
         let Some(joined) = tasks.join_next().await else {
             break;
         };
-        let (node, attempts, result) = match joined {
-            Ok(outcome) => outcome,
+        let outcomes = match joined {
+            Ok(outcomes) => outcomes,
             Err(panic) => {
                 // A panicking step must not take the run with it; nothing can be attributed.
                 tracing_free_note(&panic);
                 continue;
             }
         };
-        report.retries += attempts.saturating_sub(1) as usize;
-        let step = g[node].clone();
-        done += 1;
-        match result {
-            Ok(id) => {
-                match step.kind {
-                    StepKind::Create => report.created += 1,
-                    StepKind::Update => report.updated += 1,
-                    StepKind::Delete => report.deleted += 1,
-                    StepKind::Barrier => {}
+        for (node, attempts, result) in outcomes {
+            report.retries += attempts.saturating_sub(1) as usize;
+            let step = g[node].clone();
+            done += 1;
+            match result {
+                Ok(id) => {
+                    match step.kind {
+                        StepKind::Create => report.created += 1,
+                        StepKind::Update => report.updated += 1,
+                        StepKind::Delete => report.deleted += 1,
+                        StepKind::Barrier => {}
+                    }
+                    observer.event(
+                        &ApplyEvent::Succeeded {
+                            address: step.address.to_string(),
+                            step: step.kind.verb(),
+                            id,
+                            seconds: 0.0,
+                        },
+                        done,
+                        total,
+                    );
+                    finished.insert(node, true);
+                    release(g, node, &mut pending, &mut ready);
                 }
-                observer.event(
-                    &ApplyEvent::Succeeded {
-                        address: step.address.to_string(),
-                        step: step.kind.verb(),
-                        id,
-                        seconds: 0.0,
-                    },
-                    done,
-                    total,
-                );
-                finished.insert(node, true);
-                release(g, node, &mut pending, &mut ready);
-            }
-            Err(error) => {
-                fail(
-                    g,
-                    node,
-                    &step,
-                    error,
-                    &mut report,
-                    &mut finished,
-                    &mut done,
-                    total,
-                    &*observer,
-                );
+                Err(error) => {
+                    fail(
+                        g,
+                        node,
+                        &step,
+                        error,
+                        &mut report,
+                        &mut finished,
+                        &mut done,
+                        total,
+                        &*observer,
+                    );
+                }
             }
         }
     }
@@ -446,6 +482,71 @@ fn fail(
         }
         queue.extend(g.neighbors_directed(next, Direction::Outgoing));
     }
+}
+
+/// The most pool members sent in one batch call.
+const MAX_BATCH: usize = 100;
+
+/// What must be equal for two pool members to be created in one call.
+type Shape = Option<(String, String, String, String, u32)>;
+
+fn batch_shape(change: &crate::diff::Change) -> Shape {
+    change.after.as_ref().map(|after| {
+        (
+            after.spec.machine_type.clone(),
+            after.spec.zone.clone(),
+            after.spec.image.clone(),
+            after.spec.disk_type.clone(),
+            after.spec.disk_size_gb,
+        )
+    })
+}
+
+/// Creates several pool members with one batch call; members whose part of it failed in a
+/// retryable way go on alone with the usual retries (same tokens, so nothing is made twice).
+async fn run_batch(
+    plan: &Plan,
+    steps: &[(NodeIndex, Step)],
+    lane: &Lane,
+    retry: RetryPolicy,
+    observer: &dyn Observer,
+    total: usize,
+) -> Vec<(NodeIndex, u32, Result<String, ProviderError>)> {
+    let mut requests = Vec::with_capacity(steps.len());
+    for (_, step) in steps {
+        let change = &plan.resource_changes[step.change];
+        let Some(after) = &change.after else {
+            return steps
+                .iter()
+                .map(|(node, step)| (*node, 1, Err(missing("after", step))))
+                .collect();
+        };
+        requests.push(CreateRequest {
+            kind: after.object,
+            name: after.cloud_name.clone(),
+            spec: after.spec.clone(),
+            idempotency_token: idempotency_token(&plan.plan_id, step, ""),
+        });
+    }
+    let results = {
+        let _permit = lane.mutations.acquire().await;
+        if let Some(rate) = &lane.rate {
+            rate.acquire().await;
+        }
+        lane.provider.create_batch(&requests).await
+    };
+    let mut outcomes = Vec::with_capacity(steps.len());
+    for ((node, step), result) in steps.iter().zip(results) {
+        match result {
+            Ok(live) => outcomes.push((*node, 1, Ok(live.id))),
+            Err(error) if error.kind.is_retryable() => {
+                let (attempts, result) = run_step(plan, step, lane, retry, observer, total).await;
+                outcomes.push((*node, attempts + 1, result));
+            }
+            Err(error) => outcomes.push((*node, 1, Err(error))),
+        }
+    }
+    outcomes
 }
 
 /// The idempotency token of one step of one plan: the same plan and step always give the
@@ -568,9 +669,4 @@ fn missing(what: &str, step: &Step) -> ProviderError {
             step.address
         ),
     )
-}
-
-/// Whether a live object belongs to a pool (for batching and messages).
-pub fn is_pool_member(live: &LiveResource) -> bool {
-    live.label(labels::KIND) == Some(ResourceKind::Pool.as_str())
 }
