@@ -69,6 +69,11 @@ pub(crate) struct Global {
     #[arg(long, global = true, env = "FLEET_STATE_DIR")]
     pub(crate) state_dir: Option<PathBuf>,
 
+    /// Secret values as NAME=value lines, for `${secret:NAME}` references (checked after the
+    /// FLEET_SECRET_<NAME> environment variables).
+    #[arg(long, global = true, value_name = "FILE", env = "FLEET_SECRETS_FILE")]
+    pub(crate) secrets_file: Option<PathBuf>,
+
     /// Print the API calls this run made, by operation, on standard error.
     #[arg(long, global = true)]
     pub(crate) stats: bool,
@@ -148,6 +153,9 @@ pub(crate) enum Command {
     /// A saved plan is applied exactly as it is, and refused if the live state changed since
     /// it was made. Only one apply per fleet runs at a time.
     Apply(ApplyArgs),
+    /// Write every file fleet delivers to each machine (config.toml, prometheus.yml, the
+    /// bootstrap), as Chef laid them down: for review, or for hosts fleet does not create.
+    Render(RenderArgs),
     /// Print the plan's dependency graph as Graphviz DOT.
     Graph {
         /// Fleet file.
@@ -200,6 +208,19 @@ pub(crate) struct ApplyArgs {
     /// Cloud calls in flight at once.
     #[arg(long, default_value_t = 16)]
     pub(crate) concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RenderArgs {
+    /// Fleet file.
+    pub(crate) file: PathBuf,
+    /// Directory to write `<machine>/etc/gitlab-runner/config.toml` and the rest into;
+    /// without it, every file is printed.
+    #[arg(short = 'o', long = "out")]
+    pub(crate) out: Option<PathBuf>,
+    /// Fill in secret values instead of `(sensitive)`; every referenced secret must be given.
+    #[arg(long)]
+    pub(crate) reveal_secrets: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use fleet_engine::apply::Providers;
 use fleet_engine::desired::{CloudTarget, Desired};
 use fleet_engine::provider::{Cloud, Provider};
+use fleet_providers::aws::{AwsEc2, AwsOptions};
 use fleet_providers::sim::{SimCloud, SimConfig};
 use miette::{miette, IntoDiagnostic, Result};
 
@@ -116,19 +117,39 @@ pub(crate) async fn connect(global: &Global, desired: &Desired) -> Result<Clouds
 }
 
 /// The live AWS provider for `clouds.aws` of a fleet file.
-async fn aws_provider(_global: &Global, _target: &CloudTarget) -> Result<Arc<dyn Provider>> {
-    Err(miette!(
-        code = "fleet::live::unavailable",
-        help = "use `--cloud sim` to plan and apply against the embedded simulated cloud, or `--only-cloud gcp`",
-        "the live AWS provider is not part of this build yet"
-    ))
+async fn aws_provider(_global: &Global, target: &CloudTarget) -> Result<Arc<dyn Provider>> {
+    // The fleet file's endpoint wins; otherwise the SDK's own chain applies (AWS_ENDPOINT_URL,
+    // the profile's endpoint_url). Credentials come from the standard chain and are checked
+    // here, before anything is planned or changed.
+    let mut options = AwsOptions::new(target.region.clone());
+    options.endpoint = target.endpoint.clone();
+    let provider = AwsEc2::connect(options).await?;
+    Ok(Arc::new(provider))
 }
 
 /// The live GCP provider for `clouds.gcp` of a fleet file.
-async fn gcp_provider(_global: &Global, _target: &CloudTarget) -> Result<Arc<dyn Provider>> {
-    Err(miette!(
-        code = "fleet::live::unavailable",
-        help = "use `--cloud sim` to plan and apply against the embedded simulated cloud, or `--only-cloud aws`",
-        "the live GCP provider is not part of this build yet"
-    ))
+///
+/// The endpoint is `FLEET_GCP_ENDPOINT` if set, else `clouds.gcp.endpoint`, else Compute
+/// Engine itself; `FLEET_GCP_ANONYMOUS=1` skips authentication (for a local test server),
+/// otherwise Application Default Credentials are required and checked before anything runs.
+async fn gcp_provider(_global: &Global, target: &CloudTarget) -> Result<Arc<dyn Provider>> {
+    use fleet_providers::gcp::{GcpAuth, GcpConfig, GcpProvider};
+
+    let Some(project) = target.project.clone() else {
+        return Err(miette!(
+            code = "fleet::gcp::project",
+            help = "add `clouds: {gcp: {project: …, region: …}}` to the fleet file",
+            "no GCP project for the live GCP provider"
+        ));
+    };
+    let mut config = GcpConfig::new(project, target.region.clone());
+    config.endpoint = std::env::var("FLEET_GCP_ENDPOINT")
+        .ok()
+        .filter(|endpoint| !endpoint.trim().is_empty())
+        .or_else(|| target.endpoint.clone());
+    if std::env::var("FLEET_GCP_ANONYMOUS").is_ok_and(|value| value == "1" || value == "true") {
+        config.auth = GcpAuth::Anonymous;
+    }
+    let provider = GcpProvider::connect(config).await?;
+    Ok(Arc::new(provider))
 }

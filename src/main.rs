@@ -5,6 +5,7 @@ mod cli;
 mod clouds;
 mod commands;
 mod output;
+mod secrets;
 
 use std::process::ExitCode;
 

@@ -20,7 +20,7 @@ use crate::desired::{short_hash, Address};
 use crate::graph::{ApplyGraph, Step, StepKind};
 use crate::plan::Plan;
 use crate::provider::{
-    Cloud, CreateRequest, DeleteRequest, LiveResource, Provider, ProviderError,
+    Cloud, CreateRequest, DeleteRequest, LiveResource, MachineSpec, Provider, ProviderError,
     UpdateRequest,
 };
 use crate::retry::RetryPolicy;
@@ -55,12 +55,14 @@ impl Providers {
 }
 
 /// Executor settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ApplyOptions {
     /// Steps in flight at once, over all clouds.
     pub concurrency: usize,
     /// Retry of throttled and transient failures.
     pub retry: RetryPolicy,
+    /// Secret values, delivered to the machines that reference them (`fleet-secrets`).
+    pub secret_values: BTreeMap<String, String>,
 }
 
 impl Default for ApplyOptions {
@@ -68,8 +70,26 @@ impl Default for ApplyOptions {
         ApplyOptions {
             concurrency: 16,
             retry: RetryPolicy::default(),
+            secret_values: BTreeMap::new(),
         }
     }
+}
+
+/// The metadata to send for a machine: its files plus, where they reference secrets, the
+/// secret values in `fleet-secrets`.
+fn with_secrets(
+    fleet: &str,
+    metadata: &BTreeMap<String, String>,
+    values: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut out = metadata.clone();
+    if let Some(delivery) = crate::secrets::delivery(fleet, metadata, values) {
+        out.insert(
+            crate::render::SECRETS.to_string(),
+            serde_json::to_string(&delivery).unwrap_or_default(),
+        );
+    }
+    out
 }
 
 /// Something that happened during apply, for progress output and the journal.
@@ -242,6 +262,7 @@ pub async fn execute(
         );
     }
     let plan = Arc::new(plan.clone());
+    let secrets = Arc::new(options.secret_values.clone());
     let g = &graph.graph;
     let total = graph.step_count();
     let mut pending: BTreeMap<NodeIndex, usize> = g
@@ -261,7 +282,7 @@ pub async fn execute(
     let mut report = ApplyReport::default();
     let mut done = 0usize;
     let mut finished: BTreeMap<NodeIndex, bool> = BTreeMap::new();
-    let mut tasks: JoinSet<Vec<(NodeIndex, u32, Result<String, ProviderError>)>> = JoinSet::new();
+    let mut tasks: JoinSet<Vec<StepOutcome>> = JoinSet::new();
     let concurrency = options.concurrency.max(1);
     loop {
         while tasks.len() < concurrency {
@@ -341,15 +362,16 @@ pub async fn execute(
             let plan = plan.clone();
             let observer = observer.clone();
             let retry = options.retry;
+            let secrets = secrets.clone();
             let steps: Vec<(NodeIndex, Step)> =
                 members.iter().map(|&m| (m, g[m].clone())).collect();
             tasks.spawn(async move {
                 if let [(node, step)] = steps.as_slice() {
                     let (attempts, result) =
-                        run_step(&plan, step, &lane, retry, &*observer, total).await;
+                        run_step(&plan, step, &lane, retry, &*observer, total, &secrets).await;
                     return vec![(*node, attempts, result)];
                 }
-                run_batch(&plan, &steps, &lane, retry, &*observer, total).await
+                run_batch(&plan, &steps, &lane, retry, &*observer, total, &secrets).await
             });
         }
         let Some(joined) = tasks.join_next().await else {
@@ -484,6 +506,9 @@ fn fail(
     }
 }
 
+/// A finished step: its node, the attempts it took, and the cloud id or the error.
+type StepOutcome = (NodeIndex, u32, Result<String, ProviderError>);
+
 /// The most pool members sent in one batch call.
 const MAX_BATCH: usize = 100;
 
@@ -511,7 +536,8 @@ async fn run_batch(
     retry: RetryPolicy,
     observer: &dyn Observer,
     total: usize,
-) -> Vec<(NodeIndex, u32, Result<String, ProviderError>)> {
+    secrets: &BTreeMap<String, String>,
+) -> Vec<StepOutcome> {
     let mut requests = Vec::with_capacity(steps.len());
     for (_, step) in steps {
         let change = &plan.resource_changes[step.change];
@@ -524,7 +550,10 @@ async fn run_batch(
         requests.push(CreateRequest {
             kind: after.object,
             name: after.cloud_name.clone(),
-            spec: after.spec.clone(),
+            spec: MachineSpec {
+                metadata: with_secrets(&plan.fleet, &after.spec.metadata, secrets),
+                ..after.spec.clone()
+            },
             idempotency_token: idempotency_token(&plan.plan_id, step, ""),
         });
     }
@@ -540,7 +569,8 @@ async fn run_batch(
         match result {
             Ok(live) => outcomes.push((*node, 1, Ok(live.id))),
             Err(error) if error.kind.is_retryable() => {
-                let (attempts, result) = run_step(plan, step, lane, retry, observer, total).await;
+                let (attempts, result) =
+                    run_step(plan, step, lane, retry, observer, total, secrets).await;
                 outcomes.push((*node, attempts + 1, result));
             }
             Err(error) => outcomes.push((*node, 1, Err(error))),
@@ -562,6 +592,7 @@ async fn run_step(
     retry: RetryPolicy,
     observer: &dyn Observer,
     total: usize,
+    secrets: &BTreeMap<String, String>,
 ) -> (u32, Result<String, ProviderError>) {
     let change = &plan.resource_changes[step.change];
     let started = Instant::now();
@@ -573,7 +604,7 @@ async fn run_step(
             if let Some(rate) = &lane.rate {
                 rate.acquire().await;
             }
-            call(plan, step, change, &*lane.provider).await
+            call(plan, step, change, &*lane.provider, secrets).await
         };
         match result {
             Ok(id) => return (attempt, Ok(id)),
@@ -606,6 +637,7 @@ async fn call(
     step: &Step,
     change: &crate::diff::Change,
     provider: &dyn Provider,
+    secrets: &BTreeMap<String, String>,
 ) -> Result<String, ProviderError> {
     match step.kind {
         StepKind::Create => {
@@ -616,7 +648,10 @@ async fn call(
             let request = CreateRequest {
                 kind: after.object,
                 name: after.cloud_name.clone(),
-                spec: after.spec.clone(),
+                spec: MachineSpec {
+                    metadata: with_secrets(&plan.fleet, &after.spec.metadata, secrets),
+                    ..after.spec.clone()
+                },
                 idempotency_token: idempotency_token(&plan.plan_id, step, ""),
             };
             provider
@@ -636,7 +671,7 @@ async fn call(
             let request = UpdateRequest {
                 id: before.id.clone(),
                 labels: after.spec.labels.clone(),
-                metadata: after.spec.metadata.clone(),
+                metadata: with_secrets(&plan.fleet, &after.spec.metadata, secrets),
                 idempotency_token: idempotency_token(&plan.plan_id, step, &before.id),
             };
             provider.update(&request).await.map(|live| live.id)

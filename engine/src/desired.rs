@@ -127,6 +127,10 @@ pub struct Desired {
     pub clouds: BTreeMap<Cloud, CloudTarget>,
     /// The objects.
     pub resources: BTreeMap<Address, DesiredResource>,
+    /// Machines no cloud manages (`hosts:`): their rendered files by metadata key, for
+    /// `fleet render`. Never planned or applied.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hosts: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// A hash of what an object is, ignoring its own spec-hash label, so the same spec always
@@ -161,7 +165,11 @@ pub fn spec_hash(cloud: Cloud, object: ObjectKind, spec: &MachineSpec) -> String
 /// The digest of a machine's metadata, put in the `fleet-config` label.
 pub fn metadata_hash(metadata: &BTreeMap<String, String>) -> String {
     let mut hasher = Sha256::new();
-    for (key, value) in metadata {
+    // Secret values are delivered at apply time and never part of what is compared.
+    for (key, value) in metadata
+        .iter()
+        .filter(|(key, _)| key.as_str() != crate::render::SECRETS)
+    {
         hasher.update(key.as_bytes());
         hasher.update([0]);
         hasher.update(value.as_bytes());

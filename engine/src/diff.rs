@@ -10,8 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::desired::{metadata_hash, spec_hash, Address, Desired, DesiredResource};
-use crate::provider::{labels, Cloud, InstanceStatus, LiveResource, ObjectKind};
+use crate::provider::{labels, Cloud, InstanceStatus, LiveResource, MachineSpec, ObjectKind};
 use crate::spec::model::ResourceKind;
+use crate::{render, secrets};
 
 /// What apply does to one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -144,6 +145,11 @@ pub enum Reason {
     },
     /// GCE names are unique per zone: the old machine must go before the new takes its name.
     NameHeld,
+    /// A secret the machine uses has a new value (told by its digest, never shown).
+    SecretChanged {
+        /// The secret's name.
+        name: String,
+    },
 }
 
 impl Reason {
@@ -171,6 +177,7 @@ impl Reason {
                 "templates are immutable: {after} replaces {before}; users are repointed before {before} is removed"
             ),
             Reason::NameHeld => "GCE names are unique per zone: the old machine is removed before the new one takes its name".to_string(),
+            Reason::SecretChanged { name } => format!("secret {name} changed: (sensitive)"),
         }
     }
 }
@@ -203,6 +210,59 @@ pub struct Change {
     pub before: Option<LiveResource>,
     /// The desired object, for creations, updates and replacements.
     pub after: Option<DesiredResource>,
+    /// Unified diffs of the delivered files that change, secrets masked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileDiff>,
+    /// For machines that run gitlab-runner: what the change does to the runner process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impact: Option<Impact>,
+}
+
+/// The diff of one delivered file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDiff {
+    /// Its path on the machine.
+    pub path: String,
+    /// A unified diff, secrets masked.
+    pub diff: String,
+}
+
+/// How a change reaches the running gitlab-runner, from gitlab-runner's reload rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImpactClass {
+    /// Files that only matter at the next boot.
+    None,
+    /// config.toml is re-read within seconds.
+    Reload,
+    /// SIGQUIT, running jobs finish, start again.
+    GracefulRestart,
+    /// A new gitlab-runner version: stop gracefully, install, start.
+    Upgrade,
+    /// A new machine.
+    Replace,
+}
+
+/// The impact of a change on a runner manager, and how apply carries it out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Impact {
+    /// The class.
+    pub class: ImpactClass,
+    /// What happens, step by step.
+    pub procedure: String,
+}
+
+impl ImpactClass {
+    /// Words for output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImpactClass::None => "none until the next boot",
+            ImpactClass::Reload => "reload",
+            ImpactClass::GracefulRestart => "graceful restart",
+            ImpactClass::Upgrade => "upgrade",
+            ImpactClass::Replace => "replace",
+        }
+    }
 }
 
 impl Change {
@@ -252,6 +312,7 @@ pub fn diff(
     live: &[LiveResource],
     holders: &[LiveResource],
     scope: Option<&BTreeSet<Address>>,
+    secret_values: &BTreeMap<String, String>,
 ) -> Diff {
     let in_scope = |address: &Address| scope.is_none_or(|scope| scope.contains(address));
     let mut by_address: BTreeMap<Address, Vec<&LiveResource>> = BTreeMap::new();
@@ -294,10 +355,13 @@ pub fn diff(
                 reasons: vec![Reason::Missing],
                 before: None,
                 after: Some(want.clone()),
+                files: Vec::new(),
+                impact: None,
             });
             continue;
         };
-        out.changes.push(compare(want, primary));
+        out.changes
+            .push(compare(&desired.fleet, want, primary, secret_values));
         for duplicate in extra {
             let reason = if want.object == ObjectKind::InstanceTemplate {
                 Reason::NewVersion {
@@ -339,6 +403,8 @@ fn deletion(address: Address, object: &LiveResource, reason: Reason) -> Change {
         reasons: vec![reason],
         before: Some(object.clone()),
         after: None,
+        files: Vec::new(),
+        impact: None,
     }
 }
 
@@ -388,7 +454,12 @@ fn kind_word(kind: ObjectKind) -> &'static str {
 }
 
 /// Compares one desired resource with its live object.
-fn compare(want: &DesiredResource, live: &LiveResource) -> Change {
+fn compare(
+    fleet: &str,
+    want: &DesiredResource,
+    live: &LiveResource,
+    secret_values: &BTreeMap<String, String>,
+) -> Change {
     let mut reasons = Vec::new();
     let have = &live.spec;
     let spec = &want.spec;
@@ -456,10 +527,15 @@ fn compare(want: &DesiredResource, live: &LiveResource) -> Change {
     let metadata_observed =
         !have.metadata.is_empty() || !have.labels.contains_key(labels::CONFIG_HASH);
     let keys: BTreeSet<&String> = if metadata_observed {
-        have.metadata.keys().chain(spec.metadata.keys()).collect()
+        have.metadata
+            .keys()
+            .chain(spec.metadata.keys())
+            .filter(|key| key.as_str() != render::SECRETS)
+            .collect()
     } else {
         BTreeSet::new()
     };
+    let mut files = Vec::new();
     let mut metadata_changed =
         have.labels.get(labels::CONFIG_HASH) != spec.labels.get(labels::CONFIG_HASH);
     for key in keys {
@@ -467,12 +543,29 @@ fn compare(want: &DesiredResource, live: &LiveResource) -> Change {
         let after = spec.metadata.get(key).cloned().unwrap_or_default();
         if before != after {
             metadata_changed = true;
+            let (before, after) = match render::file_path(key) {
+                // Whole files are shown as a diff; the reason names them by size and digest.
+                Some(path) if key != render::RUNNER_VERSION => {
+                    files.push(file_diff(path, &before, &after));
+                    (file_summary(&before), file_summary(&after))
+                }
+                _ => (before, after),
+            };
             in_place.push(Reason::FieldChanged {
                 field: format!("metadata.{key}"),
                 before,
                 after,
                 forces_replacement: false,
             });
+        }
+    }
+    // A rotated secret: its digest on the machine differs from the value given now.
+    let have_digests = secrets::live_digests(live);
+    for name in secrets::references(spec.metadata.values()) {
+        if let Some(value) = secret_values.get(&name) {
+            if have_digests.get(&name) != Some(&secrets::digest(fleet, &name, value)) {
+                in_place.push(Reason::SecretChanged { name });
+            }
         }
     }
     // EC2 user data cannot change while an instance runs: new metadata means a new machine.
@@ -548,6 +641,7 @@ fn compare(want: &DesiredResource, live: &LiveResource) -> Change {
     } else {
         Action::NoOp
     };
+    let impact = impact(action, have, spec, &reasons);
     Change {
         address: want.address.clone(),
         kind: want.kind,
@@ -556,5 +650,153 @@ fn compare(want: &DesiredResource, live: &LiveResource) -> Change {
         reasons,
         before: Some(live.clone()),
         after: Some(want.clone()),
+        files,
+        impact,
     }
+}
+
+fn file_summary(text: &str) -> String {
+    if text.is_empty() {
+        return String::new();
+    }
+    format!(
+        "{} lines, sha256 {}",
+        text.lines().count(),
+        &crate::desired::short_hash(&[text])[..12]
+    )
+}
+
+fn file_diff(path: &str, before: &str, after: &str) -> FileDiff {
+    let before = render::mask_secrets(before);
+    let after = render::mask_secrets(after);
+    let diff = similar::TextDiff::from_lines(&before, &after)
+        .unified_diff()
+        .context_radius(2)
+        .header(&format!("a/{path}"), &format!("b/{path}"))
+        .to_string();
+    FileDiff {
+        path: path.to_string(),
+        diff,
+    }
+}
+
+/// What a change does to a machine's gitlab-runner, by gitlab-runner's reload rules.
+fn impact(
+    action: Action,
+    have: &MachineSpec,
+    want: &MachineSpec,
+    reasons: &[Reason],
+) -> Option<Impact> {
+    let runs_runner = want.metadata.contains_key(render::RUNNER_CONFIG);
+    if !runs_runner || action == Action::NoOp {
+        return None;
+    }
+    let timeout = toml::from_str::<toml::Table>(
+        want.metadata
+            .get(render::RUNNER_CONFIG)
+            .map_or("", String::as_str),
+    )
+    .ok()
+    .and_then(|t| t.get("shutdown_timeout").and_then(toml::Value::as_integer))
+    .unwrap_or(render::DEFAULT_SHUTDOWN_TIMEOUT);
+    let wait = format!("running jobs finish, up to shutdown_timeout = {timeout} s");
+    if action.is_replace() {
+        return Some(Impact {
+            class: ImpactClass::Replace,
+            procedure: format!("a new machine is made from the fleet file; the old one stops gracefully (SIGQUIT, {wait}) and is removed"),
+        });
+    }
+    let old_version = have.metadata.get(render::RUNNER_VERSION);
+    let new_version = want.metadata.get(render::RUNNER_VERSION);
+    if old_version.is_some() && old_version != new_version {
+        return Some(Impact {
+            class: ImpactClass::Upgrade,
+            procedure: format!(
+                "upgrade, as runner_upgrade.sh did: gitlab-runner stops gracefully (SIGQUIT, {wait}), version {} replaces {}, it starts again",
+                new_version.map_or("?", String::as_str),
+                old_version.map_or("?", String::as_str)
+            ),
+        });
+    }
+    let old_config = have.metadata.get(render::RUNNER_CONFIG);
+    let new_config = want.metadata.get(render::RUNNER_CONFIG);
+    let secret_changed = reasons
+        .iter()
+        .any(|r| matches!(r, Reason::SecretChanged { .. }));
+    if old_config != new_config && old_config.is_some() {
+        let restart = needs_restart(
+            old_config.map_or("", String::as_str),
+            new_config.map_or("", String::as_str),
+        );
+        return Some(if restart {
+            Impact {
+                class: ImpactClass::GracefulRestart,
+                procedure: format!("config.toml is delivered in place, then gitlab-runner restarts gracefully (SIGQUIT, {wait}) because listen_address, [session_server] or [runners.autoscaler] changed"),
+            }
+        } else {
+            Impact {
+                class: ImpactClass::Reload,
+                procedure: "config.toml is delivered in place; gitlab-runner re-reads it within seconds; running jobs are not touched".to_string(),
+            }
+        });
+    }
+    if secret_changed {
+        return Some(Impact {
+            class: ImpactClass::Reload,
+            procedure: "the new secret is delivered in place and written into config.toml; gitlab-runner re-reads it within seconds".to_string(),
+        });
+    }
+    if have.metadata.get(render::USER_DATA) != want.metadata.get(render::USER_DATA) {
+        return Some(Impact {
+            class: ImpactClass::None,
+            procedure: "only the bootstrap changed: it takes effect when the machine is next made"
+                .to_string(),
+        });
+    }
+    None
+}
+
+/// Whether a config.toml change needs a restart: `listen_address`, `[session_server]`, or a
+/// runner's `[runners.autoscaler]` other than its policies.
+pub fn needs_restart(old: &str, new: &str) -> bool {
+    let (Ok(old), Ok(new)) = (
+        toml::from_str::<toml::Table>(old),
+        toml::from_str::<toml::Table>(new),
+    ) else {
+        return true;
+    };
+    if old.get("listen_address") != new.get("listen_address")
+        || old.get("session_server") != new.get("session_server")
+    {
+        return true;
+    }
+    let autoscalers = |table: &toml::Table| -> BTreeMap<String, Option<toml::Table>> {
+        table
+            .get("runners")
+            .and_then(toml::Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(toml::Value::as_table)
+            .map(|runner| {
+                let name = runner
+                    .get("name")
+                    .and_then(toml::Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let autoscaler = runner
+                    .get("autoscaler")
+                    .and_then(toml::Value::as_table)
+                    .map(|a| {
+                        let mut a = a.clone();
+                        a.remove("policy");
+                        a
+                    });
+                (name, autoscaler)
+            })
+            .collect()
+    };
+    let (before, after) = (autoscalers(&old), autoscalers(&new));
+    after
+        .iter()
+        .any(|(name, autoscaler)| before.get(name).is_some_and(|old| old != autoscaler))
 }

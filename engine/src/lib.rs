@@ -11,6 +11,8 @@ pub mod graph;
 pub mod ops;
 pub mod plan;
 pub mod provider;
+pub mod render;
 pub mod retry;
+pub mod secrets;
 pub mod spec;
 pub mod state;

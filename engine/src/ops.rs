@@ -76,6 +76,10 @@ pub enum OpError {
         /// The pattern.
         pattern: String,
     },
+    /// Secrets the plan needs are missing.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Secrets(#[from] crate::secrets::MissingSecrets),
     /// The state store failed or is locked.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -91,6 +95,9 @@ pub struct PlanOptions {
     pub only_cloud: Option<Cloud>,
     /// Retry of discovery calls.
     pub retry: RetryPolicy,
+    /// Secret values available now, to tell rotated secrets by digest; may be empty (plans
+    /// never need secrets).
+    pub secret_values: BTreeMap<String, String>,
 }
 
 /// What discovery found.
@@ -160,9 +167,11 @@ pub async fn discover(
     let mut live = Live::default();
     for &cloud in clouds {
         let provider = providers.get(cloud).ok_or(OpError::NoProvider { cloud })?;
-        let objects = with_retry(retry, || provider.discover(&desired.fleet))
+        let mut objects = with_retry(retry, || provider.discover(&desired.fleet))
             .await
             .map_err(|source| OpError::Discover { cloud, source })?;
+        // Secret values delivered to machines never travel further than this.
+        objects.iter_mut().for_each(crate::secrets::mask_live);
         let mut names: Vec<String> = desired
             .resources
             .values()
@@ -255,7 +264,13 @@ fn plan_from_live(
         .resources
         .retain(|_, resource| clouds.contains(&resource.cloud));
     let scope = target_scope(&scoped, &live.objects, &options.targets)?;
-    let diff = diff::diff(&scoped, &live.objects, &live.holders, scope.as_ref());
+    let diff = diff::diff(
+        &scoped,
+        &live.objects,
+        &live.holders,
+        scope.as_ref(),
+        &options.secret_values,
+    );
     let described: BTreeMap<Cloud, String> = clouds
         .iter()
         .filter_map(|cloud| providers.get(*cloud).map(|p| (*cloud, p.describe())))
@@ -308,6 +323,16 @@ pub async fn apply(
                 .join(", "),
         });
     }
+    let missing: Vec<String> = secret_references(plan)
+        .into_iter()
+        .filter(|name| !options.secret_values.contains_key(name))
+        .collect();
+    if !missing.is_empty() {
+        return Err(OpError::Secrets(crate::secrets::MissingSecrets {
+            looked_for: "give each as FLEET_SECRET_<NAME> or in --secrets-file".to_string(),
+            names: missing,
+        }));
+    }
     let lock = store.lock(&plan.fleet, me)?;
     let took_over_from = lock.took_over_from().cloned();
     let live = discover(desired, providers, &plan.scope_clouds, options.retry).await?;
@@ -325,6 +350,7 @@ pub async fn apply(
         only_cloud: (plan.scope_clouds.len() == 1 && desired.clouds.len() > 1)
             .then(|| plan.scope_clouds[0]),
         retry: options.retry,
+        secret_values: options.secret_values.clone(),
     };
     let verification = match discover(desired, providers, &plan.scope_clouds, options.retry).await {
         Ok(after) => Some(plan_from_live(
@@ -353,6 +379,15 @@ impl Observer for Both {
     }
 }
 
+/// Every secret the creations and updates of a plan reference.
+pub fn secret_references(plan: &Plan) -> BTreeSet<String> {
+    crate::secrets::references(
+        plan.actionable()
+            .filter_map(|change| change.after.as_ref())
+            .flat_map(|after| after.spec.metadata.values()),
+    )
+}
+
 /// Rebuilds the desired set a saved plan was made from (for verification after apply).
 pub fn desired_of(plan: &Plan) -> Desired {
     let resources = plan
@@ -366,5 +401,6 @@ pub fn desired_of(plan: &Plan) -> Desired {
         source: plan.source.clone(),
         clouds: plan.clouds.clone(),
         resources,
+        hosts: BTreeMap::new(),
     }
 }

@@ -4,3 +4,8 @@
 //! embedded simulated cloud, the default target of tests and the benchmark bed.
 
 pub mod sim;
+
+#[cfg(feature = "aws")]
+pub mod aws;
+#[cfg(feature = "gcp")]
+pub mod gcp;

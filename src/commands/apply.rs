@@ -82,9 +82,17 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
         None => {
             let desired = super::compile(&args.file)?;
             let clouds = clouds::connect(global, &desired).await?;
+            let source = crate::secrets::Secrets::load(global.secrets_file.as_deref())?;
+            let names = fleet_engine::secrets::references(
+                desired
+                    .resources
+                    .values()
+                    .flat_map(|r| r.spec.metadata.values()),
+            );
             let options = PlanOptions {
                 targets: args.target.clone(),
                 only_cloud: clouds::only_cloud(global),
+                secret_values: crate::secrets::available(&source, names),
                 ..PlanOptions::default()
             };
             let (plan, _) = ops::plan(&desired, &clouds.providers, &options).await?;
@@ -95,6 +103,9 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
     if !plan.summary.has_changes() && plan.blocked.is_empty() {
         return Ok(0);
     }
+    // Every secret the changes need, before anything changes.
+    let source = crate::secrets::Secrets::load(global.secrets_file.as_deref())?;
+    let secret_values = fleet_engine::secrets::resolve(&ops::secret_references(&plan), &source)?;
     if !args.auto_approve && plan.blocked.is_empty() {
         if !std::io::stdin().is_terminal() {
             return Err(miette!(
@@ -119,6 +130,7 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
     let progress = Arc::new(Progress::new());
     let options = ApplyOptions {
         concurrency: args.concurrency.max(1),
+        secret_values,
         ..ApplyOptions::default()
     };
     output::line("");

@@ -3,6 +3,7 @@
 mod apply;
 mod graph;
 mod plan;
+mod render;
 mod sim;
 mod validate;
 
@@ -19,6 +20,7 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
         Command::Validate { files } => validate::run(&files),
         Command::Plan(args) => plan::run(&cli.global, &args).await,
         Command::Apply(args) => apply::run(&cli.global, &args).await,
+        Command::Render(args) => render::run(&args, cli.global.secrets_file.as_deref()),
         Command::Graph { file } => graph::run(&cli.global, &file).await,
         Command::Sim(command) => sim::run(&cli.global, command),
     }

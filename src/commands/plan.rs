@@ -10,9 +10,17 @@ use crate::{clouds, output};
 pub(crate) async fn run(global: &Global, args: &PlanArgs) -> Result<u8> {
     let desired = super::compile(&args.file)?;
     let clouds = clouds::connect(global, &desired).await?;
+    let source = crate::secrets::Secrets::load(global.secrets_file.as_deref())?;
+    let names = fleet_engine::secrets::references(
+        desired
+            .resources
+            .values()
+            .flat_map(|r| r.spec.metadata.values()),
+    );
     let options = PlanOptions {
         targets: args.target.clone(),
         only_cloud: clouds::only_cloud(global),
+        secret_values: crate::secrets::available(&source, names),
         ..PlanOptions::default()
     };
     let (plan, _) = ops::plan(&desired, &clouds.providers, &options).await?;

@@ -9,7 +9,11 @@ pub(crate) fn run(global: &Global, command: SimCommand) -> Result<u8> {
     let sim = clouds::open_sim(global)?;
     let changed = match command {
         SimCommand::List => {
-            let objects = sim.list()?;
+            let mut objects = sim.list()?;
+            // The simulated machines hold delivered secrets; fleet never prints them.
+            objects
+                .iter_mut()
+                .for_each(fleet_engine::secrets::mask_live);
             output::line(&serde_json::to_string_pretty(&objects).into_diagnostic()?);
             return Ok(0);
         }

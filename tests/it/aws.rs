@@ -1,1 +1,845 @@
+//! The live AWS provider against moto, the EC2 API emulator (`moto_server` on loopback).
+//!
+//! Each test starts its own `moto_server` on a free port and runs the real `fleet` binary
+//! with `--cloud live --only-cloud aws` and the endpoint overridden. Changes made "by hand"
+//! go through the EC2 SDK directly. API calls are counted by the provider (`--stats`) and
+//! asserted per scenario.
 
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::{
+    Filter, InstanceStateName, InstanceType, ResourceType, Tag, TagSpecification,
+};
+
+use crate::support::{actions_of, reasons_of, Env, Run};
+
+/// A `moto_server` on a free loopback port, killed on drop.
+struct Moto {
+    child: Child,
+    url: String,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot start moto_server ({error}); the AWS tests need the EC2 emulator: \
+                     pip install 'moto[server]'"
+                )
+            });
+        let mut moto = Moto {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                panic!(
+                    "moto_server exited with {status}; is it installed? pip install 'moto[server]'"
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "moto_server did not answer on port {port} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        moto
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The variables that point fleet (and the SDK) at moto and nowhere else.
+fn aws_vars(moto: &Moto) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", moto.url.clone()),
+        ("AWS_ACCESS_KEY_ID", "test".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        // Never look for an instance role or a profile of the machine running the tests.
+        ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+        ("AWS_CONFIG_FILE", "/nonexistent/aws-config".to_string()),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/aws-credentials".to_string(),
+        ),
+    ]
+}
+
+/// A scratch directory whose runs talk to `moto`.
+fn env_for(moto: &Moto) -> Env {
+    let mut env = Env::new();
+    for (key, value) in aws_vars(moto) {
+        env = env.with_env(key, &value);
+    }
+    env
+}
+
+/// `fleet --cloud live --only-cloud aws --stats ARGS…`.
+fn live(env: &Env, args: &[&str]) -> Run {
+    let mut all = vec!["--cloud", "live", "--only-cloud", "aws", "--stats"];
+    all.extend_from_slice(args);
+    env.fleet(&all)
+}
+
+fn plan_json(env: &Env, file: &str) -> serde_json::Value {
+    live(env, &["plan", file, "--format", "json"]).ok().json()
+}
+
+/// Applies and asserts that fleet verified the result.
+#[track_caller]
+fn converge(env: &Env, file: &str) -> Run {
+    let run = live(env, &["apply", file, "--auto-approve"]).ok();
+    assert!(
+        run.stdout
+            .contains("Verified: the live fleet matches the plan"),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    run
+}
+
+/// Asserts that a plan finds nothing to do.
+#[track_caller]
+fn assert_no_changes(env: &Env, file: &str) -> Run {
+    let run = live(env, &["plan", file, "--detailed-exitcode"]);
+    assert_eq!(
+        run.code, 0,
+        "expected no changes\n{}\n{}",
+        run.stdout, run.stderr
+    );
+    assert!(run.stdout.contains("No changes"), "{}", run.stdout);
+    run
+}
+
+/// The `API calls: {…}` that `--stats` printed.
+fn calls(run: &Run) -> serde_json::Map<String, serde_json::Value> {
+    let line = run
+        .stderr
+        .lines()
+        .find_map(|line| line.split_once("API calls: ").map(|(_, json)| json))
+        .unwrap_or_else(|| panic!("no API call counts in:\n{}", run.stderr));
+    match serde_json::from_str(line) {
+        Ok(serde_json::Value::Object(map)) => map,
+        other => panic!("API calls are not a JSON object: {other:?}"),
+    }
+}
+
+fn count(calls: &serde_json::Map<String, serde_json::Value>, operation: &str) -> u64 {
+    calls.get(operation).and_then(|v| v.as_u64()).unwrap_or(0)
+}
+
+fn total(calls: &serde_json::Map<String, serde_json::Value>) -> u64 {
+    calls.values().filter_map(|v| v.as_u64()).sum()
+}
+
+/// The EC2 API as a person at the console would use it.
+struct Ec2 {
+    runtime: tokio::runtime::Runtime,
+    client: aws_sdk_ec2::Client,
+}
+
+/// One instance as the tests look at it.
+#[derive(Debug, Clone)]
+struct Seen {
+    id: String,
+    name: String,
+    state: String,
+    tags: std::collections::BTreeMap<String, String>,
+}
+
+impl Ec2 {
+    fn new(moto: &Moto) -> Ec2 {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let config = aws_sdk_ec2::Config::builder()
+            .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
+            .region(aws_sdk_ec2::config::Region::new("us-east-1"))
+            .endpoint_url(&moto.url)
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                "test", "test", None, None, "tests",
+            ))
+            .build();
+        Ec2 {
+            runtime,
+            client: aws_sdk_ec2::Client::from_conf(config),
+        }
+    }
+
+    /// Every instance with `fleet=<fleet>`, terminated ones included.
+    fn instances(&self, fleet: &str) -> Vec<Seen> {
+        let output = self
+            .runtime
+            .block_on(
+                self.client
+                    .describe_instances()
+                    .filters(Filter::builder().name("tag:fleet").values(fleet).build())
+                    .max_results(1000)
+                    .send(),
+            )
+            .expect("DescribeInstances");
+        assert!(output.next_token().is_none(), "more than one page");
+        let mut seen: Vec<Seen> = output
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .map(|i| {
+                let tags: std::collections::BTreeMap<String, String> = i
+                    .tags()
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.key().unwrap_or_default().to_string(),
+                            t.value().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect();
+                Seen {
+                    id: i.instance_id().unwrap_or_default().to_string(),
+                    name: tags.get("Name").cloned().unwrap_or_default(),
+                    state: i
+                        .state()
+                        .and_then(|s| s.name())
+                        .map(|n| n.as_str().to_string())
+                        .unwrap_or_default(),
+                    tags,
+                }
+            })
+            .collect();
+        seen.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        seen
+    }
+
+    /// Instances that are not terminated.
+    fn alive(&self, fleet: &str) -> Vec<Seen> {
+        self.instances(fleet)
+            .into_iter()
+            .filter(|i| i.state != InstanceStateName::Terminated.as_str())
+            .collect()
+    }
+
+    fn by_name(&self, fleet: &str, name: &str) -> Seen {
+        let alive = self.alive(fleet);
+        let mut matching: Vec<Seen> = alive.iter().filter(|i| i.name == name).cloned().collect();
+        assert_eq!(matching.len(), 1, "one live {name} expected: {alive:#?}");
+        matching.remove(0)
+    }
+
+    fn stop(&self, id: &str) {
+        self.runtime
+            .block_on(self.client.stop_instances().instance_ids(id).send())
+            .expect("StopInstances");
+    }
+
+    fn set_tag(&self, id: &str, key: &str, value: &str) {
+        self.runtime
+            .block_on(
+                self.client
+                    .create_tags()
+                    .resources(id)
+                    .tags(Tag::builder().key(key).value(value).build())
+                    .send(),
+            )
+            .expect("CreateTags");
+    }
+
+    /// Starts an instance by hand with the given tags.
+    fn run_tagged(&self, tags: &[(&str, &str)]) -> String {
+        let spec = TagSpecification::builder()
+            .resource_type(ResourceType::Instance)
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+                    .collect(),
+            ))
+            .build();
+        let output = self
+            .runtime
+            .block_on(
+                self.client
+                    .run_instances()
+                    .image_id("ami-0c9f35b1b63e7d2a4")
+                    .instance_type(InstanceType::M6gLarge)
+                    .min_count(1)
+                    .max_count(1)
+                    .tag_specifications(spec)
+                    .send(),
+            )
+            .expect("RunInstances");
+        output.instances()[0]
+            .instance_id()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// (version number, description, default) of a launch template's versions.
+    fn template_versions(&self, name: &str) -> Vec<(i64, String, bool)> {
+        let output = self
+            .runtime
+            .block_on(
+                self.client
+                    .describe_launch_template_versions()
+                    .launch_template_name(name)
+                    .send(),
+            )
+            .expect("DescribeLaunchTemplateVersions");
+        output
+            .launch_template_versions()
+            .iter()
+            .map(|v| {
+                (
+                    v.version_number().unwrap_or_default(),
+                    v.version_description().unwrap_or_default().to_string(),
+                    v.default_version().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// The tags of a launch template, `None` when it does not exist. Read with
+    /// `DescribeTags`: moto's `DescribeLaunchTemplates` shows only the tags it was created with.
+    fn template_tags(&self, name: &str) -> Option<std::collections::BTreeMap<String, String>> {
+        let output = self
+            .runtime
+            .block_on(
+                self.client
+                    .describe_launch_templates()
+                    .filters(
+                        Filter::builder()
+                            .name("launch-template-name")
+                            .values(name)
+                            .build(),
+                    )
+                    .send(),
+            )
+            .expect("DescribeLaunchTemplates");
+        let id = output
+            .launch_templates()
+            .first()?
+            .launch_template_id()?
+            .to_string();
+        let tags = self
+            .runtime
+            .block_on(
+                self.client
+                    .describe_tags()
+                    .filters(Filter::builder().name("resource-id").values(id).build())
+                    .send(),
+            )
+            .expect("DescribeTags");
+        Some(
+            tags.tags()
+                .iter()
+                .map(|t| {
+                    (
+                        t.key().unwrap_or_default().to_string(),
+                        t.value().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// The size and type of every volume attached to an instance.
+    fn volumes(&self, id: &str) -> Vec<(i32, String)> {
+        let output = self
+            .runtime
+            .block_on(
+                self.client
+                    .describe_volumes()
+                    .filters(
+                        Filter::builder()
+                            .name("attachment.instance-id")
+                            .values(id)
+                            .build(),
+                    )
+                    .send(),
+            )
+            .expect("DescribeVolumes");
+        output
+            .volumes()
+            .iter()
+            .map(|v| {
+                (
+                    v.size().unwrap_or_default(),
+                    v.volume_type()
+                        .map(|t| t.as_str().to_string())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// A fleet of `size` Graviton builders with 100 GB gp3, named `<fleet>-builder-<n>`.
+fn pool_file(fleet: &str, size: usize) -> String {
+    format!(
+        "fleet: {fleet}
+clouds:
+  aws: {{ region: us-east-1 }}
+defaults:
+  aws:
+    zone: us-east-1a
+    image: ami-0c9f35b1b63e7d2a4
+    disk: {{ type: gp3, size_gb: 100 }}
+pools:
+  {fleet}-builder-{{n}}:
+    size: {size}
+    machine_type: m6g.2xlarge
+    role: builder
+    labels:
+      arch: armv7
+"
+    )
+}
+
+/// An autoscale template and a runner manager that uses it, on AWS.
+fn template_file(fleet: &str, template_type: &str, disk_gb: u32) -> String {
+    format!(
+        "fleet: {fleet}
+clouds:
+  aws: {{ region: us-east-1 }}
+defaults:
+  aws:
+    zone: us-east-1a
+    image: ami-0c9f35b1b63e7d2a4
+    disk: {{ type: gp3, size_gb: 100 }}
+templates:
+  arm64-aws:
+    cloud: aws
+    machine_type: {template_type}
+    arch: arm64
+    disk: {{ type: gp3, size_gb: {disk_gb} }}
+managers:
+  {fleet}-manager-{{n}}:
+    matrix: {{ count: 1 }}
+    cloud: aws
+    machine_type: m6g.large
+    runner: {{ version: \"16.11.1\" }}
+    runners:
+      - name: {fleet}-arm-runner
+        template: arm64-aws
+        arch: armv7
+"
+    )
+}
+
+#[test]
+fn distribution_aws_part_plans_applies_and_then_has_no_changes() {
+    let moto = Moto::start();
+    let env = env_for(&moto);
+    let ec2 = Ec2::new(&moto);
+    let file = "fleets/distribution.yaml";
+
+    let plan = live(&env, &["plan", file]).ok();
+    assert!(
+        plan.stdout
+            .contains(&format!("AWS EC2 us-east-1 (endpoint {})", moto.url)),
+        "the plan says where it points:\n{}",
+        plan.stdout
+    );
+    let first = calls(&plan);
+    // Discovery of an empty fleet: one instance page and one template page (no volumes,
+    // tags or versions to read); then the check that no one holds the desired template's
+    // name (the names are not typed, so instances by `Name` and launch templates by name).
+    assert_eq!(count(&first, "ec2:DescribeInstances"), 2, "{first:?}");
+    assert_eq!(count(&first, "ec2:DescribeVolumes"), 0, "{first:?}");
+    assert_eq!(count(&first, "ec2:DescribeLaunchTemplates"), 2, "{first:?}");
+    assert_eq!(total(&first), 4, "{first:?}");
+    let plan = plan_json(&env, file);
+    assert_eq!(actions_of(&plan, "template.arm64-aws"), ["create"]);
+    // Only AWS is in scope: the GCP managers and templates are not planned.
+    assert!(actions_of(&plan, "template.amd64-gcp").is_empty());
+
+    let apply = converge(&env, file);
+    let applied = calls(&apply);
+    assert_eq!(
+        count(&applied, "ec2:CreateLaunchTemplate"),
+        1,
+        "{applied:?}"
+    );
+    assert_eq!(count(&applied, "ec2:RunInstances"), 0, "{applied:?}");
+
+    let versions = ec2.template_versions("arm64-aws");
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    assert!(versions[0].1.starts_with("arm64-aws-"), "{versions:?}");
+    let tags = ec2.template_tags("arm64-aws").expect("launch template");
+    assert_eq!(tags.get("fleet").map(String::as_str), Some("distribution"));
+    assert_eq!(
+        tags.get("fleet-resource").map(String::as_str),
+        Some("arm64-aws")
+    );
+
+    let again = assert_no_changes(&env, file);
+    let steady = calls(&again);
+    // Steady state: one page of each list call, the launch template's tags and the
+    // versions of the one template.
+    assert_eq!(count(&steady, "ec2:DescribeInstances"), 1, "{steady:?}");
+    assert_eq!(
+        count(&steady, "ec2:DescribeLaunchTemplates"),
+        1,
+        "{steady:?}"
+    );
+    assert_eq!(count(&steady, "ec2:DescribeTags"), 1, "{steady:?}");
+    assert_eq!(
+        count(&steady, "ec2:DescribeLaunchTemplateVersions"),
+        1,
+        "{steady:?}"
+    );
+    assert_eq!(total(&steady), 4, "{steady:?}");
+}
+
+#[test]
+fn a_pool_of_50_is_one_run_instances_call_and_then_has_no_changes() {
+    let moto = Moto::start();
+    let env = env_for(&moto);
+    let ec2 = Ec2::new(&moto);
+    let file = env.write("pool.yaml", &pool_file("pool50", 50));
+
+    let apply = converge(&env, &file);
+    let applied = calls(&apply);
+    assert_eq!(
+        count(&applied, "ec2:RunInstances"),
+        1,
+        "50 identical members are one RunInstances call: {applied:?}"
+    );
+    // Each member then gets its own name and labels.
+    assert_eq!(count(&applied, "ec2:CreateTags"), 50, "{applied:?}");
+
+    let alive = ec2.alive("pool50");
+    assert_eq!(alive.len(), 50);
+    let names: std::collections::BTreeSet<&str> = alive.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names.len(), 50, "every member has its own name: {names:?}");
+    let first = ec2.by_name("pool50", "pool50-builder-1");
+    assert_eq!(
+        first.tags.get("fleet-resource").map(String::as_str),
+        Some("pool50-builder-1")
+    );
+    assert_eq!(first.tags.get("arch").map(String::as_str), Some("armv7"));
+    assert_eq!(ec2.volumes(&first.id), [(100, "gp3".to_string())]);
+
+    let again = assert_no_changes(&env, &file);
+    let steady = calls(&again);
+    assert_eq!(count(&steady, "ec2:DescribeInstances"), 1, "{steady:?}");
+    assert_eq!(count(&steady, "ec2:DescribeVolumes"), 1, "{steady:?}");
+    assert!(total(&steady) <= 3, "{steady:?}");
+}
+
+#[test]
+fn an_instance_stopped_out_of_band_is_replaced() {
+    let moto = Moto::start();
+    let env = env_for(&moto);
+    let ec2 = Ec2::new(&moto);
+    let file = "fleets/arm-builders.yaml";
+    converge(&env, file);
+    assert_eq!(ec2.alive("arm-builders").len(), 4);
+
+    let stopped = ec2.by_name("arm-builders", "arm-builder-2");
+    ec2.stop(&stopped.id);
+    let plan = plan_json(&env, file);
+    assert_eq!(
+        actions_of(&plan, "pool.arm-builder-2"),
+        ["create", "delete"]
+    );
+    assert_eq!(reasons_of(&plan, "pool.arm-builder-2"), ["not_working"]);
+
+    let apply = converge(&env, file);
+    let applied = calls(&apply);
+    assert_eq!(count(&applied, "ec2:RunInstances"), 1, "{applied:?}");
+    assert_eq!(count(&applied, "ec2:TerminateInstances"), 1, "{applied:?}");
+    let replacement = ec2.by_name("arm-builders", "arm-builder-2");
+    assert_ne!(replacement.id, stopped.id);
+    assert_eq!(ec2.alive("arm-builders").len(), 4);
+    assert_no_changes(&env, file);
+}
+
+#[test]
+fn a_tag_edited_out_of_band_is_drift_and_is_put_back() {
+    let moto = Moto::start();
+    let env = env_for(&moto);
+    let ec2 = Ec2::new(&moto);
+    let file = "fleets/arm-builders.yaml";
+    converge(&env, file);
+
+    let edited = ec2.by_name("arm-builders", "arm-builder-3");
+    ec2.set_tag(&edited.id, "arch", "arm64");
+    let plan = plan_json(&env, file);
+    assert_eq!(actions_of(&plan, "pool.arm-builder-3"), ["update"]);
+    assert_eq!(
+        reasons_of(&plan, "pool.arm-builder-3"),
+        ["drift", "field_changed"]
+    );
+
+    let apply = converge(&env, file);
+    let applied = calls(&apply);
+    assert_eq!(count(&applied, "ec2:RunInstances"), 0, "{applied:?}");
+    assert_eq!(count(&applied, "ec2:CreateTags"), 1, "{applied:?}");
+    let fixed = ec2.by_name("arm-builders", "arm-builder-3");
+    assert_eq!(fixed.id, edited.id, "a tag is fixed in place");
+    assert_eq!(fixed.tags.get("arch").map(String::as_str), Some("armv7"));
+    assert_no_changes(&env, file);
+}
+
+#[test]
+fn orphans_are_deleted() {
+    let moto = Moto::start();
+    let env = env_for(&moto);
+    let ec2 = Ec2::new(&moto);
+    let file = env.write("pool.yaml", &pool_file("shrink", 4));
+    converge(&env, &file);
+    // A machine of this fleet for an address no fleet file has (a "hanging droplet").
+    let stray = ec2.run_tagged(&[
+        ("Name", "shrink-stray-1"),
+        ("fleet", "shrink"),
+        ("fleet-kind", "pool"),
+        ("fleet-resource", "shrink-stray-1"),
+    ]);
+    // And a hand-made machine without fleet's labels, which fleet must leave alone.
+    let hand_made = ec2.run_tagged(&[("Name", "hand-made-1")]);
+
+    env.write("pool.yaml", &pool_file("shrink", 2));
+    let plan = plan_json(&env, &file);
+    for address in [
+        "pool.shrink-builder-3",
+        "pool.shrink-builder-4",
+        "pool.shrink-stray-1",
+    ] {
+        assert_eq!(actions_of(&plan, address), ["delete"], "{address}");
+        assert_eq!(reasons_of(&plan, address), ["orphan"], "{address}");
+    }
+    let apply = converge(&env, &file);
+    assert_eq!(count(&calls(&apply), "ec2:TerminateInstances"), 3);
+    let alive: Vec<String> = ec2.alive("shrink").into_iter().map(|i| i.name).collect();
+    assert_eq!(alive, ["shrink-builder-1", "shrink-builder-2"]);
+    let stray_state = ec2
+        .instances("shrink")
+        .into_iter()
+        .find(|i| i.id == stray)
+        .map(|i| i.state);
+    assert_eq!(stray_state.as_deref(), Some("terminated"));
+    let everything = ec2
+        .runtime
+        .block_on(
+            ec2.client
+                .describe_instances()
+                .instance_ids(&hand_made)
+                .send(),
+        )
+        .expect("DescribeInstances");
+    let state = everything.reservations()[0].instances()[0]
+        .state()
+        .and_then(|s| s.name())
+        .cloned();
+    assert_eq!(
+        state,
+        Some(InstanceStateName::Running),
+        "the hand-made machine is untouched"
+    );
+    assert_no_changes(&env, &file);
+}
+
+#[test]
+fn a_launch_template_change_makes_a_new_version_and_retires_the_old() {
+    let moto = Moto::start();
+    let env = env_for(&moto);
+    let ec2 = Ec2::new(&moto);
+    let file = env.write("fleet.yaml", &template_file("tmpl", "m6g.2xlarge", 100));
+    converge(&env, &file);
+    let first = ec2.template_versions("arm64-aws");
+    assert_eq!(first.len(), 1, "{first:?}");
+    let manager = ec2.by_name("tmpl", "tmpl-manager-1");
+    assert!(manager.tags.contains_key("fleet-config"), "{manager:?}");
+    assert_no_changes(&env, &file);
+
+    env.write("fleet.yaml", &template_file("tmpl", "m6g.4xlarge", 100));
+    let plan = plan_json(&env, &file);
+    assert_eq!(
+        actions_of(&plan, "template.arm64-aws"),
+        ["create", "delete"]
+    );
+    assert_eq!(reasons_of(&plan, "template.arm64-aws")[0], "new_version");
+    // The manager's runner list names the new version: EC2 user data cannot change in
+    // place, so the manager is replaced.
+    assert_eq!(
+        actions_of(&plan, "manager.tmpl-manager-1"),
+        ["create", "delete"]
+    );
+
+    let apply = converge(&env, &file);
+    let applied = calls(&apply);
+    assert_eq!(
+        count(&applied, "ec2:CreateLaunchTemplateVersion"),
+        1,
+        "{applied:?}"
+    );
+    assert_eq!(
+        count(&applied, "ec2:ModifyLaunchTemplate"),
+        1,
+        "{applied:?}"
+    );
+    assert_eq!(
+        count(&applied, "ec2:CreateLaunchTemplate"),
+        0,
+        "{applied:?}"
+    );
+    let versions = ec2.template_versions("arm64-aws");
+    let default = versions.iter().find(|v| v.2).expect("a default version");
+    assert_eq!(default.0, 2, "the new version is the default: {versions:?}");
+    assert_ne!(default.1, first[0].1);
+    // The old version is no longer fleet's (moto does not implement
+    // DeleteLaunchTemplateVersions, so it may still be listed there).
+    let tags = ec2.template_tags("arm64-aws").expect("launch template");
+    assert!(!tags.contains_key("fleet-spec-v1"), "{tags:?}");
+    assert!(tags.contains_key("fleet-spec-v2"), "{tags:?}");
+    assert_ne!(ec2.by_name("tmpl", "tmpl-manager-1").id, manager.id);
+    assert_no_changes(&env, &file);
+
+    // Removing the template from the fleet file deletes the launch template.
+    let without = template_file("tmpl", "m6g.4xlarge", 100);
+    let without = &without[..without.find("templates:").expect("templates")];
+    env.write("fleet.yaml", without);
+    converge(&env, &file);
+    assert_eq!(ec2.template_tags("arm64-aws"), None);
+}
+
+#[test]
+fn a_resumed_apply_after_a_killed_one_creates_no_duplicates() {
+    let moto = Moto::start();
+    let env = env_for(&moto);
+    let ec2 = Ec2::new(&moto);
+    let mut text = pool_file("resume", 30);
+    // A second and third shape, so the apply is several calls long.
+    for (pool, machine) in [("small", "m6g.large"), ("medium", "m6g.xlarge")] {
+        text.push_str(&format!(
+            "  resume-{pool}-{{n}}:\n    size: 10\n    machine_type: {machine}\n    role: builder\n"
+        ));
+    }
+    let file = env.write("pool.yaml", &text);
+    let vars = aws_vars(&moto);
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut apply = env.spawn(
+        &[
+            "--cloud",
+            "live",
+            "--only-cloud",
+            "aws",
+            "apply",
+            &file,
+            "--auto-approve",
+        ],
+        &vars,
+    );
+    // Kill it as soon as the first machine exists.
+    let started = Instant::now();
+    while ec2.instances("resume").is_empty() && started.elapsed() < Duration::from_secs(60) {
+        if apply.try_wait().expect("wait").is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = apply.kill();
+    let _ = apply.wait();
+
+    converge(&env, &file);
+    let alive = ec2.alive("resume");
+    let names: std::collections::BTreeSet<&str> = alive.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(
+        alive.len(),
+        50,
+        "no duplicates, nothing left over: {names:?}"
+    );
+    assert_eq!(names.len(), 50, "{names:?}");
+    assert!(names.iter().all(|n| !n.contains("unassigned")), "{names:?}");
+    assert_no_changes(&env, &file);
+}
+
+#[test]
+fn discovering_500_instances_takes_a_few_calls() {
+    let moto = Moto::start();
+    let env = env_for(&moto);
+    let file = env.write("pool.yaml", &pool_file("big", 500));
+    let apply = converge(&env, &file);
+    // The executor sends at most 100 pool members per batch.
+    assert_eq!(count(&calls(&apply), "ec2:RunInstances"), 5);
+
+    let run = assert_no_changes(&env, &file);
+    let steady = calls(&run);
+    // One DescribeInstances page (1000 a page) and one DescribeVolumes per 200 instances.
+    assert_eq!(count(&steady, "ec2:DescribeInstances"), 1, "{steady:?}");
+    assert_eq!(count(&steady, "ec2:DescribeVolumes"), 3, "{steady:?}");
+    assert!(total(&steady) <= 5, "{steady:?}");
+}
+
+#[test]
+fn without_credentials_fleet_says_where_it_looked_and_offers_the_simulator() {
+    let env = Env::new();
+    let mut command = env.command(
+        &[
+            "--cloud",
+            "live",
+            "--only-cloud",
+            "aws",
+            "plan",
+            "fleets/arm-builders.yaml",
+        ],
+        &[
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_CONFIG_FILE", "/nonexistent/aws-config"),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/aws-credentials",
+            ),
+            // Nothing may leave the machine even if a credential were found.
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+        ],
+    );
+    for key in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ] {
+        command.env_remove(key);
+    }
+    let output = command.output().expect("run fleet");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    // The help is wrapped to the terminal: compare with the line breaks folded.
+    let stderr = stderr.split_whitespace().collect::<Vec<_>>().join(" ");
+    for expected in [
+        "No AWS credentials found",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_PROFILE",
+        "instance role",
+        "--cloud sim",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "`{expected}` missing from:\n{stderr}"
+        );
+    }
+}

@@ -1,1 +1,626 @@
+//! The live GCP provider against the stateful GCE REST test server (`gce_server`): the real
+//! `fleet` binary with `--cloud live --only-cloud gcp`, `FLEET_GCP_ENDPOINT` pointing at the
+//! server and `FLEET_GCP_ANONYMOUS=1`, and the provider library in-process for what the CLI
+//! cannot reach (a repeated `requestId`, batches, operation timeouts).
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fleet_engine::provider::{CreateRequest, ErrorKind, MachineSpec, ObjectKind, Provider};
+use fleet_providers::gcp::{GcpAuth, GcpConfig, GcpProvider};
+use google_cloud_compute_v1::model::{instance, Instance, InstanceAggregatedList, Operation};
+
+use crate::gce_server::GceServer;
+use crate::support::{actions_of, reasons_of, Env, Run};
+
+const FLEET: &str = "fleets/ci-shared-runners.yaml";
+const PROJECT: &str = "gitlab-ci-runners";
+
+/// Runs `fleet --cloud live ARGS --only-cloud gcp --stats` against the server.
+fn live(env: &Env, server: &GceServer, args: &[&str]) -> Run {
+    let endpoint = server.endpoint();
+    let mut all = vec!["--cloud", "live"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--only-cloud", "gcp", "--stats"]);
+    env.fleet_with(
+        &all,
+        &[
+            ("FLEET_GCP_ENDPOINT", endpoint.as_str()),
+            ("FLEET_GCP_ANONYMOUS", "1"),
+        ],
+    )
+}
+
+/// The `API calls: {…}` line `--stats` prints on standard error.
+fn api_calls(run: &Run) -> BTreeMap<String, u64> {
+    let line = run
+        .stderr
+        .lines()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix("API calls: "))
+        .unwrap_or_else(|| panic!("no `API calls:` line in\n{}", run.stderr));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad API calls line {line}: {e}"))
+}
+
+#[track_caller]
+fn converge(env: &Env, server: &GceServer, file: &str) -> Run {
+    let run = live(env, server, &["apply", file, "--auto-approve"]).ok();
+    assert!(
+        run.stdout
+            .contains("Verified: the live fleet matches the plan"),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    run
+}
+
+#[track_caller]
+fn assert_no_changes(env: &Env, server: &GceServer, file: &str) -> Run {
+    let run = live(env, server, &["plan", file, "--detailed-exitcode"]);
+    assert_eq!(
+        run.code, 0,
+        "plan after apply shows changes:\n{}\n{}",
+        run.stdout, run.stderr
+    );
+    assert!(run.stdout.contains("No changes"), "{}", run.stdout);
+    run
+}
+
+fn instance_names(server: &GceServer) -> Vec<String> {
+    let mut names: Vec<String> = server
+        .instances()
+        .iter()
+        .filter_map(|instance| instance.name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+fn template_names(server: &GceServer) -> Vec<String> {
+    let mut names: Vec<String> = server
+        .templates()
+        .iter()
+        .filter_map(|template| template.name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+fn metadata_value(instance: &Instance, key: &str) -> Option<String> {
+    instance
+        .metadata
+        .as_ref()?
+        .items
+        .iter()
+        .find(|item| item.key.as_deref() == Some(key))
+        .and_then(|item| item.value.clone())
+}
+
+/// The calls the provider counted equal the calls the server received.
+#[track_caller]
+fn assert_counts_agree(provider: &BTreeMap<String, u64>, server: &GceServer) {
+    assert_eq!(provider, &server.calls(), "provider and server disagree");
+}
+
+#[test]
+fn plan_apply_plan_shows_no_changes() {
+    let server = GceServer::start(PROJECT);
+    let env = Env::new();
+    let plan = live(&env, &server, &["plan", FLEET]).ok();
+    assert!(
+        plan.stdout.contains(&format!(
+            "GCP project {PROJECT} (endpoint {})",
+            server.endpoint()
+        )),
+        "{}",
+        plan.stdout
+    );
+    server.reset_calls();
+
+    let apply = converge(&env, &server, FLEET);
+    let calls = api_calls(&apply);
+    assert_counts_agree(&calls, &server);
+    // 3 managers and a Prometheus per zone, 2 templates; one insert and one wait each.
+    assert_eq!(calls["compute.instances.insert"], 8, "{calls:?}");
+    assert_eq!(calls["compute.instanceTemplates.insert"], 2, "{calls:?}");
+    assert_eq!(calls["compute.zoneOperations.wait"], 8, "{calls:?}");
+    assert_eq!(calls["compute.globalOperations.wait"], 2, "{calls:?}");
+    // Discovery is list calls only: never a GET per instance.
+    assert!(!calls.contains_key("compute.instances.get"), "{calls:?}");
+    // Each discovery pass (plan, name check, verify, …) is one page of each list.
+    assert_eq!(
+        calls["compute.instances.aggregatedList"], calls["compute.instanceTemplates.list"],
+        "{calls:?}"
+    );
+    assert!(calls["compute.instances.aggregatedList"] <= 5, "{calls:?}");
+
+    assert_eq!(
+        instance_names(&server),
+        [
+            "gitlab-shared-runners-manager-1",
+            "gitlab-shared-runners-manager-2",
+            "private-runners-manager-1",
+            "private-runners-manager-2",
+            "prometheus-01-us-east1-c",
+            "prometheus-01-us-east1-d",
+            "shared-runners-manager-1",
+            "shared-runners-manager-2",
+        ]
+    );
+    let templates = template_names(&server);
+    assert_eq!(templates.len(), 2, "{templates:?}");
+    assert!(
+        templates[0].starts_with("autoscaled-us-east1-c-"),
+        "{templates:?}"
+    );
+    let manager = server.instance("shared-runners-manager-2").unwrap();
+    assert_eq!(manager.labels["fleet"], "ci-shared-runners");
+    assert_eq!(manager.labels["fleet-resource"], "shared-runners-manager-2");
+    assert_eq!(manager.labels["shard"], "srm");
+    assert!(manager
+        .zone
+        .as_deref()
+        .unwrap()
+        .ends_with("/zones/us-east1-d"));
+    assert!(manager
+        .machine_type
+        .as_deref()
+        .unwrap()
+        .ends_with("/machineTypes/n1-standard-4"));
+    assert_eq!(manager.status, Some(instance::Status::Running));
+    let runners = metadata_value(&manager, "gitlab-runner-config").unwrap();
+    assert!(
+        runners.contains("shared-runners-manager-2.gitlab.com"),
+        "{runners}"
+    );
+
+    server.reset_calls();
+    let replan = assert_no_changes(&env, &server, FLEET);
+    let calls = api_calls(&replan);
+    assert_counts_agree(&calls, &server);
+    // A plan reads: list calls, no mutation, no GET.
+    assert!(
+        calls.keys().all(|operation| operation.ends_with(".aggregatedList")
+            || operation.ends_with(".list")),
+        "{calls:?}"
+    );
+}
+
+#[test]
+fn a_config_change_updates_metadata_in_place() {
+    let server = GceServer::start(PROJECT);
+    let env = Env::new();
+    converge(&env, &server, FLEET);
+    let before = server.instance("shared-runners-manager-1").unwrap();
+
+    // A second runner for the srm managers changes their config.toml (`gitlab-runner-config` metadata) only.
+    let text = std::fs::read_to_string(env.path().join(FLEET)).unwrap();
+    let changed = text.replacen(
+        "      - name: shared-runners-manager-{index}.gitlab.com\n        template: autoscaled-{zone}\n",
+        "      - name: shared-runners-manager-{index}.gitlab.com\n        template: autoscaled-{zone}\n      - name: shared-runners-manager-{index}.staging.gitlab.com\n        template: autoscaled-{zone}\n",
+        1,
+    );
+    assert_ne!(text, changed, "the fleet file changed shape");
+    let file = env.write("changed.yaml", &changed);
+
+    let plan = live(&env, &server, &["plan", &file, "--format", "json"])
+        .ok()
+        .json();
+    assert_eq!(
+        actions_of(&plan, "manager.shared-runners-manager-1"),
+        ["update"],
+        "{plan:#}"
+    );
+    assert_eq!(plan["summary"]["update"], 2, "{}", plan["summary"]);
+    assert_eq!(plan["summary"]["create"], 0, "{}", plan["summary"]);
+
+    server.reset_calls();
+    let apply = converge(&env, &server, &file);
+    let calls = api_calls(&apply);
+    assert_counts_agree(&calls, &server);
+    assert_eq!(calls["compute.instances.setMetadata"], 2, "{calls:?}");
+    // The labels carry the spec and config hashes, so they change too, in place.
+    assert_eq!(calls["compute.instances.setLabels"], 2, "{calls:?}");
+    assert_eq!(calls["compute.zoneOperations.wait"], 4, "{calls:?}");
+    for absent in [
+        "compute.instances.insert",
+        "compute.instances.bulkInsert",
+        "compute.instances.delete",
+        // The fingerprints come from discovery: no GET per update.
+        "compute.instances.get",
+    ] {
+        assert!(!calls.contains_key(absent), "{absent} in {calls:?}");
+    }
+    let after = server.instance("shared-runners-manager-1").unwrap();
+    assert_eq!(after.id, before.id, "the VM was recreated");
+    let runners = metadata_value(&after, "gitlab-runner-config").unwrap();
+    assert!(
+        runners.contains("shared-runners-manager-1.staging.gitlab.com"),
+        "{runners}"
+    );
+    assert_ne!(
+        after.metadata.as_ref().unwrap().fingerprint,
+        before.metadata.as_ref().unwrap().fingerprint
+    );
+    // What GCE does not list back survived the update.
+    assert!(metadata_value(&after, fleet_providers::gcp::MACHINE_KEY).is_some());
+    assert_no_changes(&env, &server, &file);
+}
+
+#[test]
+fn a_template_change_makes_a_new_template_and_removes_the_old() {
+    let server = GceServer::start(PROJECT);
+    let env = Env::new();
+    converge(&env, &server, FLEET);
+    let old = template_names(&server);
+    let managers_before = server.instances();
+
+    let text = std::fs::read_to_string(env.path().join(FLEET)).unwrap();
+    let changed = text.replacen(
+        "    machine_type: n1-standard-2\n",
+        "    machine_type: n1-highcpu-32\n",
+        1,
+    );
+    assert_ne!(text, changed);
+    let file = env.write("bigger-builders.yaml", &changed);
+    let plan = live(&env, &server, &["plan", &file, "--format", "json"])
+        .ok()
+        .json();
+    let reasons = reasons_of(&plan, "template.autoscaled-us-east1-c");
+    assert!(reasons.contains(&"new_version".to_string()), "{reasons:?}");
+
+    server.reset_calls();
+    let apply = converge(&env, &server, &file);
+    let calls = api_calls(&apply);
+    assert_counts_agree(&calls, &server);
+    assert_eq!(calls["compute.instanceTemplates.insert"], 2, "{calls:?}");
+    assert_eq!(calls["compute.instanceTemplates.delete"], 2, "{calls:?}");
+    assert!(!calls.contains_key("compute.instances.insert"), "{calls:?}");
+    let new = template_names(&server);
+    assert_eq!(new.len(), 2);
+    assert!(
+        new.iter().all(|name| !old.contains(name)),
+        "{old:?} {new:?}"
+    );
+    let template = server
+        .templates()
+        .into_iter()
+        .find(|t| t.name.as_deref() == Some(new[0].as_str()))
+        .unwrap();
+    assert_eq!(
+        template.properties.unwrap().machine_type.as_deref(),
+        Some("n1-highcpu-32")
+    );
+    // The managers point at the new versions, in place.
+    let manager = server.instance("private-runners-manager-1").unwrap();
+    let runners = metadata_value(&manager, "gitlab-runner-config").unwrap();
+    assert!(runners.contains(&new[0]), "{runners}");
+    let ids_before: Vec<_> = managers_before.iter().map(|i| i.id).collect();
+    let ids_after: Vec<_> = server.instances().iter().map(|i| i.id).collect();
+    assert_eq!(ids_before, ids_after);
+    assert_no_changes(&env, &server, &file);
+}
+
+#[test]
+fn a_throttled_run_converges() {
+    let server = GceServer::start(PROJECT);
+    server.throttle_every(Some(4));
+    server.set_latency(Duration::from_millis(5));
+    let env = Env::new();
+    let apply = converge(&env, &server, FLEET);
+    assert!(server.throttled() >= 5, "throttled {}", server.throttled());
+    let calls = api_calls(&apply);
+    assert_counts_agree(&calls, &server);
+    // Retried, not duplicated.
+    assert_eq!(instance_names(&server).len(), 8);
+    assert_eq!(template_names(&server).len(), 2);
+    assert!(calls["compute.instances.insert"] >= 8, "{calls:?}");
+    assert_no_changes(&env, &server, FLEET);
+}
+
+#[test]
+fn a_lost_answer_is_retried_with_the_same_request_id_and_makes_one_vm() {
+    let server = GceServer::start(PROJECT);
+    let env = Env::new();
+    // The first three mutations are carried out, but their answers are lost (503).
+    server.lose_answers(3);
+    let apply = converge(&env, &server, FLEET);
+    let calls = api_calls(&apply);
+    let inserts = calls["compute.instances.insert"] + calls["compute.instanceTemplates.insert"];
+    assert_eq!(inserts, 10 + 3, "{calls:?}");
+    assert_eq!(instance_names(&server).len(), 8);
+    assert_eq!(template_names(&server).len(), 2);
+    assert_no_changes(&env, &server, FLEET);
+}
+
+fn provider_config(server: &GceServer) -> GcpConfig {
+    let mut config = GcpConfig::new(PROJECT, "us-east1");
+    config.endpoint = Some(server.endpoint());
+    config.auth = GcpAuth::Anonymous;
+    config
+}
+
+fn request(name: &str, token: &str) -> CreateRequest {
+    CreateRequest {
+        kind: ObjectKind::Instance,
+        name: name.to_string(),
+        spec: MachineSpec {
+            machine_type: "t2a-standard-8".into(),
+            zone: "us-east1-c".into(),
+            image: "projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts-arm64".into(),
+            disk_type: "pd-ssd".into(),
+            disk_size_gb: 100,
+            labels: [("fleet".to_string(), "builders".to_string())].into(),
+            metadata: BTreeMap::new(),
+        },
+        idempotency_token: token.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn the_same_request_id_makes_one_vm() {
+    let server = GceServer::start(PROJECT);
+    // Each operation is still running at its first two polls.
+    server.set_operation_polls(2);
+    let provider = GcpProvider::connect(provider_config(&server))
+        .await
+        .unwrap();
+    let request = request("builder-1", "0123456789abcdef0123456789abcdef");
+    let first = provider.create(&request).await.unwrap();
+    let second = provider.create(&request).await.unwrap();
+    assert_eq!(first.id, "zones/us-east1-c/instances/builder-1");
+    assert_eq!(first.id, second.id);
+    assert_eq!(server.count("compute.instances.insert"), 2);
+    // The repeat got the first call's operation, already done: no more waiting.
+    assert_eq!(server.count("compute.zoneOperations.wait"), 3);
+    assert_eq!(server.instances().len(), 1);
+    let discovered = provider.discover("builders").await.unwrap();
+    assert_eq!(discovered.len(), 1);
+    assert_eq!(discovered[0].spec, request.spec);
+    assert_counts_agree(&provider.call_counts(), &server);
+}
+
+#[tokio::test]
+async fn identical_pool_members_go_in_one_bulk_insert() {
+    let server = GceServer::start(PROJECT);
+    let provider = GcpProvider::connect(provider_config(&server))
+        .await
+        .unwrap();
+    let requests: Vec<CreateRequest> = (1..=3)
+        .map(|n| request(&format!("builder-{n}"), &format!("{n:032x}")))
+        .collect();
+    let results = provider.create_batch(&requests).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(server.count("compute.instances.bulkInsert"), 1);
+    assert_eq!(server.count("compute.instances.insert"), 0);
+    assert_eq!(server.count("compute.zoneOperations.wait"), 1);
+    let live = provider.discover("builders").await.unwrap();
+    assert_eq!(live.len(), 3);
+    assert!(live.iter().all(|l| l.spec == requests[0].spec), "{live:?}");
+
+    // Members with labels of their own cannot share a bulkInsert (it names members, it
+    // does not label them): one insert each.
+    let mut own: Vec<CreateRequest> = (4..=5)
+        .map(|n| request(&format!("builder-{n}"), &format!("{n:032x}")))
+        .collect();
+    for member in &mut own {
+        member
+            .spec
+            .labels
+            .insert("fleet-resource".into(), member.name.clone());
+    }
+    let results = provider.create_batch(&own).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(server.count("compute.instances.bulkInsert"), 1);
+    assert_eq!(server.count("compute.instances.insert"), 2);
+}
+
+#[tokio::test]
+async fn operations_time_out_with_a_clear_message() {
+    let server = GceServer::start(PROJECT);
+    server.hang_operations(true);
+    let mut config = provider_config(&server);
+    config.operation_timeout = Duration::from_millis(300);
+    let provider = GcpProvider::connect(config).await.unwrap();
+    let error = provider
+        .create(&request("slow-1", &format!("{:032x}", 9)))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Transient);
+    assert_eq!(error.code, "operationTimeout");
+    assert_eq!(error.operation, "compute.instances.insert");
+    assert!(
+        error.message.contains("zones/us-east1-c/instances/slow-1")
+            && error.message.contains("still RUNNING"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn pages_are_followed_and_unreachable_zones_fail_discovery() {
+    let server = GceServer::start(PROJECT);
+    let provider = GcpProvider::connect(provider_config(&server))
+        .await
+        .unwrap();
+    let requests: Vec<CreateRequest> = (1..=7)
+        .map(|n| request(&format!("builder-{n}"), &format!("{n:032x}")))
+        .collect();
+    provider.create_batch(&requests).await;
+    server.cap_pages(3);
+    server.reset_calls();
+    assert_eq!(provider.discover("builders").await.unwrap().len(), 7);
+    // 7 instances in pages of 3: three aggregatedList calls; one templates page.
+    assert_eq!(server.count("compute.instances.aggregatedList"), 3);
+    assert_eq!(server.count("compute.instanceTemplates.list"), 1);
+
+    server.set_unreachable(&["us-east1-b"]);
+    let error = provider.discover("builders").await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Transient);
+    assert_eq!(error.code, "unreachable");
+    assert!(error.message.contains("zones/us-east1-b"), "{error}");
+}
+
+#[test]
+fn a_stopped_vm_is_seen_and_replaced() {
+    let server = GceServer::start(PROJECT);
+    let env = Env::new();
+    converge(&env, &server, FLEET);
+    server.set_status("prometheus-01-us-east1-c", instance::Status::Terminated);
+    let plan = live(&env, &server, &["plan", FLEET, "--format", "json"])
+        .ok()
+        .json();
+    let address = "helper.prometheus-01-us-east1-c";
+    assert_eq!(actions_of(&plan, address), ["delete", "create"]);
+    assert_eq!(reasons_of(&plan, address), ["not_working", "name_held"]);
+    converge(&env, &server, FLEET);
+    let helper = server.instance("prometheus-01-us-east1-c").unwrap();
+    assert_eq!(helper.status, Some(instance::Status::Running));
+    assert_no_changes(&env, &server, FLEET);
+}
+
+#[test]
+fn a_name_held_by_a_hand_made_vm_blocks_the_apply() {
+    let server = GceServer::start(PROJECT);
+    server.add_instance(
+        "us-east1-c",
+        "prometheus-01-us-east1-c",
+        &[("team", "infra")],
+    );
+    let env = Env::new();
+    let plan = live(&env, &server, &["plan", FLEET]).code(1);
+    assert!(
+        plan.stderr
+            .contains("1 resource(s) blocked by machines fleet did not make"),
+        "{}",
+        plan.stderr
+    );
+    let output = format!("{}{}", plan.stdout, plan.stderr);
+    assert!(output.contains("prometheus-01-us-east1-c"), "{output}");
+    let run = live(&env, &server, &["apply", FLEET, "--auto-approve"]);
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert_eq!(server.count("compute.instances.insert"), 0);
+    assert_eq!(server.count("compute.instances.delete"), 0);
+    let held = server.instance("prometheus-01-us-east1-c").unwrap();
+    assert_eq!(held.labels.get("team").map(String::as_str), Some("infra"));
+}
+
+#[test]
+fn a_failed_operation_names_the_machine() {
+    let server = GceServer::start(PROJECT);
+    server.fail_operations_for("prometheus-01-us-east1-d");
+    let env = Env::new();
+    let run = live(&env, &server, &["apply", FLEET, "--auto-approve"]);
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    let output = format!("{}{}", run.stdout, run.stderr);
+    assert!(output.contains("ZONE_RESOURCE_POOL_EXHAUSTED"), "{output}");
+    assert!(
+        output.contains("zones/us-east1-d/instances/prometheus-01-us-east1-d"),
+        "{output}"
+    );
+    // Everything that does not depend on it was made.
+    assert_eq!(instance_names(&server).len(), 7);
+}
+
+#[test]
+fn without_credentials_the_run_stops_before_any_call() {
+    let server = GceServer::start(PROJECT);
+    let env = Env::new();
+    let home = tempfile::tempdir().unwrap();
+    let endpoint = server.endpoint();
+    let mut command = env.command(
+        &[
+            "--cloud",
+            "live",
+            "apply",
+            FLEET,
+            "--only-cloud",
+            "gcp",
+            "--auto-approve",
+        ],
+        &[
+            ("FLEET_GCP_ENDPOINT", endpoint.as_str()),
+            ("HOME", home.path().to_str().unwrap()),
+            // Where the metadata server would be: a closed local port, so nothing leaves
+            // the machine.
+            ("GCE_METADATA_HOST", "127.0.0.1:9"),
+            ("GCE_METADATA_IP", "127.0.0.1:9"),
+        ],
+    );
+    command
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+        .env_remove("FLEET_GCP_ANONYMOUS")
+        .env_remove("CLOUDSDK_CONFIG");
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    for needle in [
+        "No Google Cloud credentials for project gitlab-ci-runners",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "application_default_credentials.json",
+        "metadata server",
+        "--cloud sim",
+    ] {
+        assert!(stderr.contains(needle), "{needle} missing from\n{stderr}");
+    }
+    assert!(server.calls().is_empty(), "{:?}", server.calls());
+}
+
+/// The model types are the REST JSON: int64 as strings, camelCase, enums as names, and a
+/// response as GCE sends it parses.
+#[test]
+fn model_types_round_trip_the_rest_json() {
+    let gce = serde_json::json!({
+        "kind": "compute#instanceAggregatedList",
+        "id": "projects/gitlab-ci-runners/aggregated/instances",
+        "items": {
+            "zones/us-east1-c": {
+                "instances": [{
+                    "kind": "compute#instance",
+                    "id": "6849215632751345678",
+                    "creationTimestamp": "2024-01-01T00:00:00.000-07:00",
+                    "name": "shared-runners-manager-1",
+                    "machineType": "https://www.googleapis.com/compute/v1/projects/gitlab-ci-runners/zones/us-east1-c/machineTypes/n1-standard-4",
+                    "status": "TERMINATED",
+                    "zone": "https://www.googleapis.com/compute/v1/projects/gitlab-ci-runners/zones/us-east1-c",
+                    "disks": [{"boot": true, "diskSizeGb": "100", "type": "PERSISTENT", "mode": "READ_WRITE"}],
+                    "metadata": {"kind": "compute#metadata", "fingerprint": "AAECAwQFBgc=", "items": [{"key": "fleet-runners", "value": "a"}]},
+                    "labels": {"fleet": "ci-shared-runners"},
+                    "labelFingerprint": "AAECAwQFBgc="
+                }]
+            },
+            "zones/us-east1-b": {"warning": {"code": "NO_RESULTS_ON_PAGE", "message": "none", "data": [{"key": "scope", "value": "zones/us-east1-b"}]}}
+        },
+        "nextPageToken": "page-1"
+    });
+    let list: InstanceAggregatedList = serde_json::from_value(gce.clone()).unwrap();
+    let instance = &list.items["zones/us-east1-c"].instances[0];
+    assert_eq!(instance.id, Some(6_849_215_632_751_345_678));
+    assert_eq!(instance.disks[0].disk_size_gb, Some(100));
+    assert_eq!(instance.status, Some(instance::Status::Terminated));
+    assert_eq!(
+        instance.label_fingerprint.as_deref(),
+        Some(&[0u8, 1, 2, 3, 4, 5, 6, 7][..])
+    );
+    let back = serde_json::to_value(&list).unwrap();
+    assert_eq!(
+        back["items"]["zones/us-east1-c"]["instances"][0]["id"],
+        "6849215632751345678"
+    );
+    assert_eq!(
+        back["items"]["zones/us-east1-c"]["instances"][0]["disks"][0]["diskSizeGb"],
+        "100"
+    );
+    assert_eq!(back, gce);
+
+    let operation: Operation = serde_json::from_value(serde_json::json!({
+        "id": "123", "name": "operation-1", "status": "DONE", "progress": 100,
+        "error": {"errors": [{"code": "QUOTA_EXCEEDED", "message": "Quota 'CPUS' exceeded"}]}
+    }))
+    .unwrap();
+    assert_eq!(operation.id, Some(123));
+    assert_eq!(
+        operation.error.unwrap().errors[0].code.as_deref(),
+        Some("QUOTA_EXCEEDED")
+    );
+}

@@ -2,7 +2,9 @@
 
 mod apply;
 mod aws;
+mod config;
 mod drift;
+mod gce_server;
 mod gcp;
 mod golden;
 mod plan;

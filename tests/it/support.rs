@@ -7,6 +7,40 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+/// Every secret the fleets in `fleets/` reference.
+pub(crate) fn secret_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for env in ["com", "dev"] {
+        for kind in ["AMD64_GCP", "ARM64_GCP", "ARM64_AWS"] {
+            names.push(format!("DISTRIBUTION_{env}_{kind}_TOKEN"));
+        }
+    }
+    for index in 1..=2 {
+        names.push(format!("SRM_{index}_TOKEN"));
+        for site in ["COM", "DEV"] {
+            names.push(format!("GSRM_{index}_{site}_TOKEN"));
+            names.push(format!("PRM_{index}_{site}_TOKEN"));
+        }
+    }
+    for runner in [
+        "GFZ_GITLAB_KNB",
+        "MDIS_VANILLA_VOLUME",
+        "MDIS_DOCS_PROJECT_RUNNER",
+        "MDIS_DOCKER",
+        "PROJRUNNER_SHELLEXEC",
+        "HELMHOLTZ_GROUPRUNNER",
+        "MDIS_BLANK_VOLUME",
+    ] {
+        names.push(format!("WB31_{runner}_TOKEN"));
+    }
+    names
+}
+
+/// The value the tests give a secret: distinctive, so a leak is found by searching for it.
+pub(crate) fn secret_value(name: &str) -> String {
+    format!("glrt-s3cr3t-{}", name.to_lowercase().replace('_', "-"))
+}
+
 pub(crate) fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -62,9 +96,14 @@ impl Env {
                 std::os::unix::fs::symlink(&target, dir.path().join(linked)).expect("symlink");
             }
         }
+        let secrets: String = secret_names()
+            .iter()
+            .map(|name| format!("{name}={}\n", secret_value(name)))
+            .collect();
+        std::fs::write(dir.path().join("secrets.env"), secrets).expect("secrets file");
         Env {
             dir,
-            extra: Vec::new(),
+            extra: vec![("FLEET_SECRETS_FILE".to_string(), "secrets.env".to_string())],
         }
     }
 
@@ -106,6 +145,7 @@ impl Env {
             "FLEET_SIM_FAULT_RATE",
             "FLEET_SIM_SEED",
             "FLEET_SIM_FAIL_CREATE",
+            "FLEET_SECRETS_FILE",
         ] {
             command.env_remove(key);
         }

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use super::Plan;
 use crate::diff::{Action, Change, Reason};
 use crate::provider::labels;
+use crate::render;
 
 /// Text output options.
 #[derive(Debug, Clone, Copy, Default)]
@@ -165,12 +166,21 @@ fn write_change(out: &mut String, change: &Change, paint: &Paint) {
                     let deps: Vec<&str> = after.depends_on.iter().map(|a| a.as_str()).collect();
                     row(out, "after", &deps.join(", "));
                 }
-                for (key, value) in &after.spec.metadata {
-                    let mut lines = value.lines();
-                    row(out, key, lines.next().unwrap_or(""));
-                    for line in lines {
-                        row(out, "", line);
-                    }
+                if let Some(version) = after.spec.metadata.get(render::RUNNER_VERSION) {
+                    row(out, "gitlab-runner", version);
+                }
+                let files: Vec<String> = after
+                    .spec
+                    .metadata
+                    .iter()
+                    .filter(|(key, _)| key.as_str() != render::RUNNER_VERSION)
+                    .filter_map(|(key, text)| {
+                        render::file_path(key)
+                            .map(|path| format!("/{path} ({} lines)", text.lines().count()))
+                    })
+                    .collect();
+                for (index, file) in files.iter().enumerate() {
+                    row(out, if index == 0 { "files" } else { "" }, file);
                 }
             }
         }
@@ -195,7 +205,11 @@ fn write_change(out: &mut String, change: &Change, paint: &Paint) {
         }
     }
     for reason in &change.reasons {
-        if matches!(reason, Reason::Missing) {
+        // File changes are shown as diffs below.
+        let shown_as_diff = matches!(reason, Reason::FieldChanged { field, .. }
+            if field.strip_prefix("metadata.").is_some_and(|key| render::file_path(key).is_some() && key != render::RUNNER_VERSION)
+                && !change.files.is_empty());
+        if matches!(reason, Reason::Missing) || shown_as_diff {
             continue;
         }
         let text = reason.message();
@@ -211,6 +225,27 @@ fn write_change(out: &mut String, change: &Change, paint: &Paint) {
             _ => text,
         };
         let _ = writeln!(out, "      {}", text);
+    }
+    if let Some(impact) = &change.impact {
+        let _ = writeln!(
+            out,
+            "      {} {}",
+            paint.bold("impact:"),
+            paint.bold(impact.class.as_str())
+        );
+        let _ = writeln!(out, "        {}", impact.procedure);
+    }
+    for file in &change.files {
+        for line in file.diff.lines() {
+            let colored = if line.starts_with('+') && !line.starts_with("+++") {
+                paint.wrap("32", line)
+            } else if line.starts_with('-') && !line.starts_with("---") {
+                paint.wrap("31", line)
+            } else {
+                line.to_string()
+            };
+            let _ = writeln!(out, "        {colored}");
+        }
     }
 }
 
@@ -256,6 +291,27 @@ pub fn markdown(plan: &Plan) -> String {
                 why.join("; ")
             );
         }
+    }
+    for change in &actionable {
+        if change.impact.is_none() && change.files.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "\n<details><summary><code>{}</code>{}</summary>\n",
+            change.address,
+            change
+                .impact
+                .as_ref()
+                .map_or(String::new(), |i| format!(": {}", i.class.as_str()))
+        );
+        if let Some(impact) = &change.impact {
+            let _ = writeln!(out, "{}\n", impact.procedure);
+        }
+        for file in &change.files {
+            let _ = writeln!(out, "```diff\n{}```\n", file.diff);
+        }
+        let _ = writeln!(out, "</details>");
     }
     if !plan.blocked.is_empty() {
         let _ = writeln!(out, "\n#### Blocked\n");

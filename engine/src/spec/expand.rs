@@ -11,10 +11,14 @@ use miette::SourceSpan;
 use petgraph::graphmap::DiGraphMap;
 
 use super::diagnostic::{closest, Problem, ProblemKind, SourceFile};
-use super::model::{FleetFile, MachineDefaults, ResourceDecl, ResourceKind, Spanned};
+use super::model::{
+    ConfigTable, ConfigValue, FleetFile, MachineDefaults, ResourceDecl, ResourceKind, RunnerGlobal,
+    Spanned,
+};
 use crate::catalog::{self, Arch};
 use crate::desired::{metadata_hash, spec_hash, Address, CloudTarget, Desired, DesiredResource};
 use crate::provider::{labels, Cloud, MachineSpec, ObjectKind};
+use crate::render;
 
 const GCP_DISK_TYPES: &[&str] = &[
     "pd-standard",
@@ -29,9 +33,28 @@ const AWS_DISK_TYPES: &[&str] = &["gp2", "gp3", "io1", "io2", "st1", "sc1", "sta
 #[derive(Debug, Clone)]
 struct Runner {
     name: String,
+    name_span: SourceSpan,
     template: Option<Spanned<String>>,
     arch: Option<Spanned<String>>,
     executor: String,
+    config: render::Table,
+}
+
+/// A manager's or host's `runner:` block after expansion.
+#[derive(Debug, Clone)]
+struct RunnerSettings {
+    version: Option<String>,
+    global: render::Table,
+    span: SourceSpan,
+}
+
+/// A static host: rendered, never created.
+struct Host {
+    name: String,
+    name_span: SourceSpan,
+    role: String,
+    runner: Option<RunnerSettings>,
+    runners: Vec<Runner>,
 }
 
 /// A resource after expansion, with the spans needed to report problems found across
@@ -43,6 +66,8 @@ struct Expanded {
     scrape: Vec<Spanned<String>>,
     runners: Vec<Runner>,
     arch: Option<Arch>,
+    runner: Option<RunnerSettings>,
+    prometheus: Option<(String, Vec<String>)>,
 }
 
 /// Expands one fleet file and checks it.
@@ -54,6 +79,7 @@ pub fn expand(file: &FleetFile) -> Result<Desired, Vec<Problem>> {
         file,
         source: &file.source,
         problems: Vec::new(),
+        hosts: Vec::new(),
     };
     let desired = expander.run();
     if expander.problems.is_empty() {
@@ -67,6 +93,7 @@ struct Expander<'f> {
     file: &'f FleetFile,
     source: &'f SourceFile,
     problems: Vec<Problem>,
+    hosts: Vec<Host>,
 }
 
 impl Expander<'_> {
@@ -145,8 +172,9 @@ impl Expander<'_> {
             .collect();
         self.resolve_references(&mut expanded, &addresses);
         self.check_cycles(&expanded, &addresses);
-        finish(&file.fleet.value, &mut expanded, &addresses);
+        let hosts = self.finish(&clouds, &mut expanded, &addresses);
         Desired {
+            hosts,
             fleet: file.fleet.value.clone(),
             source: file.source.name.clone(),
             clouds,
@@ -165,6 +193,13 @@ impl Expander<'_> {
         let quote_shift = usize::from(raw.starts_with('"') || raw.starts_with('\''));
         while let Some(open) = rest.find('{') {
             out.push_str(&rest[..open]);
+            // `${secret:NAME}` is a secret reference, not a variable; `{variables}` inside its
+            // name are still filled in, and its closing brace passes through below.
+            if open > 0 && rest.as_bytes()[open - 1] == b'$' {
+                out.push('{');
+                rest = &rest[open + 1..];
+                continue;
+            }
             let Some(close) = rest[open..].find('}') else {
                 out.push_str(&rest[open..]);
                 rest = "";
@@ -282,7 +317,10 @@ impl Expander<'_> {
                         }
                     }
                 }
-                if let Some(expanded) = self.expand_one(decl, &vars, clouds) {
+                if decl.kind == ResourceKind::Host {
+                    let host = self.expand_host(decl, &vars);
+                    self.hosts.push(host);
+                } else if let Some(expanded) = self.expand_one(decl, &vars, clouds) {
                     out.push(expanded);
                 }
             }
@@ -639,6 +677,8 @@ impl Expander<'_> {
             .runners
             .iter()
             .map(|runner| Runner {
+                name_span: runner.name.span,
+                config: self.config_table(&runner.config, vars),
                 name: self.interpolate(&runner.name, vars),
                 template: runner
                     .template
@@ -690,7 +730,448 @@ impl Expander<'_> {
             scrape,
             runners,
             arch,
+            runner: decl.runner.as_ref().map(|r| self.runner_settings(r, vars)),
+            prometheus: decl.prometheus.as_ref().map(|p| {
+                (
+                    p.scrape_interval
+                        .as_ref()
+                        .map_or_else(|| "30s".to_string(), |i| i.value.clone()),
+                    p.federate
+                        .iter()
+                        .map(|f| self.interpolate(f, vars))
+                        .collect(),
+                )
+            }),
         })
+    }
+
+    /// Converts fleet-file config values to render values, substituting `{variables}`.
+    fn config_table(
+        &mut self,
+        table: &ConfigTable,
+        vars: &BTreeMap<String, String>,
+    ) -> render::Table {
+        table
+            .iter()
+            .map(|(key, value)| {
+                (
+                    key.value.clone(),
+                    Some(key.span),
+                    self.config_value(value, vars),
+                )
+            })
+            .collect()
+    }
+
+    fn config_value(
+        &mut self,
+        value: &ConfigValue,
+        vars: &BTreeMap<String, String>,
+    ) -> render::Value {
+        match value {
+            ConfigValue::String(text) => render::Value::Str(self.interpolate(text, vars)),
+            ConfigValue::Integer(number) => render::Value::Int(number.value),
+            ConfigValue::Float(number) => render::Value::Float(number.value),
+            ConfigValue::Bool(flag) => render::Value::Bool(flag.value),
+            ConfigValue::Array(items, _) => render::Value::Array(
+                items
+                    .iter()
+                    .map(|item| self.config_value(item, vars))
+                    .collect(),
+            ),
+            ConfigValue::Table(table, _) => render::Value::Table(self.config_table(table, vars)),
+        }
+    }
+
+    fn runner_settings(
+        &mut self,
+        runner: &RunnerGlobal,
+        vars: &BTreeMap<String, String>,
+    ) -> RunnerSettings {
+        RunnerSettings {
+            version: runner.version.as_ref().map(|v| self.interpolate(v, vars)),
+            global: self.config_table(&runner.config, vars),
+            span: runner.span,
+        }
+    }
+
+    fn expand_host(&mut self, decl: &ResourceDecl, vars: &BTreeMap<String, String>) -> Host {
+        let name = self.interpolate(&decl.name, vars);
+        let runners = decl
+            .runners
+            .iter()
+            .map(|runner| {
+                if let Some(template) = &runner.template {
+                    let problem = self
+                        .new_problem(ProblemKind::InvalidValue, template.span, "A static host cannot autoscale from a template", "fleet makes no machines for a host")
+                        .with_help("remove `template`; a host's runners use executors such as docker or shell");
+                    self.problem(problem);
+                }
+                Runner {
+                    name_span: runner.name.span,
+                    config: self.config_table(&runner.config, vars),
+                    name: self.interpolate(&runner.name, vars),
+                    template: None,
+                    arch: runner.arch.clone(),
+                    executor: runner.executor.as_ref().map_or_else(|| "docker".to_string(), |e| e.value.clone()),
+                }
+            })
+            .collect();
+        Host {
+            name,
+            name_span: decl.name.span,
+            role: decl
+                .role
+                .as_ref()
+                .map_or_else(|| "runner-host".to_string(), |r| r.value.clone()),
+            runner: decl.runner.as_ref().map(|r| self.runner_settings(r, vars)),
+            runners,
+        }
+    }
+
+    /// Checks a rendered config.toml's keys and reports the unknown ones where the fleet file
+    /// wrote them.
+    fn report_unknown_keys(&mut self, rendered: &render::RenderedConfig, fallback: SourceSpan) {
+        for unknown in &rendered.unknown_keys {
+            let help = match unknown.suggestion {
+                Some(s) => format!("did you mean `{s}`? gitlab-runner ignores keys it does not know, so this line would do nothing"),
+                None => "gitlab-runner ignores keys it does not know, so this line would do nothing; check the spelling against gitlab-runner's config.toml reference".to_string(),
+            };
+            let label = match unknown.suggestion {
+                Some(s) => format!("not a key of {}; did you mean `{s}`?", unknown.section),
+                None => format!("not a key of {}", unknown.section),
+            };
+            let problem = self
+                .new_problem(
+                    ProblemKind::UnknownKey,
+                    unknown.span.unwrap_or(fallback),
+                    format!(
+                        "Unknown config.toml key `{}` in {}",
+                        unknown.key, unknown.section
+                    ),
+                    label,
+                )
+                .with_help(help);
+            self.problem(problem);
+        }
+    }
+
+    /// Renders one manager's or host's config.toml; problems are reported, not returned.
+    fn render_config(
+        &mut self,
+        machine: &str,
+        fallback: SourceSpan,
+        settings: Option<&RunnerSettings>,
+        runners: Vec<render::RunnerInput>,
+    ) -> Option<String> {
+        let input = render::ManagerInput {
+            fleet: self.file.fleet.value.clone(),
+            source: self.source.name.clone(),
+            machine: machine.to_string(),
+            global: settings.map(|s| s.global.clone()).unwrap_or_default(),
+            runners,
+        };
+        match render::config_toml(&input) {
+            Ok(rendered) => {
+                self.report_unknown_keys(&rendered, fallback);
+                Some(rendered.text)
+            }
+            Err(error) => {
+                let problem = self
+                    .new_problem(
+                        ProblemKind::InvalidValue,
+                        fallback,
+                        format!("Cannot render config.toml of {machine}"),
+                        error.message.clone(),
+                    )
+                    .with_help("check the values of this machine's `runner:` and `runners:`");
+                self.problem(problem);
+                None
+            }
+        }
+    }
+
+    fn require_version(
+        &mut self,
+        settings: Option<&RunnerSettings>,
+        name_span: SourceSpan,
+    ) -> String {
+        match settings.and_then(|s| s.version.clone()) {
+            Some(version) => version,
+            None => {
+                let span = settings.map_or(name_span, |s| s.span);
+                let problem = self
+                    .new_problem(ProblemKind::MissingField, span, "Missing required field `runner.version`", "which gitlab-runner version?")
+                    .with_help("pin the gitlab-runner version, e.g. `runner: {version: \"16.11.1\"}`; fleet installs exactly it and upgrades with a graceful stop");
+                self.problem(problem);
+                String::new()
+            }
+        }
+    }
+
+    fn bootstrap(&mut self, input: &render::BootstrapInput, span: SourceSpan) -> Option<String> {
+        match render::bootstrap(input) {
+            Ok(text) => Some(text),
+            Err(error) => {
+                let problem = self.new_problem(
+                    ProblemKind::InvalidValue,
+                    span,
+                    format!("Cannot render the bootstrap of {}", input.machine),
+                    error.message.clone(),
+                );
+                self.problem(problem);
+                None
+            }
+        }
+    }
+
+    /// Names templates by version, renders every machine's files into its metadata, and stamps
+    /// every resource with its config and spec hashes, templates first. Returns the rendered
+    /// files of the static hosts.
+    fn finish(
+        &mut self,
+        clouds: &BTreeMap<Cloud, CloudTarget>,
+        expanded: &mut [Expanded],
+        addresses: &BTreeMap<Address, usize>,
+    ) -> BTreeMap<String, render::Files> {
+        let fleet = self.file.fleet.value.clone();
+        let source = self.source.name.clone();
+        let mut templates: BTreeMap<String, render::TemplateInfo> = BTreeMap::new();
+        for e in expanded
+            .iter_mut()
+            .filter(|e| e.resource.kind == ResourceKind::Template)
+        {
+            let hash = spec_hash(e.resource.cloud, e.resource.object, &e.resource.spec);
+            let name = e.resource.address.name().to_string();
+            e.resource.cloud_name = format!("{}-{}", e.resource.cloud_name, &hash[..8]);
+            e.resource
+                .spec
+                .labels
+                .insert(labels::SPEC_HASH.to_string(), hash);
+            let target = clouds.get(&e.resource.cloud);
+            let spec = &e.resource.spec;
+            templates.insert(
+                name,
+                render::TemplateInfo {
+                    cloud: e.resource.cloud,
+                    cloud_name: e.resource.cloud_name.clone(),
+                    project: target.and_then(|t| t.project.clone()),
+                    region: catalog::zone(&spec.zone).map_or_else(
+                        || target.map(|t| t.region.clone()).unwrap_or_default(),
+                        |(_, r)| r.to_string(),
+                    ),
+                    zone: spec.zone.clone(),
+                    machine_type: spec.machine_type.clone(),
+                    image: spec.image.clone(),
+                    disk_type: spec.disk_type.clone(),
+                    disk_size_gb: spec.disk_size_gb,
+                },
+            );
+        }
+        // Where the managers are, for the Prometheus helpers that scrape them.
+        let locations: BTreeMap<Address, (Cloud, String)> = expanded
+            .iter()
+            .map(|e| {
+                (
+                    e.resource.address.clone(),
+                    (e.resource.cloud, e.resource.spec.zone.clone()),
+                )
+            })
+            .collect();
+        for e in expanded.iter_mut() {
+            if e.resource.kind == ResourceKind::Template {
+                continue;
+            }
+            let machine = e.resource.cloud_name.clone();
+            let role = e
+                .resource
+                .spec
+                .labels
+                .get(labels::ROLE)
+                .cloned()
+                .unwrap_or_default();
+            let cloud = e.resource.cloud;
+            let mut metadata = BTreeMap::new();
+            let mut version = String::new();
+            let settings = e.runner.clone();
+            let runs_runner = e.resource.kind == ResourceKind::Manager || !e.runners.is_empty();
+            if runs_runner {
+                let runners = e
+                    .runners
+                    .iter()
+                    .map(|runner| render::RunnerInput {
+                        name: runner.name.clone(),
+                        name_span: runner.name_span,
+                        executor: runner.executor.clone(),
+                        template: runner
+                            .template
+                            .as_ref()
+                            .and_then(|t| templates.get(&t.value).cloned()),
+                        config: runner.config.clone(),
+                    })
+                    .collect::<Vec<_>>();
+                let name_span = e.name_span;
+                let has_runners = !runners.is_empty();
+                if let Some(text) =
+                    self.render_config(&machine, name_span, settings.as_ref(), runners)
+                {
+                    metadata.insert(render::RUNNER_CONFIG.to_string(), text);
+                }
+                if has_runners || settings.is_some() {
+                    version = self.require_version(settings.as_ref(), name_span);
+                    metadata.insert(render::RUNNER_VERSION.to_string(), version.clone());
+                }
+            }
+            let runs_prometheus = role == "prometheus" || e.prometheus.is_some();
+            if runs_prometheus {
+                let (scrape_interval, federate) = e
+                    .prometheus
+                    .clone()
+                    .unwrap_or_else(|| ("30s".to_string(), Vec::new()));
+                let mut gce = std::collections::BTreeSet::new();
+                let mut ec2 = std::collections::BTreeSet::new();
+                for dependency in &e.resource.depends_on {
+                    if dependency.kind() != ResourceKind::Manager {
+                        continue;
+                    }
+                    match locations.get(dependency) {
+                        Some((Cloud::Gcp, zone)) => {
+                            gce.insert(render::GceTarget {
+                                project: clouds
+                                    .get(&Cloud::Gcp)
+                                    .and_then(|t| t.project.clone())
+                                    .unwrap_or_default(),
+                                zone: zone.clone(),
+                            });
+                        }
+                        Some((Cloud::Aws, _)) => {
+                            ec2.insert(
+                                clouds
+                                    .get(&Cloud::Aws)
+                                    .map(|t| t.region.clone())
+                                    .unwrap_or_default(),
+                            );
+                        }
+                        None => {}
+                    }
+                }
+                let input = render::PrometheusInput {
+                    fleet: fleet.clone(),
+                    source: source.clone(),
+                    machine: machine.clone(),
+                    scrape_interval,
+                    gce: gce.into_iter().collect(),
+                    ec2: ec2.into_iter().collect(),
+                    federate,
+                };
+                match render::prometheus_yml(&input) {
+                    Ok(text) => {
+                        metadata.insert(render::PROMETHEUS_CONFIG.to_string(), text);
+                    }
+                    Err(error) => {
+                        let problem = self.new_problem(
+                            ProblemKind::InvalidValue,
+                            e.name_span,
+                            format!("Cannot render prometheus.yml of {machine}"),
+                            error.message,
+                        );
+                        self.problem(problem);
+                    }
+                }
+            }
+            let shutdown_timeout = settings
+                .as_ref()
+                .and_then(|s| s.global.iter().find(|(k, _, _)| k == "shutdown_timeout"))
+                .and_then(|(_, _, v)| match v {
+                    render::Value::Int(n) => Some(*n),
+                    _ => None,
+                })
+                .unwrap_or(render::DEFAULT_SHUTDOWN_TIMEOUT);
+            // Pool members are identical, so they share one bootstrap (and can be made in one
+            // batch call): it names the pool, not the member.
+            let bootstrap_name = e
+                .resource
+                .spec
+                .labels
+                .get(labels::POOL)
+                .cloned()
+                .unwrap_or_else(|| machine.clone());
+            let input = render::BootstrapInput {
+                fleet: fleet.clone(),
+                source: source.clone(),
+                machine: bootstrap_name,
+                role,
+                cloud: cloud.to_string(),
+                runs_runner,
+                runs_prometheus,
+                runner_version: version,
+                shutdown_timeout,
+                watch_metadata: cloud == Cloud::Gcp,
+            };
+            let span = e.name_span;
+            if let Some(text) = self.bootstrap(&input, span) {
+                metadata.insert(render::USER_DATA.to_string(), text);
+            }
+            e.resource.spec.metadata = metadata;
+            let digest = metadata_hash(&e.resource.spec.metadata);
+            e.resource
+                .spec
+                .labels
+                .insert(labels::CONFIG_HASH.to_string(), digest);
+            let hash = spec_hash(e.resource.cloud, e.resource.object, &e.resource.spec);
+            e.resource
+                .spec
+                .labels
+                .insert(labels::SPEC_HASH.to_string(), hash);
+        }
+        let _ = addresses;
+        let mut hosts = BTreeMap::new();
+        for host in std::mem::take(&mut self.hosts) {
+            let runners = host
+                .runners
+                .iter()
+                .map(|runner| render::RunnerInput {
+                    name: runner.name.clone(),
+                    name_span: runner.name_span,
+                    executor: runner.executor.clone(),
+                    template: None,
+                    config: runner.config.clone(),
+                })
+                .collect();
+            let mut files = render::Files::new();
+            if let Some(text) =
+                self.render_config(&host.name, host.name_span, host.runner.as_ref(), runners)
+            {
+                files.insert(render::RUNNER_CONFIG.to_string(), text);
+            }
+            let version = self.require_version(host.runner.as_ref(), host.name_span);
+            files.insert(render::RUNNER_VERSION.to_string(), version.clone());
+            let input = render::BootstrapInput {
+                fleet: fleet.clone(),
+                source: source.clone(),
+                machine: host.name.clone(),
+                role: host.role.clone(),
+                cloud: "none".to_string(),
+                runs_runner: true,
+                runs_prometheus: false,
+                runner_version: version,
+                shutdown_timeout: render::DEFAULT_SHUTDOWN_TIMEOUT,
+                watch_metadata: false,
+            };
+            if let Some(text) = self.bootstrap(&input, host.name_span) {
+                files.insert(render::USER_DATA.to_string(), text);
+            }
+            if hosts.insert(host.name.clone(), files).is_some() {
+                let problem = self.new_problem(
+                    ProblemKind::DuplicateName,
+                    host.name_span,
+                    format!("Duplicate host `{}`", host.name),
+                    "expands to a name already taken",
+                );
+                self.problem(problem);
+            }
+        }
+        hosts
     }
 
     /// A field from the resource or the cloud's defaults, interpolated; missing is a problem.
@@ -937,70 +1418,6 @@ impl Expander<'_> {
             self.problem(problem);
         }
     }
-}
-
-/// Names templates by version, writes the runner list into manager metadata, and stamps
-/// every resource with its spec hash, in dependency order (templates first).
-fn finish(fleet: &str, expanded: &mut [Expanded], addresses: &BTreeMap<Address, usize>) {
-    let _ = fleet;
-    for e in expanded
-        .iter_mut()
-        .filter(|e| e.resource.kind == ResourceKind::Template)
-    {
-        let hash = spec_hash(e.resource.cloud, e.resource.object, &e.resource.spec);
-        e.resource.cloud_name = format!("{}-{}", e.resource.cloud_name, &hash[..8]);
-        e.resource
-            .spec
-            .labels
-            .insert(labels::SPEC_HASH.to_string(), hash);
-    }
-    let template_names: BTreeMap<Address, String> = expanded
-        .iter()
-        .filter(|e| e.resource.kind == ResourceKind::Template)
-        .map(|e| (e.resource.address.clone(), e.resource.cloud_name.clone()))
-        .collect();
-    for e in expanded
-        .iter_mut()
-        .filter(|e| e.resource.kind != ResourceKind::Template)
-    {
-        if !e.runners.is_empty() {
-            let lines: Vec<String> = e
-                .runners
-                .iter()
-                .map(|runner| {
-                    let template = runner
-                        .template
-                        .as_ref()
-                        .and_then(|t| {
-                            template_names.get(&Address::new(ResourceKind::Template, &t.value))
-                        })
-                        .map_or("-", String::as_str);
-                    let arch = runner.arch.as_ref().map_or("-", |a| a.value.as_str());
-                    format!(
-                        "{} executor={} template={template} arch={arch}",
-                        runner.name, runner.executor
-                    )
-                })
-                .collect();
-            e.resource
-                .spec
-                .metadata
-                .insert("fleet-runners".to_string(), lines.join("\n"));
-        }
-        if !e.resource.spec.metadata.is_empty() {
-            let digest = metadata_hash(&e.resource.spec.metadata);
-            e.resource
-                .spec
-                .labels
-                .insert(labels::CONFIG_HASH.to_string(), digest);
-        }
-        let hash = spec_hash(e.resource.cloud, e.resource.object, &e.resource.spec);
-        e.resource
-            .spec
-            .labels
-            .insert(labels::SPEC_HASH.to_string(), hash);
-    }
-    let _ = addresses;
 }
 
 fn braces(names: &[&str]) -> String {

@@ -9,8 +9,8 @@ use miette::SourceSpan;
 
 use super::diagnostic::{closest, Problem, ProblemKind, SourceFile};
 use super::model::{
-    AwsSettings, Axis, Environment, FleetFile, GcpSettings, MachineDefaults, ResourceDecl,
-    ResourceKind, RunnerDecl, Spanned,
+    AwsSettings, Axis, ConfigTable, ConfigValue, Environment, FleetFile, GcpSettings,
+    MachineDefaults, PrometheusDecl, ResourceDecl, ResourceKind, RunnerDecl, RunnerGlobal, Spanned,
 };
 use super::yaml::{self, Node};
 
@@ -24,6 +24,7 @@ const TOP_KEYS: &[&str] = &[
     "managers",
     "pools",
     "helpers",
+    "hosts",
 ];
 const CLOUD_KEYS: &[&str] = &["gcp", "aws"];
 const GCP_KEYS: &[&str] = &["project", "region", "endpoint"];
@@ -42,14 +43,27 @@ const COMMON_KEYS: &[&str] = &[
     "matrix",
     "role",
 ];
-const RUNNER_KEYS: &[&str] = &["name", "template", "arch", "executor", "description"];
+/// Keys of a runner entry that are fleet's own; every other key is config.toml's, checked
+/// against gitlab-runner's known keys once rendered.
+const RUNNER_FLEET_KEYS: &[&str] = &["name", "template", "arch", "executor", "description"];
+const HOST_KEYS: &[&str] = &[
+    "description",
+    "address",
+    "role",
+    "labels",
+    "runner",
+    "runners",
+    "matrix",
+];
+const PROMETHEUS_KEYS: &[&str] = &["scrape_interval", "federate"];
 
 fn keys_for(kind: ResourceKind) -> Vec<&'static str> {
     let extra: &[&str] = match kind {
         ResourceKind::Template => &["arch"],
-        ResourceKind::Manager => &["runners"],
+        ResourceKind::Manager => &["runners", "runner"],
         ResourceKind::Pool => &["size"],
-        ResourceKind::Helper => &["scrape"],
+        ResourceKind::Helper => &["scrape", "prometheus"],
+        ResourceKind::Host => return HOST_KEYS.to_vec(),
     };
     COMMON_KEYS.iter().chain(extra).copied().collect()
 }
@@ -501,8 +515,23 @@ impl<'s> Reader<'s> {
                 .map(|n| self.string_list(n, "scrape"))
                 .unwrap_or_default(),
             runners: Vec::new(),
+            runner: None,
+            prometheus: None,
+            address: self.field_string(&fields, "address"),
             name,
         };
+        if let Some((_, key_span, node)) =
+            fields.entries.iter().find(|(key, _, _)| *key == "runner")
+        {
+            decl.runner = self.runner_global(node, *key_span, &section);
+        }
+        if let Some((_, key_span, node)) = fields
+            .entries
+            .iter()
+            .find(|(key, _, _)| *key == "prometheus")
+        {
+            decl.prometheus = self.prometheus(node, *key_span, &section);
+        }
         if let Some(size) = fields.get("size") {
             decl.count = self.number(size, "size");
         }
@@ -587,13 +616,180 @@ impl<'s> Reader<'s> {
 
     fn runner(&mut self, node: &Node, section: &str) -> Option<RunnerDecl> {
         let section = format!("{section}.runners[]");
-        let fields = self.fields(node, &section, RUNNER_KEYS, &["name"], node.span())?;
+        let Node::Map { entries, span } = node else {
+            self.wrong_type(node, "a runner: a mapping with at least `name`");
+            return None;
+        };
+        let mut name = None;
+        let mut template = None;
+        let mut arch = None;
+        let mut executor = None;
+        let mut config = Vec::new();
+        let mut seen: Vec<(String, SourceSpan)> = Vec::new();
+        for (key, value) in entries {
+            let Some(key) = self.string(key, &section) else {
+                continue;
+            };
+            if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key.value) {
+                let problem = Problem::new(
+                    ProblemKind::DuplicateKey,
+                    self.source,
+                    key.span,
+                    format!("Duplicate key `{}`", key.value),
+                    "given again here",
+                )
+                .with_secondary(*first, "first given here")
+                .with_help(format!("keep one `{}` in the runner", key.value));
+                self.problems.push(problem);
+                continue;
+            }
+            seen.push((key.value.clone(), key.span));
+            match key.value.as_str() {
+                "name" => name = self.string(value, "name"),
+                "template" => template = self.string(value, "template"),
+                "arch" => arch = self.string(value, "arch"),
+                "executor" => executor = self.string(value, "executor"),
+                "description" => {}
+                _ => {
+                    if let Some(value) = self.config_value(value) {
+                        config.push((key, value));
+                    }
+                }
+            }
+        }
+        if name.is_none() {
+            self.missing(&section, &["name"], *span);
+        }
+        let _ = RUNNER_FLEET_KEYS;
         Some(RunnerDecl {
-            name: self.field_string(&fields, "name")?,
-            template: self.field_string(&fields, "template"),
-            arch: self.field_string(&fields, "arch"),
-            executor: self.field_string(&fields, "executor"),
-            span: node.span(),
+            name: name?,
+            template,
+            arch,
+            executor,
+            config,
+            span: *span,
+        })
+    }
+
+    /// Reads a config.toml value: plain numbers and booleans keep their type, quoted text is
+    /// always a string.
+    fn config_value(&mut self, node: &Node) -> Option<ConfigValue> {
+        match node {
+            Node::Scalar {
+                value,
+                quoted,
+                span,
+            } => {
+                if node.is_null() {
+                    self.wrong_type(node, "a value");
+                    return None;
+                }
+                if !quoted {
+                    if let Ok(number) = value.parse::<i64>() {
+                        return Some(ConfigValue::Integer(Spanned::new(number, *span)));
+                    }
+                    if let Ok(number) = value.parse::<f64>() {
+                        return Some(ConfigValue::Float(Spanned::new(number, *span)));
+                    }
+                    if value == "true" || value == "false" {
+                        return Some(ConfigValue::Bool(Spanned::new(value == "true", *span)));
+                    }
+                }
+                Some(ConfigValue::String(Spanned::new(value.clone(), *span)))
+            }
+            Node::Seq { items, span } => Some(ConfigValue::Array(
+                items
+                    .iter()
+                    .filter_map(|item| self.config_value(item))
+                    .collect(),
+                *span,
+            )),
+            Node::Map { entries, span } => {
+                let mut table: ConfigTable = Vec::new();
+                for (key, value) in entries {
+                    let Some(key) = self.string(key, "a config key") else {
+                        continue;
+                    };
+                    if let Some((first, _)) = table.iter().find(|(k, _)| k.value == key.value) {
+                        let problem = Problem::new(
+                            ProblemKind::DuplicateKey,
+                            self.source,
+                            key.span,
+                            format!("Duplicate key `{}`", key.value),
+                            "given again here",
+                        )
+                        .with_secondary(first.span, "first given here")
+                        .with_help(format!("keep one `{}`", key.value));
+                        self.problems.push(problem);
+                        continue;
+                    }
+                    if let Some(value) = self.config_value(value) {
+                        table.push((key, value));
+                    }
+                }
+                Some(ConfigValue::Table(table, *span))
+            }
+        }
+    }
+
+    fn runner_global(
+        &mut self,
+        node: &Node,
+        key_span: SourceSpan,
+        section: &str,
+    ) -> Option<RunnerGlobal> {
+        let ConfigValue::Table(table, _) = self.config_value(node)? else {
+            self.wrong_type(node, &format!("a mapping for `{section}.runner`"));
+            return None;
+        };
+        let mut version = None;
+        let mut config = Vec::new();
+        for (key, value) in table {
+            if key.value == "version" {
+                match value {
+                    ConfigValue::String(text) => version = Some(text),
+                    other => {
+                        let span = other.span();
+                        self.problem(
+                            ProblemKind::WrongType,
+                            span,
+                            "Expected a version string",
+                            "write the version in quotes",
+                            Some("e.g. `version: \"16.11.1\"`".to_string()),
+                        );
+                    }
+                }
+            } else {
+                config.push((key, value));
+            }
+        }
+        Some(RunnerGlobal {
+            version,
+            config,
+            span: key_span,
+        })
+    }
+
+    fn prometheus(
+        &mut self,
+        node: &Node,
+        key_span: SourceSpan,
+        section: &str,
+    ) -> Option<PrometheusDecl> {
+        let fields = self.fields(
+            node,
+            &format!("{section}.prometheus"),
+            PROMETHEUS_KEYS,
+            &[],
+            key_span,
+        )?;
+        Some(PrometheusDecl {
+            scrape_interval: self.field_string(&fields, "scrape_interval"),
+            federate: fields
+                .get("federate")
+                .map(|n| self.string_list(n, "federate"))
+                .unwrap_or_default(),
+            span: key_span,
         })
     }
 }

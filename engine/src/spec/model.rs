@@ -105,15 +105,18 @@ pub enum ResourceKind {
     Pool,
     /// `helpers:` — Prometheus and other helpers.
     Helper,
+    /// `hosts:` — machines no cloud manages (fleet renders their files only).
+    Host,
 }
 
 impl ResourceKind {
     /// Every kind, in creation order.
-    pub const ALL: [ResourceKind; 4] = [
+    pub const ALL: [ResourceKind; 5] = [
         ResourceKind::Template,
         ResourceKind::Manager,
         ResourceKind::Pool,
         ResourceKind::Helper,
+        ResourceKind::Host,
     ];
 
     /// The address prefix and `fleet-kind` label value.
@@ -123,6 +126,7 @@ impl ResourceKind {
             ResourceKind::Manager => "manager",
             ResourceKind::Pool => "pool",
             ResourceKind::Helper => "helper",
+            ResourceKind::Host => "host",
         }
     }
 
@@ -133,6 +137,7 @@ impl ResourceKind {
             ResourceKind::Manager => "managers",
             ResourceKind::Pool => "pools",
             ResourceKind::Helper => "helpers",
+            ResourceKind::Host => "hosts",
         }
     }
 
@@ -150,6 +155,7 @@ impl ResourceKind {
             ResourceKind::Manager => "runner-manager",
             ResourceKind::Pool => "builder",
             ResourceKind::Helper => "helper",
+            ResourceKind::Host => "host",
         }
     }
 
@@ -159,7 +165,7 @@ impl ResourceKind {
             ResourceKind::Template => 0,
             ResourceKind::Manager => 1,
             ResourceKind::Pool => 1,
-            ResourceKind::Helper => 2,
+            ResourceKind::Helper | ResourceKind::Host => 2,
         }
     }
 }
@@ -206,11 +212,74 @@ pub struct ResourceDecl {
     pub depends_on: Vec<Spanned<String>>,
     /// `scrape:` (helpers) — address patterns of what the helper monitors.
     pub scrape: Vec<Spanned<String>>,
-    /// `runners:` (managers)
+    /// `runners:` (managers, hosts)
     pub runners: Vec<RunnerDecl>,
+    /// `runner:` (managers, hosts): the pinned gitlab-runner `version` and config.toml's
+    /// global section (`concurrent`, `listen_address`, `session_server`, …).
+    pub runner: Option<RunnerGlobal>,
+    /// `prometheus:` (Prometheus helpers).
+    pub prometheus: Option<PrometheusDecl>,
+    /// `address:` (hosts): the host's DNS name.
+    pub address: Option<Spanned<String>>,
 }
 
-/// One runner of a manager.
+/// A config.toml value as written in the fleet file, with its span, so a key gitlab-runner
+/// does not know can be reported at the line it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfigValue {
+    /// A string (quoted, or plain text that is not a number or boolean).
+    String(Spanned<String>),
+    /// A whole number.
+    Integer(Spanned<i64>),
+    /// A number with a fraction.
+    Float(Spanned<f64>),
+    /// `true` or `false`.
+    Bool(Spanned<bool>),
+    /// A list.
+    Array(Vec<ConfigValue>, SourceSpan),
+    /// A mapping: a TOML table.
+    Table(ConfigTable, SourceSpan),
+}
+
+/// A TOML table as written: keys in file order.
+pub type ConfigTable = Vec<(Spanned<String>, ConfigValue)>;
+
+impl ConfigValue {
+    /// Where the value is written.
+    pub fn span(&self) -> SourceSpan {
+        match self {
+            ConfigValue::String(v) => v.span,
+            ConfigValue::Integer(v) => v.span,
+            ConfigValue::Float(v) => v.span,
+            ConfigValue::Bool(v) => v.span,
+            ConfigValue::Array(_, span) | ConfigValue::Table(_, span) => *span,
+        }
+    }
+}
+
+/// `runner:` of a manager or host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunnerGlobal {
+    /// `version:` — the gitlab-runner version to install and keep.
+    pub version: Option<Spanned<String>>,
+    /// Every other key: config.toml's global section.
+    pub config: ConfigTable,
+    /// The `runner:` key.
+    pub span: SourceSpan,
+}
+
+/// `prometheus:` of a Prometheus helper.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrometheusDecl {
+    /// `scrape_interval:`, e.g. `15s`.
+    pub scrape_interval: Option<Spanned<String>>,
+    /// `federate:` — extra `/federate` targets (`host:port`) this Prometheus pulls from.
+    pub federate: Vec<Spanned<String>>,
+    /// The `prometheus:` key.
+    pub span: SourceSpan,
+}
+
+/// One runner of a manager or host.
 #[derive(Debug, Clone)]
 pub struct RunnerDecl {
     /// `name:`
@@ -221,6 +290,9 @@ pub struct RunnerDecl {
     pub arch: Option<Spanned<String>>,
     /// `executor:`
     pub executor: Option<Spanned<String>>,
+    /// Every other key: the runner's `[[runners]]` entry in config.toml (`url`, `token`,
+    /// `limit`, `docker: {…}`, `machine: {…}`, `autoscaler: {…}`, …).
+    pub config: ConfigTable,
     /// The whole entry.
     pub span: SourceSpan,
 }

@@ -1,0 +1,309 @@
+//! Translations between fleet's data and EC2's: tags, user data, states, instances and
+//! launch-template versions.
+//!
+//! In: fleet [`MachineSpec`]s or EC2 response shapes. Out: EC2 request shapes or
+//! [`LiveResource`]s. Pure functions, no I/O.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::types::{
+    Instance, InstanceStateName, LaunchTemplateVersion, ResourceType, Tag, TagSpecification,
+};
+use fleet_engine::provider::{
+    labels, Cloud, InstanceStatus, LiveResource, MachineSpec, ObjectKind,
+};
+
+/// The tag that holds an instance's cloud name. Never part of the labels fleet compares.
+pub(crate) const NAME_TAG: &str = "Name";
+
+/// Launch templates carry one of these per live version, e.g. `fleet-spec-v3`: the spec hash
+/// of that version. Launch-template tags are shared by all versions, so the one label that
+/// differs between versions is stored per version number; a version without its stamp is
+/// not (or no longer) fleet's.
+pub(crate) const VERSION_STAMP_PREFIX: &str = "fleet-spec-v";
+
+/// The key of the stamp tag of one launch-template version.
+pub(crate) fn version_stamp(version: i64) -> String {
+    format!("{VERSION_STAMP_PREFIX}{version}")
+}
+
+/// The version number a stamp tag key is for.
+pub(crate) fn stamp_version(key: &str) -> Option<i64> {
+    key.strip_prefix(VERSION_STAMP_PREFIX)?.parse().ok()
+}
+
+/// EC2 tags from key/value pairs.
+pub(crate) fn tags<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<Tag> {
+    pairs
+        .into_iter()
+        .map(|(key, value)| Tag::builder().key(key).value(value).build())
+        .collect()
+}
+
+/// A tag specification for one resource type.
+pub(crate) fn tag_spec(resource: ResourceType, tags: Vec<Tag>) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(resource)
+        .set_tags(Some(tags))
+        .build()
+}
+
+/// The tags of an instance: every label plus `Name`.
+pub(crate) fn instance_tags(name: &str, spec_labels: &BTreeMap<String, String>) -> Vec<Tag> {
+    tags(
+        std::iter::once((NAME_TAG, name))
+            .chain(spec_labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+    )
+}
+
+/// Tags as a map.
+pub(crate) fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
+    tags.iter()
+        .filter_map(|tag| {
+            Some((
+                tag.key()?.to_string(),
+                tag.value().unwrap_or("").to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// The user data (base64, as EC2 wants it) that delivers a machine's metadata.
+///
+/// A `user-data` entry is the user data itself (the rendered bootstrap); other entries are
+/// written as files under `/etc/fleet/` by a `#cloud-config` document. `None` when there is
+/// no metadata.
+pub(crate) fn user_data(metadata: &BTreeMap<String, String>) -> Option<String> {
+    if metadata.is_empty() {
+        return None;
+    }
+    let text = match metadata.get("user-data") {
+        Some(text) if metadata.len() == 1 => text.clone(),
+        _ => {
+            let mut doc = String::from("#cloud-config\nwrite_files:\n");
+            for (key, value) in metadata {
+                let path = if key == "user-data" {
+                    "/etc/fleet/user-data".to_string()
+                } else {
+                    format!("/etc/fleet/{key}")
+                };
+                doc.push_str(&format!(
+                    "  - path: {path}\n    encoding: b64\n    content: {}\n",
+                    aws_smithy_types::base64::encode(value.as_bytes())
+                ));
+            }
+            doc
+        }
+    };
+    Some(aws_smithy_types::base64::encode(text.as_bytes()))
+}
+
+/// fleet's status for an EC2 state; `None` for terminated instances, which are gone.
+pub(crate) fn status(state: Option<&InstanceStateName>) -> Option<InstanceStatus> {
+    match state? {
+        InstanceStateName::Pending => Some(InstanceStatus::Provisioning),
+        InstanceStateName::Running => Some(InstanceStatus::Running),
+        InstanceStateName::Stopping => Some(InstanceStatus::Stopping),
+        InstanceStateName::Stopped => Some(InstanceStatus::Stopped),
+        InstanceStateName::ShuttingDown => Some(InstanceStatus::Terminated),
+        _ => None,
+    }
+}
+
+/// The volume id of an instance's root device.
+pub(crate) fn root_volume_id(instance: &Instance) -> Option<&str> {
+    let root = instance.root_device_name();
+    let mappings = instance.block_device_mappings();
+    mappings
+        .iter()
+        .find(|m| root.is_some() && m.device_name() == root)
+        .or_else(|| mappings.first())
+        .and_then(|m| m.ebs())
+        .and_then(|ebs| ebs.volume_id())
+}
+
+/// A root disk as EC2 reports it: type and size in GB.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Disk {
+    pub(crate) disk_type: String,
+    pub(crate) size_gb: u32,
+}
+
+/// An instance as fleet sees it; `None` when it is terminated or has no id.
+pub(crate) fn instance_resource(
+    instance: &Instance,
+    disks: &BTreeMap<String, Disk>,
+) -> Option<LiveResource> {
+    let status = status(instance.state().and_then(|s| s.name()))?;
+    let id = instance.instance_id()?.to_string();
+    let mut labels = tag_map(instance.tags());
+    let name = labels.remove(NAME_TAG).unwrap_or_else(|| id.clone());
+    let disk = root_volume_id(instance)
+        .and_then(|volume| disks.get(volume))
+        .cloned()
+        .unwrap_or_default();
+    Some(LiveResource {
+        cloud: Cloud::Aws,
+        kind: ObjectKind::Instance,
+        id,
+        name,
+        status,
+        spec: MachineSpec {
+            machine_type: instance
+                .instance_type()
+                .map(|t| t.as_str().to_string())
+                .unwrap_or_default(),
+            zone: instance
+                .placement()
+                .and_then(|p| p.availability_zone())
+                .unwrap_or_default()
+                .to_string(),
+            image: instance.image_id().unwrap_or_default().to_string(),
+            disk_type: disk.disk_type,
+            disk_size_gb: disk.size_gb,
+            labels,
+            // EC2 does not return user data in DescribeInstances; the engine compares it
+            // through the `fleet-config` label instead.
+            metadata: BTreeMap::new(),
+        },
+    })
+}
+
+/// The id fleet gives one launch-template version: `lt-0abc…:3`.
+pub(crate) fn version_id(template_id: &str, version: i64) -> String {
+    format!("{template_id}:{version}")
+}
+
+/// Splits a version id back into the launch-template id and the version number.
+pub(crate) fn split_version_id(id: &str) -> Option<(&str, i64)> {
+    let (template, version) = id.rsplit_once(':')?;
+    Some((template, version.parse().ok()?))
+}
+
+/// The labels of one version: the launch template's tags without the per-version stamps,
+/// plus `fleet-spec` from this version's stamp.
+pub(crate) fn version_labels(
+    template_tags: &BTreeMap<String, String>,
+    version: i64,
+) -> Option<BTreeMap<String, String>> {
+    let stamp = template_tags.get(&version_stamp(version))?;
+    let mut labels: BTreeMap<String, String> = template_tags
+        .iter()
+        .filter(|(key, _)| stamp_version(key).is_none() && key.as_str() != NAME_TAG)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.insert(labels::SPEC_HASH.to_string(), stamp.clone());
+    Some(labels)
+}
+
+/// One launch-template version as fleet sees it; `None` when it carries no fleet stamp.
+pub(crate) fn version_resource(
+    template_id: &str,
+    template_tags: &BTreeMap<String, String>,
+    version: &LaunchTemplateVersion,
+) -> Option<LiveResource> {
+    let number = version.version_number()?;
+    let labels = version_labels(template_tags, number)?;
+    let data = version.launch_template_data();
+    let ebs = data
+        .and_then(|d| d.block_device_mappings().first())
+        .and_then(|m| m.ebs());
+    Some(LiveResource {
+        cloud: Cloud::Aws,
+        kind: ObjectKind::InstanceTemplate,
+        id: version_id(template_id, number),
+        name: version
+            .version_description()
+            .unwrap_or_default()
+            .to_string(),
+        status: InstanceStatus::Available,
+        spec: MachineSpec {
+            machine_type: data
+                .and_then(|d| d.instance_type())
+                .map(|t| t.as_str().to_string())
+                .unwrap_or_default(),
+            zone: data
+                .and_then(|d| d.placement())
+                .and_then(|p| p.availability_zone())
+                .unwrap_or_default()
+                .to_string(),
+            image: data
+                .and_then(|d| d.image_id())
+                .unwrap_or_default()
+                .to_string(),
+            disk_type: ebs
+                .and_then(|e| e.volume_type())
+                .map(|t| t.as_str().to_string())
+                .unwrap_or_default(),
+            disk_size_gb: ebs
+                .and_then(|e| e.volume_size())
+                .and_then(|s| u32::try_from(s).ok())
+                .unwrap_or_default(),
+            labels,
+            metadata: BTreeMap::new(),
+        },
+    })
+}
+
+/// The launch-template name for a template's versioned cloud name: its `fleet-resource`
+/// label, or the name without its `-<8 hex>` version suffix.
+pub(crate) fn template_base_name(name: &str, spec_labels: &BTreeMap<String, String>) -> String {
+    spec_labels
+        .get(labels::RESOURCE)
+        .cloned()
+        .or_else(|| unversioned(name).map(str::to_string))
+        .unwrap_or_else(|| name.to_string())
+}
+
+/// `arm64-aws` for `arm64-aws-cb197c15`; `None` when the name has no version suffix.
+pub(crate) fn unversioned(name: &str) -> Option<&str> {
+    let (base, suffix) = name.rsplit_once('-')?;
+    (suffix.len() == 8 && suffix.bytes().all(|b| b.is_ascii_hexdigit()) && !base.is_empty())
+        .then_some(base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_names_and_ids_round_trip() {
+        assert_eq!(unversioned("arm64-aws-cb197c15"), Some("arm64-aws"));
+        assert_eq!(unversioned("arm-builder-1"), None);
+        assert_eq!(
+            split_version_id(&version_id("lt-0abc", 3)),
+            Some(("lt-0abc", 3))
+        );
+        assert_eq!(stamp_version(&version_stamp(12)), Some(12));
+    }
+
+    #[test]
+    fn version_labels_take_their_own_stamp_only() {
+        let tags: BTreeMap<String, String> = [
+            ("fleet", "f"),
+            ("fleet-resource", "arm64-aws"),
+            ("fleet-spec-v1", "aaaa"),
+            ("fleet-spec-v2", "bbbb"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let labels = version_labels(&tags, 2).expect("stamped");
+        assert_eq!(labels.get("fleet-spec").map(String::as_str), Some("bbbb"));
+        assert_eq!(labels.len(), 3);
+        assert!(version_labels(&tags, 3).is_none());
+    }
+
+    #[test]
+    fn user_data_is_base64_of_the_bootstrap_or_a_cloud_config() {
+        let mut metadata = BTreeMap::new();
+        assert_eq!(user_data(&metadata), None);
+        metadata.insert("user-data".to_string(), "#!/bin/sh\n".to_string());
+        assert_eq!(user_data(&metadata).as_deref(), Some("IyEvYmluL3NoCg=="));
+        metadata.insert("fleet-runners".to_string(), "x".to_string());
+        let decoded = aws_smithy_types::base64::decode(user_data(&metadata).unwrap()).unwrap();
+        let text = String::from_utf8(decoded).unwrap();
+        assert!(text.starts_with("#cloud-config\n"), "{text}");
+        assert!(text.contains("/etc/fleet/fleet-runners"), "{text}");
+    }
+}

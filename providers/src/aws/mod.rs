@@ -1,0 +1,1322 @@
+//! AWS EC2: fleet's instances are EC2 instances, its templates are launch-template versions.
+//!
+//! In: requests from the engine's executor, an [`AwsOptions`] (region, endpoint override,
+//! limits) and the SDK's standard credential chain. Out: [`LiveResource`]s as EC2 reports
+//! them, every request counted by operation ([`Provider::call_counts`]).
+//!
+//! How fleet's model maps onto EC2:
+//!
+//! - **Instances** carry every label as a tag plus `Name` (the cloud name). Discovery is
+//!   `DescribeInstances` filtered by `tag:fleet` and the live states, 1000 a page, plus one
+//!   `DescribeVolumes` per 200 instances of a page for the root disks' type and size.
+//! - **Templates** are launch-template *versions*. One launch template per fleet template,
+//!   named by its `fleet-resource` label (`arm64-aws`) and tagged with the fleet labels; each
+//!   versioned cloud name (`arm64-aws-cb197c15`) is one version whose `VersionDescription` is
+//!   that name. The one label that differs between versions, `fleet-spec`, is kept on the
+//!   launch template as `fleet-spec-v<N>`; a version without that stamp is not fleet's.
+//!   Discovery: `DescribeLaunchTemplates` by tag (one call per 200 templates) plus one
+//!   `DescribeLaunchTemplateVersions` per launch template.
+//! - **Idempotency**: `ClientToken` is the executor's token (a hash of plan id and address);
+//!   a batch of pool members uses a hash of its members' tokens.
+//! - **Retries**: the SDK's retries are off; the engine's executor retries
+//!   [`ErrorKind::Throttled`] and [`ErrorKind::Transient`] with jittered backoff, so a
+//!   throttled call is not retried twice over. The per-instance tagging inside a batch is
+//!   retried here with the same policy, because its failure would strand a created machine.
+
+mod calls;
+mod convert;
+mod errors;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::config::retry::RetryConfig;
+use aws_sdk_ec2::config::timeout::TimeoutConfig;
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, Instance, InstanceType,
+    LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest,
+    LaunchTemplatePlacementRequest, Placement, RequestLaunchTemplateData, ResourceType, Tag,
+    VolumeType,
+};
+use aws_sdk_ec2::Client;
+use fleet_engine::provider::{
+    labels, Cloud, CreateRequest, DeleteRequest, ErrorKind, InstanceStatus, LiveResource,
+    ObjectKind, Provider, ProviderError, ProviderLimits, UpdateRequest,
+};
+use fleet_engine::retry::RetryPolicy;
+use sha2::{Digest, Sha256};
+
+use self::calls::CallCounter;
+use self::convert::{Disk, NAME_TAG};
+use self::errors::{about, sdk_error};
+
+pub use self::errors::ConnectError;
+
+/// `DescribeInstances` page size (the EC2 maximum).
+const INSTANCE_PAGE: i32 = 1000;
+/// `DescribeLaunchTemplates` / `DescribeLaunchTemplateVersions` page size (the EC2 maximum).
+const TEMPLATE_PAGE: i32 = 200;
+/// The most values fleet puts in one filter.
+const FILTER_VALUES: usize = 200;
+/// Instance states fleet sees; terminated instances are gone.
+const LIVE_STATES: [&str; 5] = ["pending", "running", "stopping", "stopped", "shutting-down"];
+/// The root device used when the image's own cannot be looked up.
+const DEFAULT_ROOT_DEVICE: &str = "/dev/sda1";
+
+/// How to reach EC2; built by the CLI from the fleet file and its options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AwsOptions {
+    /// The region every call goes to (`clouds.aws.region`).
+    pub region: String,
+    /// An endpoint override from the fleet file or the command line; `None` leaves it to the
+    /// SDK's configuration (`AWS_ENDPOINT_URL`, the profile's `endpoint_url`, or AWS).
+    pub endpoint: Option<String>,
+    /// Mutating calls in flight at once in this region.
+    pub max_concurrent_mutations: usize,
+    /// Client-side ceiling on mutating steps per second; `None` for none.
+    pub calls_per_second: Option<f64>,
+    /// Subnet for new instances, if not the default VPC's.
+    pub subnet_id: Option<String>,
+    /// Security groups for new instances, if not the default.
+    pub security_group_ids: Vec<String>,
+}
+
+impl AwsOptions {
+    /// Options for one region with the default limits.
+    pub fn new(region: impl Into<String>) -> AwsOptions {
+        AwsOptions {
+            region: region.into(),
+            endpoint: None,
+            max_concurrent_mutations: 8,
+            calls_per_second: Some(20.0),
+            subnet_id: None,
+            security_group_ids: Vec::new(),
+        }
+    }
+}
+
+/// The AWS EC2 provider for one region.
+#[derive(Debug)]
+pub struct AwsEc2 {
+    client: Client,
+    options: AwsOptions,
+    /// The endpoint in use, for [`Provider::describe`], when it is not AWS's own.
+    endpoint: Option<String>,
+    calls: CallCounter,
+    /// Root device names of images, looked up once per image per process.
+    root_devices: Mutex<BTreeMap<String, String>>,
+    /// Retry policy for the tagging inside a batch.
+    tag_retry: RetryPolicy,
+}
+
+impl AwsEc2 {
+    /// Connects with the SDK's standard configuration chain (environment, shared config and
+    /// credentials files, SSO, web identity, container and instance roles) and checks that
+    /// credentials can be found, before anything is planned or changed.
+    ///
+    /// # Errors
+    /// [`ConnectError::NoCredentials`] when the credential chain finds nothing, saying where
+    /// it looked; [`ConnectError::InvalidEndpoint`] for an endpoint that is not a URL.
+    pub async fn connect(options: AwsOptions) -> Result<AwsEc2, ConnectError> {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(options.region.clone()));
+        if let Some(endpoint) = &options.endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(ConnectError::InvalidEndpoint {
+                    endpoint: endpoint.clone(),
+                });
+            }
+            loader = loader.endpoint_url(endpoint.clone());
+        }
+        let shared = loader.load().await;
+        let Some(credentials) = shared.credentials_provider() else {
+            return Err(ConnectError::NoCredentials {
+                region: options.region.clone(),
+                detail: "no credential provider is configured".to_string(),
+            });
+        };
+        {
+            use aws_sdk_ec2::config::ProvideCredentials;
+            if let Err(error) = credentials.provide_credentials().await {
+                return Err(ConnectError::NoCredentials {
+                    region: options.region.clone(),
+                    detail: error.to_string(),
+                });
+            }
+        }
+        let endpoint = shared.endpoint_url().map(str::to_string);
+        Ok(AwsEc2::from_sdk_config(&shared, options, endpoint))
+    }
+
+    /// Builds the provider from an SDK configuration (for callers that load their own).
+    pub fn from_sdk_config(
+        shared: &aws_config::SdkConfig,
+        options: AwsOptions,
+        endpoint: Option<String>,
+    ) -> AwsEc2 {
+        let calls = CallCounter::default();
+        let config = aws_sdk_ec2::config::Builder::from(shared)
+            // The engine's executor retries throttling and faults with jittered backoff and
+            // counts attempts; SDK retries under it would multiply the attempts.
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(60))
+                    .build(),
+            )
+            .interceptor(calls.clone())
+            .build();
+        AwsEc2 {
+            client: Client::from_conf(config),
+            options,
+            endpoint,
+            calls,
+            root_devices: Mutex::new(BTreeMap::new()),
+            tag_retry: RetryPolicy {
+                max_attempts: 6,
+                base_delay: Duration::from_millis(200),
+                max_delay: Duration::from_secs(5),
+                max_elapsed: Duration::from_secs(60),
+            },
+        }
+    }
+
+    /// Whether calls go to an endpoint other than AWS's own (an emulator such as moto).
+    fn emulated(&self) -> bool {
+        self.endpoint.is_some()
+    }
+
+    // ---- discovery ----
+
+    /// Every live instance matching `filters`, one `DescribeInstances` call per page, with
+    /// root disks from one `DescribeVolumes` call per 200 instances of a page.
+    async fn list_instances(
+        &self,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<LiveResource>, ProviderError> {
+        let mut found = Vec::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .describe_instances()
+                .set_filters(Some(filters.clone()))
+                .filters(filter("instance-state-name", LIVE_STATES))
+                .max_results(INSTANCE_PAGE)
+                .set_next_token(next_token.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("ec2:DescribeInstances", e))?;
+            let instances: Vec<&Instance> = page
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .collect();
+            let disks = self.root_disks(&instances).await?;
+            found.extend(
+                instances
+                    .iter()
+                    .filter_map(|instance| convert::instance_resource(instance, &disks)),
+            );
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
+                _ => break,
+            }
+        }
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(found)
+    }
+
+    /// The type and size of the root volumes of some instances, by volume id.
+    async fn root_disks(
+        &self,
+        instances: &[&Instance],
+    ) -> Result<BTreeMap<String, Disk>, ProviderError> {
+        let ids: Vec<&str> = instances
+            .iter()
+            .filter(|i| convert::root_volume_id(i).is_some())
+            .filter_map(|i| i.instance_id())
+            .collect();
+        let mut disks = BTreeMap::new();
+        for chunk in ids.chunks(FILTER_VALUES) {
+            let mut next_token: Option<String> = None;
+            loop {
+                let page = self
+                    .client
+                    .describe_volumes()
+                    .filters(filter("attachment.instance-id", chunk.iter().copied()))
+                    .set_next_token(next_token.take())
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("ec2:DescribeVolumes", e))?;
+                for volume in page.volumes() {
+                    if let Some(id) = volume.volume_id() {
+                        disks.insert(
+                            id.to_string(),
+                            Disk {
+                                disk_type: volume
+                                    .volume_type()
+                                    .map(|t| t.as_str().to_string())
+                                    .unwrap_or_default(),
+                                size_gb: volume
+                                    .size()
+                                    .and_then(|s| u32::try_from(s).ok())
+                                    .unwrap_or_default(),
+                            },
+                        );
+                    }
+                }
+                match page.next_token() {
+                    Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
+                    _ => break,
+                }
+            }
+        }
+        Ok(disks)
+    }
+
+    /// Launch templates matching `filters`: (id, default version, tags), one
+    /// `DescribeLaunchTemplates` call per page and one `DescribeTags` per page of those.
+    ///
+    /// Tags are read with `DescribeTags` rather than taken from `DescribeLaunchTemplates`:
+    /// the version stamps change after creation, and moto's `DescribeLaunchTemplates` only
+    /// shows the tags a template was created with.
+    async fn list_templates(
+        &self,
+        filters: Vec<Filter>,
+        ids: &[&str],
+    ) -> Result<Vec<(String, i64, BTreeMap<String, String>)>, ProviderError> {
+        let mut found = Vec::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            let mut request = self
+                .client
+                .describe_launch_templates()
+                .set_next_token(next_token.take());
+            // EC2 takes either ids or filters with a page size, not both.
+            if ids.is_empty() {
+                request = request
+                    .set_filters(Some(filters.clone()))
+                    .max_results(TEMPLATE_PAGE);
+            } else {
+                request = request
+                    .set_launch_template_ids(Some(ids.iter().map(|id| id.to_string()).collect()));
+            }
+            let page = request
+                .send()
+                .await
+                .map_err(|e| sdk_error("ec2:DescribeLaunchTemplates", e))?;
+            let templates: Vec<(String, i64)> = page
+                .launch_templates()
+                .iter()
+                .filter_map(|t| {
+                    Some((
+                        t.launch_template_id()?.to_string(),
+                        t.default_version_number().unwrap_or_default(),
+                    ))
+                })
+                .collect();
+            let ids: Vec<&str> = templates.iter().map(|(id, _)| id.as_str()).collect();
+            let mut tags = self.resource_tags(&ids).await?;
+            for (id, default_version) in templates {
+                let tags = tags.remove(&id).unwrap_or_default();
+                found.push((id, default_version, tags));
+            }
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+
+    /// The tags of some resources by id: one `DescribeTags` call per page (1000 tags).
+    async fn resource_tags(
+        &self,
+        ids: &[&str],
+    ) -> Result<BTreeMap<String, BTreeMap<String, String>>, ProviderError> {
+        let mut tags: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for chunk in ids.chunks(FILTER_VALUES) {
+            let mut next_token: Option<String> = None;
+            loop {
+                let page = self
+                    .client
+                    .describe_tags()
+                    .filters(filter("resource-id", chunk.iter().copied()))
+                    .max_results(1000)
+                    .set_next_token(next_token.take())
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("ec2:DescribeTags", e))?;
+                for tag in page.tags() {
+                    if let (Some(id), Some(key)) = (tag.resource_id(), tag.key()) {
+                        tags.entry(id.to_string())
+                            .or_default()
+                            .insert(key.to_string(), tag.value().unwrap_or_default().to_string());
+                    }
+                }
+                match page.next_token() {
+                    Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
+                    _ => break,
+                }
+            }
+        }
+        Ok(tags)
+    }
+
+    /// The versions of one launch template fleet has stamped, one call per page.
+    async fn list_versions(
+        &self,
+        template_id: &str,
+        template_tags: &BTreeMap<String, String>,
+    ) -> Result<Vec<LiveResource>, ProviderError> {
+        let mut found = Vec::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            let result = self
+                .client
+                .describe_launch_template_versions()
+                .launch_template_id(template_id)
+                .max_results(TEMPLATE_PAGE)
+                .set_next_token(next_token.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("ec2:DescribeLaunchTemplateVersions", e));
+            let page = match result {
+                Ok(page) => page,
+                // Deleted between the two list calls.
+                Err(error) if error.kind == ErrorKind::NotFound => return Ok(found),
+                Err(error) => return Err(about(error, template_id)),
+            };
+            found.extend(
+                page.launch_template_versions()
+                    .iter()
+                    .filter_map(|v| convert::version_resource(template_id, template_tags, v)),
+            );
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+
+    // ---- instances ----
+
+    /// The root device name of an image (`/dev/sda1`, `/dev/xvda`), so the requested disk
+    /// resizes the root volume instead of adding a second one. Looked up once per image.
+    async fn root_device(&self, image: &str) -> Result<String, ProviderError> {
+        if let Some(device) = self
+            .root_devices
+            .lock()
+            .ok()
+            .and_then(|m| m.get(image).cloned())
+        {
+            return Ok(device);
+        }
+        let result = self.client.describe_images().image_ids(image).send().await;
+        let device = match result {
+            Ok(output) => output
+                .images()
+                .first()
+                .and_then(|i| i.root_device_name())
+                .unwrap_or(DEFAULT_ROOT_DEVICE)
+                .to_string(),
+            Err(error) => {
+                let error = sdk_error("ec2:DescribeImages", error);
+                // An unknown image fails RunInstances with its own message; an image this
+                // account may not describe still launches with the usual root device.
+                if error.kind.is_retryable() || error.kind == ErrorKind::Credentials {
+                    return Err(about(error, image));
+                }
+                DEFAULT_ROOT_DEVICE.to_string()
+            }
+        };
+        if let Ok(mut devices) = self.root_devices.lock() {
+            devices.insert(image.to_string(), device.clone());
+        }
+        Ok(device)
+    }
+
+    /// Runs `count` instances of one shape with one `RunInstances` call.
+    async fn run_instances(
+        &self,
+        first: &CreateRequest,
+        count: i32,
+        tags: Vec<Tag>,
+        client_token: &str,
+    ) -> Result<Vec<Instance>, ProviderError> {
+        let spec = &first.spec;
+        let root = self.root_device(&spec.image).await?;
+        let disk_size = i32::try_from(spec.disk_size_gb).map_err(|_| {
+            ProviderError::new(
+                ErrorKind::Fatal,
+                "ec2:RunInstances",
+                "InvalidParameterValue",
+                format!(
+                    "{}: disk size {} GB is too large",
+                    first.name, spec.disk_size_gb
+                ),
+            )
+        })?;
+        let request = self
+            .client
+            .run_instances()
+            .image_id(&spec.image)
+            .instance_type(InstanceType::from(spec.machine_type.as_str()))
+            .min_count(count)
+            .max_count(count)
+            .client_token(client_token)
+            .placement(Placement::builder().availability_zone(&spec.zone).build())
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(root)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_size(disk_size)
+                            .volume_type(VolumeType::from(spec.disk_type.as_str()))
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .tag_specifications(convert::tag_spec(ResourceType::Instance, tags))
+            .set_user_data(convert::user_data(&spec.metadata))
+            .set_subnet_id(self.options.subnet_id.clone())
+            .set_security_group_ids(
+                (!self.options.security_group_ids.is_empty())
+                    .then(|| self.options.security_group_ids.clone()),
+            );
+        let output = request
+            .send()
+            .await
+            .map_err(|e| about(sdk_error("ec2:RunInstances", e), &first.name))?;
+        let mut instances = output.instances().to_vec();
+        instances.sort_by_key(|i| i.ami_launch_index().unwrap_or_default());
+        Ok(instances)
+    }
+
+    /// What fleet reports for an instance it just created (EC2 answers `pending` with the
+    /// requested shape; the disk is what was asked for).
+    fn created(
+        request: &CreateRequest,
+        instance: &Instance,
+    ) -> Result<LiveResource, ProviderError> {
+        let id = instance.instance_id().ok_or_else(|| {
+            ProviderError::new(
+                ErrorKind::Transient,
+                "ec2:RunInstances",
+                "MissingInstanceId",
+                format!("{}: EC2 returned an instance without an id", request.name),
+            )
+        })?;
+        Ok(LiveResource {
+            cloud: Cloud::Aws,
+            kind: ObjectKind::Instance,
+            id: id.to_string(),
+            name: request.name.clone(),
+            status: convert::status(instance.state().and_then(|s| s.name()))
+                .unwrap_or(InstanceStatus::Provisioning),
+            spec: fleet_engine::provider::MachineSpec {
+                metadata: BTreeMap::new(),
+                ..request.spec.clone()
+            },
+        })
+    }
+
+    async fn create_instance(
+        &self,
+        request: &CreateRequest,
+    ) -> Result<LiveResource, ProviderError> {
+        let tags = convert::instance_tags(&request.name, &request.spec.labels);
+        let instances = self
+            .run_instances(request, 1, tags, &request.idempotency_token)
+            .await?;
+        let instance = instances.first().ok_or_else(|| {
+            ProviderError::new(
+                ErrorKind::Transient,
+                "ec2:RunInstances",
+                "NoInstance",
+                format!("{}: EC2 returned no instance", request.name),
+            )
+        })?;
+        AwsEc2::created(request, instance)
+    }
+
+    /// One `RunInstances` for members of the same shape and user data, then one `CreateTags`
+    /// per member for what differs between them (`Name`, `fleet-resource`, `fleet-spec`).
+    ///
+    /// The shared tags go on at launch, with `Name` and `fleet-resource` set to a
+    /// placeholder unique to the batch: if the process dies before a member is tagged, the
+    /// machine is still found by discovery, as an orphan that the next apply deletes, rather
+    /// than leaked.
+    async fn create_group(
+        &self,
+        requests: &[&CreateRequest],
+    ) -> Vec<Result<LiveResource, ProviderError>> {
+        let first = requests[0];
+        let mut token = Sha256::new();
+        for request in requests {
+            token.update(request.idempotency_token.as_bytes());
+            token.update([0]);
+        }
+        let token: String = token.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut shared: BTreeMap<String, String> = first.spec.labels.clone();
+        shared.retain(|key, value| {
+            requests
+                .iter()
+                .all(|r| r.spec.labels.get(key) == Some(&*value))
+        });
+        let placeholder = format!(
+            "{}-unassigned-{}",
+            first
+                .spec
+                .labels
+                .get(labels::POOL)
+                .map_or("fleet", String::as_str),
+            &token[..12]
+        );
+        if !shared.contains_key(labels::RESOURCE) {
+            shared.insert(labels::RESOURCE.to_string(), placeholder.clone());
+        }
+        let launch_tags = convert::instance_tags(&placeholder, &shared);
+        let count = i32::try_from(requests.len()).unwrap_or(i32::MAX);
+        let instances = match self.run_instances(first, count, launch_tags, &token).await {
+            Ok(instances) => instances,
+            Err(error) => return requests.iter().map(|_| Err(error.clone())).collect(),
+        };
+        let mut results = Vec::with_capacity(requests.len());
+        for (index, request) in requests.iter().enumerate() {
+            let Some(instance) = instances.get(index) else {
+                results.push(Err(ProviderError::new(
+                    ErrorKind::Transient,
+                    "ec2:RunInstances",
+                    "InsufficientInstances",
+                    format!(
+                        "{}: EC2 started {} of {} instances",
+                        request.name,
+                        instances.len(),
+                        requests.len()
+                    ),
+                )));
+                continue;
+            };
+            let live = match AwsEc2::created(request, instance) {
+                Ok(live) => live,
+                Err(error) => {
+                    results.push(Err(error));
+                    continue;
+                }
+            };
+            let own = convert::instance_tags(&request.name, &request.spec.labels);
+            match self.tag_with_retry(&live.id, own, &request.name).await {
+                Ok(()) => results.push(Ok(live)),
+                Err(error) => {
+                    // The machine exists but is not this member yet; give it back so the
+                    // executor's own retry of this member does not leave a stray machine.
+                    let _ = self.terminate(&live.id).await;
+                    results.push(Err(error));
+                }
+            }
+        }
+        results
+    }
+
+    /// `CreateTags`, retried here on throttling and faults (see [`AwsEc2::create_group`]).
+    async fn tag_with_retry(
+        &self,
+        id: &str,
+        tags: Vec<Tag>,
+        what: &str,
+    ) -> Result<(), ProviderError> {
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.create_tags(id, tags.clone(), what).await {
+                Ok(()) => return Ok(()),
+                Err(error) if error.kind.is_retryable() => {
+                    match self.tag_retry.delay(attempt, started.elapsed()) {
+                        Some(delay) => tokio::time::sleep(delay).await,
+                        None => return Err(error),
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn create_tags(&self, id: &str, tags: Vec<Tag>, what: &str) -> Result<(), ProviderError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .create_tags()
+            .resources(id)
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| about(sdk_error("ec2:CreateTags", e), what))
+    }
+
+    async fn delete_tags(
+        &self,
+        id: &str,
+        keys: &[String],
+        what: &str,
+    ) -> Result<(), ProviderError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .delete_tags()
+            .resources(id)
+            .set_tags(Some(
+                keys.iter().map(|k| Tag::builder().key(k).build()).collect(),
+            ))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| about(sdk_error("ec2:DeleteTags", e), what))
+    }
+
+    async fn terminate(&self, id: &str) -> Result<(), ProviderError> {
+        match self
+            .client
+            .terminate_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .map_err(|e| sdk_error("ec2:TerminateInstances", e))
+        {
+            Ok(_) => Ok(()),
+            Err(error) if error.kind == ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(about(error, id)),
+        }
+    }
+
+    async fn update_instance(
+        &self,
+        request: &UpdateRequest,
+    ) -> Result<LiveResource, ProviderError> {
+        let found = self
+            .client
+            .describe_instances()
+            .instance_ids(&request.id)
+            .send()
+            .await
+            .map_err(|e| about(sdk_error("ec2:DescribeInstances", e), &request.id))?;
+        let instances: Vec<&Instance> = found
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .collect();
+        let disks = self.root_disks(&instances).await?;
+        let mut live = instances
+            .first()
+            .and_then(|i| convert::instance_resource(i, &disks))
+            .ok_or_else(|| {
+                ProviderError::new(
+                    ErrorKind::NotFound,
+                    "ec2:DescribeInstances",
+                    "InvalidInstanceID.NotFound",
+                    format!("instance {} does not exist", request.id),
+                )
+            })?;
+        let what = format!("{} ({})", live.name, live.id);
+        let stale: Vec<String> = live
+            .spec
+            .labels
+            .keys()
+            .filter(|key| !request.labels.contains_key(*key))
+            .cloned()
+            .collect();
+        let changed: Vec<Tag> = convert::tags(
+            request
+                .labels
+                .iter()
+                .filter(|(key, value)| live.spec.labels.get(*key) != Some(value))
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        self.create_tags(&request.id, changed, &what).await?;
+        self.delete_tags(&request.id, &stale, &what).await?;
+        live.spec.labels = request.labels.clone();
+        Ok(live)
+    }
+
+    // ---- templates ----
+
+    /// The launch template named `name`, if any: (id, tags).
+    async fn template_named(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, BTreeMap<String, String>)>, ProviderError> {
+        Ok(self
+            .list_templates(vec![filter("launch-template-name", [name])], &[])
+            .await?
+            .into_iter()
+            .next()
+            .map(|(id, _, tags)| (id, tags)))
+    }
+
+    async fn create_template(
+        &self,
+        request: &CreateRequest,
+    ) -> Result<LiveResource, ProviderError> {
+        let spec = &request.spec;
+        let base = convert::template_base_name(&request.name, &spec.labels);
+        let stamp = spec
+            .labels
+            .get(labels::SPEC_HASH)
+            .cloned()
+            .unwrap_or_default();
+        let shared: Vec<(&str, &str)> = spec
+            .labels
+            .iter()
+            .filter(|(key, _)| key.as_str() != labels::SPEC_HASH)
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let root = self.root_device(&spec.image).await?;
+        let mut ebs = LaunchTemplateEbsBlockDeviceRequest::builder()
+            .volume_type(VolumeType::from(spec.disk_type.as_str()))
+            .delete_on_termination(true);
+        if let Ok(size) = i32::try_from(spec.disk_size_gb) {
+            ebs = ebs.volume_size(size);
+        }
+        let data = RequestLaunchTemplateData::builder()
+            .image_id(&spec.image)
+            .instance_type(InstanceType::from(spec.machine_type.as_str()))
+            .placement(
+                LaunchTemplatePlacementRequest::builder()
+                    .availability_zone(&spec.zone)
+                    .build(),
+            )
+            .block_device_mappings(
+                LaunchTemplateBlockDeviceMappingRequest::builder()
+                    .device_name(root)
+                    .ebs(ebs.build())
+                    .build(),
+            )
+            .set_user_data(convert::user_data(&spec.metadata))
+            .set_security_group_ids(
+                (!self.options.security_group_ids.is_empty())
+                    .then(|| self.options.security_group_ids.clone()),
+            )
+            .build();
+        let what = format!("launch template {base} version {}", request.name);
+        let existing = self
+            .template_named(&base)
+            .await
+            .map_err(|e| about(e, &what))?;
+        let (template_id, version) = match existing {
+            None => {
+                let mut tags = shared.clone();
+                let first_stamp = convert::version_stamp(1);
+                tags.push((&first_stamp, &stamp));
+                let output = self
+                    .client
+                    .create_launch_template()
+                    .launch_template_name(&base)
+                    .version_description(&request.name)
+                    .client_token(&request.idempotency_token)
+                    .launch_template_data(data)
+                    .tag_specifications(convert::tag_spec(
+                        ResourceType::LaunchTemplate,
+                        convert::tags(tags),
+                    ))
+                    .send()
+                    .await
+                    .map_err(|e| about(sdk_error("ec2:CreateLaunchTemplate", e), &what))?;
+                let id = output
+                    .launch_template()
+                    .and_then(|t| t.launch_template_id())
+                    .unwrap_or_default()
+                    .to_string();
+                (id, 1)
+            }
+            Some((id, tags)) => {
+                let fleet = spec.labels.get(labels::FLEET);
+                if tags.get(labels::FLEET) != fleet {
+                    return Err(ProviderError::new(
+                        ErrorKind::Fatal,
+                        "ec2:CreateLaunchTemplateVersion",
+                        "NotManaged",
+                        format!(
+                            "{what}: launch template {base} ({id}) exists and is not fleet {}'s; \
+                             rename the template in the fleet file or delete the launch template",
+                            fleet.map_or("", String::as_str)
+                        ),
+                    ));
+                }
+                // A version of this name may exist already: made by an apply that died
+                // before stamping it, or by a retry of this call.
+                let existing = self
+                    .describe_versions_raw(&id)
+                    .await
+                    .map_err(|e| about(e, &what))?
+                    .into_iter()
+                    .find(|(_, description)| description == &request.name)
+                    .map(|(number, _)| number);
+                let version = match existing {
+                    Some(number) => number,
+                    None => self
+                        .client
+                        .create_launch_template_version()
+                        .launch_template_id(&id)
+                        .version_description(&request.name)
+                        .client_token(&request.idempotency_token)
+                        .launch_template_data(data)
+                        .send()
+                        .await
+                        .map_err(|e| about(sdk_error("ec2:CreateLaunchTemplateVersion", e), &what))?
+                        .launch_template_version()
+                        .and_then(|v| v.version_number())
+                        .ok_or_else(|| {
+                            ProviderError::new(
+                                ErrorKind::Transient,
+                                "ec2:CreateLaunchTemplateVersion",
+                                "NoVersion",
+                                format!("{what}: EC2 returned no version number"),
+                            )
+                        })?,
+                };
+                let version_stamp = convert::version_stamp(version);
+                let mut tags = shared.clone();
+                tags.push((&version_stamp, &stamp));
+                self.create_tags(&id, convert::tags(tags), &what).await?;
+                // New machines launched from the template's default get the new version.
+                self.client
+                    .modify_launch_template()
+                    .launch_template_id(&id)
+                    .default_version(version.to_string())
+                    .send()
+                    .await
+                    .map_err(|e| about(sdk_error("ec2:ModifyLaunchTemplate", e), &what))?;
+                (id, version)
+            }
+        };
+        Ok(LiveResource {
+            cloud: Cloud::Aws,
+            kind: ObjectKind::InstanceTemplate,
+            id: convert::version_id(&template_id, version),
+            name: request.name.clone(),
+            status: InstanceStatus::Available,
+            spec: fleet_engine::provider::MachineSpec {
+                metadata: BTreeMap::new(),
+                ..spec.clone()
+            },
+        })
+    }
+
+    /// (version number, description) of every version of a launch template.
+    async fn describe_versions_raw(
+        &self,
+        template_id: &str,
+    ) -> Result<Vec<(i64, String)>, ProviderError> {
+        let mut found = Vec::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .describe_launch_template_versions()
+                .launch_template_id(template_id)
+                .max_results(TEMPLATE_PAGE)
+                .set_next_token(next_token.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("ec2:DescribeLaunchTemplateVersions", e))?;
+            found.extend(page.launch_template_versions().iter().filter_map(|v| {
+                Some((
+                    v.version_number()?,
+                    v.version_description().unwrap_or_default().to_string(),
+                ))
+            }));
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+
+    /// The default version and tags of one launch template by id; `None` when it is gone.
+    async fn template_tags(
+        &self,
+        template_id: &str,
+    ) -> Result<Option<(i64, BTreeMap<String, String>)>, ProviderError> {
+        match self.list_templates(Vec::new(), &[template_id]).await {
+            Ok(found) => Ok(found
+                .into_iter()
+                .find(|(id, _, _)| id == template_id)
+                .map(|(_, default_version, tags)| (default_version, tags))),
+            Err(error) if error.kind == ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn delete_template(&self, request: &DeleteRequest) -> Result<(), ProviderError> {
+        let what = format!("launch template version {} ({})", request.name, request.id);
+        let (template_id, version) = convert::split_version_id(&request.id).ok_or_else(|| {
+            ProviderError::new(
+                ErrorKind::Fatal,
+                "ec2:DeleteLaunchTemplateVersions",
+                "InvalidLaunchTemplateId.Malformed",
+                format!("{what}: not a launch-template version id (lt-…:N)"),
+            )
+        })?;
+        let Some((default_version, tags)) = self
+            .template_tags(template_id)
+            .await
+            .map_err(|e| about(e, &what))?
+        else {
+            return Ok(());
+        };
+        let others: BTreeSet<i64> = tags
+            .keys()
+            .filter_map(|key| convert::stamp_version(key))
+            .filter(|v| *v != version)
+            .collect();
+        let Some(newest_other) = others.last().copied() else {
+            // The last version fleet knows: the launch template goes with it.
+            return match self
+                .client
+                .delete_launch_template()
+                .launch_template_id(template_id)
+                .send()
+                .await
+                .map_err(|e| sdk_error("ec2:DeleteLaunchTemplate", e))
+            {
+                Ok(_) => Ok(()),
+                Err(error) if error.kind == ErrorKind::NotFound => Ok(()),
+                Err(error) => Err(about(error, &what)),
+            };
+        };
+        // EC2 does not delete a template's default version: point the default elsewhere.
+        if default_version == version {
+            self.client
+                .modify_launch_template()
+                .launch_template_id(template_id)
+                .default_version(newest_other.to_string())
+                .send()
+                .await
+                .map_err(|e| about(sdk_error("ec2:ModifyLaunchTemplate", e), &what))?;
+        }
+        let deleted = self
+            .client
+            .delete_launch_template_versions()
+            .launch_template_id(template_id)
+            .versions(version.to_string())
+            .send()
+            .await
+            .map_err(|e| sdk_error("ec2:DeleteLaunchTemplateVersions", e));
+        match deleted {
+            Ok(output) => {
+                if let Some(failure) = output
+                    .unsuccessfully_deleted_launch_template_versions()
+                    .first()
+                {
+                    let code = failure
+                        .response_error()
+                        .and_then(|e| e.code())
+                        .map(|c| c.as_str().to_string())
+                        .unwrap_or_default();
+                    // Already gone is what a resumed delete finds.
+                    if !code.contains("NotFound") && !code.contains("DoesNotExist") {
+                        let message = failure
+                            .response_error()
+                            .and_then(|e| e.message())
+                            .unwrap_or_default();
+                        return Err(ProviderError::new(
+                            errors::kind_of_code(&code).unwrap_or(ErrorKind::Fatal),
+                            "ec2:DeleteLaunchTemplateVersions",
+                            code,
+                            format!("{what}: {message}"),
+                        ));
+                    }
+                }
+            }
+            Err(error) if error.kind == ErrorKind::NotFound => {}
+            // An emulator without this call (moto): the version is retired by removing its
+            // stamp below, which takes it out of fleet's view; the launch template and its
+            // remaining versions are deleted with the last one.
+            Err(error) if self.emulated() && errors::is_unimplemented(&error) => {}
+            Err(error) => return Err(about(error, &what)),
+        }
+        self.delete_tags(template_id, &[convert::version_stamp(version)], &what)
+            .await
+    }
+
+    async fn update_template(
+        &self,
+        request: &UpdateRequest,
+    ) -> Result<LiveResource, ProviderError> {
+        let what = format!("launch template version {}", request.id);
+        let (template_id, version) = convert::split_version_id(&request.id).ok_or_else(|| {
+            ProviderError::new(
+                ErrorKind::Fatal,
+                "ec2:CreateTags",
+                "InvalidLaunchTemplateId.Malformed",
+                format!("{what}: not a launch-template version id (lt-…:N)"),
+            )
+        })?;
+        let (_, tags) = self.template_tags(template_id).await?.ok_or_else(|| {
+            ProviderError::new(
+                ErrorKind::NotFound,
+                "ec2:DescribeLaunchTemplates",
+                "InvalidLaunchTemplateId.NotFound",
+                format!("{what}: the launch template does not exist"),
+            )
+        })?;
+        let stamp = convert::version_stamp(version);
+        let mut wanted: BTreeMap<String, String> = request
+            .labels
+            .iter()
+            .filter(|(key, _)| key.as_str() != labels::SPEC_HASH)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(hash) = request.labels.get(labels::SPEC_HASH) {
+            wanted.insert(stamp.clone(), hash.clone());
+        }
+        let stale: Vec<String> = tags
+            .keys()
+            .filter(|key| convert::stamp_version(key).is_none() && !wanted.contains_key(*key))
+            .cloned()
+            .collect();
+        let changed = convert::tags(
+            wanted
+                .iter()
+                .filter(|(key, value)| tags.get(*key) != Some(value))
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        self.create_tags(template_id, changed, &what).await?;
+        self.delete_tags(template_id, &stale, &what).await?;
+        let mut merged = tags;
+        merged.retain(|key, _| !stale.contains(key));
+        merged.extend(wanted);
+        let versions = self.list_versions(template_id, &merged).await?;
+        versions
+            .into_iter()
+            .find(|v| v.id == request.id)
+            .ok_or_else(|| {
+                ProviderError::new(
+                    ErrorKind::NotFound,
+                    "ec2:DescribeLaunchTemplateVersions",
+                    "InvalidLaunchTemplateVersion.NotFound",
+                    format!("{what} does not exist"),
+                )
+            })
+    }
+}
+
+/// One EC2 filter.
+fn filter<'a>(name: &str, values: impl IntoIterator<Item = &'a str>) -> Filter {
+    Filter::builder()
+        .name(name)
+        .set_values(Some(values.into_iter().map(str::to_string).collect()))
+        .build()
+}
+
+#[async_trait::async_trait]
+impl Provider for AwsEc2 {
+    fn cloud(&self) -> Cloud {
+        Cloud::Aws
+    }
+
+    fn describe(&self) -> String {
+        match &self.endpoint {
+            Some(endpoint) => format!("AWS EC2 {} (endpoint {endpoint})", self.options.region),
+            None => format!("AWS EC2 {}", self.options.region),
+        }
+    }
+
+    fn limits(&self) -> ProviderLimits {
+        ProviderLimits {
+            max_concurrent_mutations: self.options.max_concurrent_mutations.max(1),
+            calls_per_second: self.options.calls_per_second,
+        }
+    }
+
+    fn call_counts(&self) -> BTreeMap<String, u64> {
+        self.calls.snapshot()
+    }
+
+    /// # Guarantees
+    /// `DescribeInstances` by `tag:fleet` and live state (1000 a page), `DescribeVolumes` per
+    /// 200 instances of a page, `DescribeLaunchTemplates` by `tag:fleet` (200 a page) and one
+    /// `DescribeLaunchTemplateVersions` per launch template. Terminated instances are left out.
+    async fn discover(&self, fleet: &str) -> Result<Vec<LiveResource>, ProviderError> {
+        let tag = format!("tag:{}", labels::FLEET);
+        let mut found = self.list_instances(vec![filter(&tag, [fleet])]).await?;
+        for (template_id, _, tags) in self
+            .list_templates(vec![filter(&tag, [fleet])], &[])
+            .await?
+        {
+            found.extend(self.list_versions(&template_id, &tags).await?);
+        }
+        Ok(found)
+    }
+
+    /// # Guarantees
+    /// Instances: `DescribeInstances` by `tag:Name`, 200 names a call. Template versions:
+    /// `DescribeLaunchTemplates` by the unversioned names, then one
+    /// `DescribeLaunchTemplateVersions` per launch template found.
+    async fn find_by_names(&self, names: &[String]) -> Result<Vec<LiveResource>, ProviderError> {
+        let mut found = Vec::new();
+        let tag = format!("tag:{NAME_TAG}");
+        for chunk in names.chunks(FILTER_VALUES) {
+            found.extend(
+                self.list_instances(vec![filter(&tag, chunk.iter().map(String::as_str))])
+                    .await?,
+            );
+        }
+        let wanted: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+        let bases: BTreeSet<&str> = names
+            .iter()
+            .filter_map(|n| convert::unversioned(n))
+            .collect();
+        let bases: Vec<&str> = bases.into_iter().collect();
+        for chunk in bases.chunks(FILTER_VALUES) {
+            let templates = self
+                .list_templates(
+                    vec![filter("launch-template-name", chunk.iter().copied())],
+                    &[],
+                )
+                .await?;
+            for (template_id, _, tags) in templates {
+                // Versions fleet did not stamp still hold their name: report them, labelled
+                // with the launch template's own tags.
+                for (number, description) in self.describe_versions_raw(&template_id).await? {
+                    if !wanted.contains(description.as_str()) {
+                        continue;
+                    }
+                    let labels = convert::version_labels(&tags, number).unwrap_or_else(|| {
+                        tags.iter()
+                            .filter(|(k, _)| convert::stamp_version(k).is_none())
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    });
+                    found.push(LiveResource {
+                        cloud: Cloud::Aws,
+                        kind: ObjectKind::InstanceTemplate,
+                        id: convert::version_id(&template_id, number),
+                        name: description,
+                        status: InstanceStatus::Available,
+                        spec: fleet_engine::provider::MachineSpec {
+                            machine_type: String::new(),
+                            zone: String::new(),
+                            image: String::new(),
+                            disk_type: String::new(),
+                            disk_size_gb: 0,
+                            labels,
+                            metadata: BTreeMap::new(),
+                        },
+                    });
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// # Guarantees
+    /// Instances: one `RunInstances` with `ClientToken` = the request's token. Templates:
+    /// `CreateLaunchTemplate` for the first version; later ones `CreateLaunchTemplateVersion`
+    /// (reusing a version of the same name if one exists), a stamp tag and
+    /// `ModifyLaunchTemplate` to make it the default.
+    async fn create(&self, request: &CreateRequest) -> Result<LiveResource, ProviderError> {
+        match request.kind {
+            ObjectKind::Instance => self.create_instance(request).await,
+            ObjectKind::InstanceTemplate => self.create_template(request).await,
+        }
+    }
+
+    /// # Guarantees
+    /// Instances of the same type, zone, image, disk and user data go into one `RunInstances`
+    /// with `MinCount` = `MaxCount` = their number and a `ClientToken` hashed from their
+    /// tokens; each is then tagged with its own name and labels (`CreateTags`, one call per
+    /// instance, retried on throttling). Singletons and templates use [`Provider::create`].
+    async fn create_batch(
+        &self,
+        requests: &[CreateRequest],
+    ) -> Vec<Result<LiveResource, ProviderError>> {
+        type Shape<'a> = (&'a str, &'a str, &'a str, &'a str, u32, Option<String>);
+        let mut groups: BTreeMap<Shape<'_>, Vec<usize>> = BTreeMap::new();
+        let mut singles = Vec::new();
+        for (index, request) in requests.iter().enumerate() {
+            if request.kind != ObjectKind::Instance {
+                singles.push(index);
+                continue;
+            }
+            let spec = &request.spec;
+            groups
+                .entry((
+                    spec.machine_type.as_str(),
+                    spec.zone.as_str(),
+                    spec.image.as_str(),
+                    spec.disk_type.as_str(),
+                    spec.disk_size_gb,
+                    convert::user_data(&spec.metadata),
+                ))
+                .or_default()
+                .push(index);
+        }
+        let mut results: Vec<Option<Result<LiveResource, ProviderError>>> =
+            (0..requests.len()).map(|_| None).collect();
+        for members in groups.into_values() {
+            if let [index] = members[..] {
+                singles.push(index);
+                continue;
+            }
+            let group: Vec<&CreateRequest> = members.iter().map(|&i| &requests[i]).collect();
+            for (index, result) in members.iter().zip(self.create_group(&group).await) {
+                results[*index] = Some(result);
+            }
+        }
+        for index in singles {
+            results[index] = Some(self.create(&requests[index]).await);
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(ProviderError::new(
+                        ErrorKind::Fatal,
+                        "ec2:RunInstances",
+                        "Internal",
+                        "no result for a batch member",
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// # Guarantees
+    /// Tags only: `CreateTags` for changed labels and `DeleteTags` for labels no longer
+    /// wanted (`Name` is kept). EC2 cannot change user data in place; the engine replaces
+    /// the instance instead.
+    async fn update(&self, request: &UpdateRequest) -> Result<LiveResource, ProviderError> {
+        if convert::split_version_id(&request.id).is_some() && request.id.starts_with("lt-") {
+            self.update_template(request).await
+        } else {
+            self.update_instance(request).await
+        }
+    }
+
+    /// # Guarantees
+    /// `TerminateInstances`, or `DeleteLaunchTemplateVersions` (and `DeleteLaunchTemplate`
+    /// with the last version). What is already gone counts as deleted.
+    async fn delete(&self, request: &DeleteRequest) -> Result<(), ProviderError> {
+        match request.kind {
+            ObjectKind::Instance => self
+                .terminate(&request.id)
+                .await
+                .map_err(|e| about(e, &request.name)),
+            ObjectKind::InstanceTemplate => self.delete_template(request).await,
+        }
+    }
+}

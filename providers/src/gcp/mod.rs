@@ -1,0 +1,945 @@
+//! The live GCP provider: fleet's [`Provider`] on Compute Engine through
+//! `google-cloud-compute-v1`, the official google-cloud-rust client.
+//!
+//! In: a [`GcpConfig`] (project, region, endpoint, credentials choice, limits) built by the
+//! binary, then the executor's requests. Out: [`LiveResource`]s discovered with
+//! `instances.aggregatedList` / `instanceTemplates.list` filtered by the fleet label, and
+//! mutations (`instances.insert`, `bulkInsert`, `setLabels`, `setMetadata`, `delete`,
+//! `instanceTemplates.insert`/`delete`), each followed until its zone or global operation is
+//! done.
+//!
+//! Decisions, so that the engine's guarantees hold on GCE:
+//! - **One retry loop.** The client library's own retries are switched off
+//!   (`NeverRetry`); throttling (403 `rateLimitExceeded`, 429) and 5xx come back as
+//!   [`ErrorKind::Throttled`] / [`ErrorKind::Transient`] and the engine's executor retries
+//!   them with jittered backoff, bounded. Two layers would multiply each other's attempts.
+//!   The one exception is polling an operation that is already under way: a throttled or
+//!   failed poll is repeated here a few times, because giving up would make the executor
+//!   re-send the mutation (harmless thanks to `requestId`, but slower).
+//! - **Idempotency.** Every mutation carries a `requestId`, a UUID derived from the step's
+//!   idempotency token and the call ([`request_id`]): GCE answers a repeat with the
+//!   operation of the first, so a retried insert never makes a second VM. An insert that
+//!   meets `alreadyExists` for an object carrying exactly the requested labels (the spec
+//!   hash included) reports that object: it is the one this request made, e.g. through a
+//!   `bulkInsert` whose answer was lost.
+//! - **What GCE does not list back** (boot image and disk type of instances, the zone of
+//!   templates) is kept in the reserved metadata item [`MACHINE_KEY`] as compact JSON, and
+//!   stripped again when reading; what GCE does return (machine type, zone, boot disk
+//!   size) is read from GCE itself, so a hand edit there shows as drift.
+//! - **Discovery is O(pages).** `maxResults=500`, page tokens followed. The client does not
+//!   expose `returnPartialSuccess`; zones GCE reports as unreachable (in `unreachables` or as
+//!   an `UNREACHABLE` scope warning) make discovery fail as [`ErrorKind::Transient`], because
+//!   a zone fleet cannot see may hold its machines and planning without them would create
+//!   duplicates. The engine retries discovery.
+//! - **In-place updates** send only the half that changed, with the fingerprint GCE
+//!   requires; fingerprints seen by discovery are reused (no GET per update), and a stale
+//!   one (412 `conditionNotMet`) is refreshed with one `instances.get` and retried once.
+//! - **Batches.** `instances.bulkInsert` can only give members their own names
+//!   (`perInstanceProperties`), not their own labels, so requests are batched only when
+//!   they are identical but for the name. fleet's pool members carry per-member labels
+//!   (`fleet-resource`, `fleet-spec`), so today they go one `instances.insert` each.
+
+mod convert;
+mod error;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use fleet_engine::provider::{
+    labels, Cloud, CreateRequest, DeleteRequest, ErrorKind, LiveResource, ObjectKind, Provider,
+    ProviderError, ProviderLimits, UpdateRequest,
+};
+use google_cloud_auth::credentials::Credentials;
+use google_cloud_compute_v1::client::{
+    GlobalOperations, InstanceTemplates, Instances, ZoneOperations,
+};
+use google_cloud_compute_v1::model::{operation, Instance, InstancesSetLabelsRequest, Operation};
+use google_cloud_gax::retry_policy::NeverRetry;
+use rand::Rng;
+
+pub use convert::{request_id, MACHINE_KEY};
+pub use error::ConnectError;
+
+/// The Compute Engine endpoint when none is configured.
+pub const DEFAULT_ENDPOINT: &str = "https://compute.googleapis.com";
+
+/// Page size of list calls: the most GCE returns in one page.
+const PAGE_SIZE: u32 = 500;
+
+/// Names per `find_by_names` filter, to keep filter expressions short.
+const NAMES_PER_FILTER: usize = 50;
+
+/// How often a throttled or failed operation poll is repeated before giving up.
+const POLL_RETRIES: u32 = 6;
+
+/// How the provider authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GcpAuth {
+    /// Application Default Credentials: `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's
+    /// `application_default_credentials.json`, or the metadata server.
+    ApplicationDefault,
+    /// No credentials at all, for a local test server.
+    Anonymous,
+}
+
+/// Everything the GCP provider needs, passed in by the binary (which alone reads the
+/// environment).
+#[derive(Debug, Clone)]
+pub struct GcpConfig {
+    /// The project every call goes to.
+    pub project: String,
+    /// The fleet file's default region (shown in `describe`).
+    pub region: String,
+    /// API endpoint override (`http://127.0.0.1:PORT` for a test server); `None` for
+    /// [`DEFAULT_ENDPOINT`].
+    pub endpoint: Option<String>,
+    /// How to authenticate.
+    pub auth: GcpAuth,
+    /// Mutations in flight at once in this project.
+    pub max_concurrent_mutations: usize,
+    /// Client-side pace, calls per second; `None` to rely on GCE's own throttling.
+    pub calls_per_second: Option<f64>,
+    /// How long to wait for one operation before reporting a timeout.
+    pub operation_timeout: Duration,
+    /// How long one HTTP attempt may take (an operation `wait` returns within about 2 min).
+    pub attempt_timeout: Duration,
+    /// How long obtaining the first access token may take before credentials count as
+    /// missing.
+    pub credentials_timeout: Duration,
+    /// The network new machines are attached to.
+    pub network: String,
+}
+
+impl GcpConfig {
+    /// A configuration with fleet's defaults for `project`.
+    pub fn new(project: impl Into<String>, region: impl Into<String>) -> GcpConfig {
+        GcpConfig {
+            project: project.into(),
+            region: region.into(),
+            endpoint: None,
+            auth: GcpAuth::ApplicationDefault,
+            max_concurrent_mutations: 8,
+            calls_per_second: None,
+            operation_timeout: Duration::from_secs(600),
+            attempt_timeout: Duration::from_secs(180),
+            credentials_timeout: Duration::from_secs(20),
+            network: convert::DEFAULT_NETWORK.to_string(),
+        }
+    }
+}
+
+/// Where an operation lives.
+#[derive(Debug, Clone, Copy)]
+enum Scope<'a> {
+    Zone(&'a str),
+    Global,
+}
+
+/// fleet's provider for one GCP project.
+pub struct GcpProvider {
+    config: GcpConfig,
+    instances: Instances,
+    templates: InstanceTemplates,
+    zone_operations: ZoneOperations,
+    global_operations: GlobalOperations,
+    /// API calls made, by operation name.
+    calls: Mutex<BTreeMap<String, u64>>,
+    /// Labels, metadata and their fingerprints as last seen, by instance id, so an update
+    /// needs no GET.
+    seen: Mutex<HashMap<String, Instance>>,
+}
+
+impl std::fmt::Debug for GcpProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcpProvider")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GcpProvider {
+    /// Builds the clients, checking credentials first so a run without them fails before it
+    /// changes anything.
+    ///
+    /// # Errors
+    /// [`ConnectError::NoCredentials`] when Application Default Credentials are missing or
+    /// yield no token in time; [`ConnectError::Client`] when the endpoint is unusable.
+    pub async fn connect(config: GcpConfig) -> Result<GcpProvider, ConnectError> {
+        let credentials = match config.auth {
+            GcpAuth::Anonymous => google_cloud_auth::credentials::anonymous::Builder::new().build(),
+            GcpAuth::ApplicationDefault => application_default(&config).await?,
+        };
+        let endpoint = config
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        let client_error = |error: google_cloud_gax::client_builder::Error| ConnectError::Client {
+            endpoint: endpoint.clone(),
+            detail: error.to_string(),
+        };
+        macro_rules! client {
+            ($client:ty) => {
+                <$client>::builder()
+                    .with_endpoint(endpoint.clone())
+                    .with_credentials(credentials.clone())
+                    .with_retry_policy(NeverRetry)
+                    .with_attempt_timeout(config.attempt_timeout)
+                    .build()
+                    .await
+                    .map_err(client_error)?
+            };
+        }
+        let instances = client!(Instances);
+        let templates = client!(InstanceTemplates);
+        let zone_operations = client!(ZoneOperations);
+        let global_operations = client!(GlobalOperations);
+        Ok(GcpProvider {
+            config,
+            instances,
+            templates,
+            zone_operations,
+            global_operations,
+            calls: Mutex::new(BTreeMap::new()),
+            seen: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn count(&self, operation: &str) {
+        let mut calls = self.calls.lock().expect("call counts lock");
+        *calls.entry(operation.to_string()).or_default() += 1;
+    }
+
+    fn remember(&self, id: &str, instance: &Instance) {
+        let mut slim = Instance::default();
+        slim.labels = instance.labels.clone();
+        slim.label_fingerprint = instance.label_fingerprint.clone();
+        slim.metadata = instance.metadata.clone();
+        slim.machine_type = instance.machine_type.clone();
+        slim.zone = instance.zone.clone();
+        slim.name = instance.name.clone();
+        slim.status = instance.status.clone();
+        slim.disks = instance.disks.clone();
+        self.seen
+            .lock()
+            .expect("seen lock")
+            .insert(id.to_string(), slim);
+    }
+
+    fn forget(&self, id: &str) {
+        self.seen.lock().expect("seen lock").remove(id);
+    }
+
+    /// Lists instances, all pages, with `filter`.
+    async fn list_instances(&self, filter: &str) -> Result<Vec<LiveResource>, ProviderError> {
+        const OPERATION: &str = "compute.instances.aggregatedList";
+        let mut found = Vec::new();
+        let mut page_token: Option<String> = None;
+        loop {
+            self.count(OPERATION);
+            let page = self
+                .instances
+                .aggregated_list()
+                .set_project(&self.config.project)
+                .set_filter(filter)
+                .set_max_results(PAGE_SIZE)
+                .set_or_clear_page_token(page_token.take())
+                .send()
+                .await
+                .map_err(|error| error::from_gax(OPERATION, "", &error))?;
+            let mut unreachable: Vec<String> = page.unreachables.clone();
+            for (scope, list) in &page.items {
+                if warning_code(&list.warning).as_deref() == Some("UNREACHABLE") {
+                    unreachable.push(scope.clone());
+                }
+                for instance in &list.instances {
+                    if let Some(live) = convert::live_instance(instance, Some(scope)) {
+                        self.remember(&live.id, instance);
+                        found.push(live);
+                    }
+                }
+            }
+            if !unreachable.is_empty() {
+                unreachable.sort();
+                unreachable.dedup();
+                return Err(ProviderError::new(
+                    ErrorKind::Transient,
+                    OPERATION,
+                    "unreachable",
+                    format!(
+                        "Compute Engine could not list {} right now; fleet does not plan \
+                         against a partial view of the project",
+                        unreachable.join(", ")
+                    ),
+                ));
+            }
+            match page.next_page_token.filter(|token| !token.is_empty()) {
+                Some(token) => page_token = Some(token),
+                None => return Ok(found),
+            }
+        }
+    }
+
+    /// Lists instance templates, all pages, with `filter`.
+    async fn list_templates(&self, filter: &str) -> Result<Vec<LiveResource>, ProviderError> {
+        const OPERATION: &str = "compute.instanceTemplates.list";
+        let mut found = Vec::new();
+        let mut page_token: Option<String> = None;
+        loop {
+            self.count(OPERATION);
+            let page = self
+                .templates
+                .list()
+                .set_project(&self.config.project)
+                .set_filter(filter)
+                .set_max_results(PAGE_SIZE)
+                .set_or_clear_page_token(page_token.take())
+                .send()
+                .await
+                .map_err(|error| error::from_gax(OPERATION, "", &error))?;
+            found.extend(page.items.iter().filter_map(convert::live_template));
+            match page.next_page_token.filter(|token| !token.is_empty()) {
+                Some(token) => page_token = Some(token),
+                None => return Ok(found),
+            }
+        }
+    }
+
+    /// Follows an operation until it is done; its error, if any, becomes the result.
+    async fn wait(
+        &self,
+        scope: Scope<'_>,
+        mut current: Operation,
+        operation: &str,
+        resource: &str,
+    ) -> Result<Operation, ProviderError> {
+        let started = Instant::now();
+        let deadline = started + self.config.operation_timeout;
+        let mut failed_polls = 0;
+        loop {
+            if current.status == Some(operation::Status::Done) {
+                return match error::from_operation(operation, resource, &current) {
+                    Some(error) => Err(error),
+                    None => Ok(current),
+                };
+            }
+            let Some(name) = current.name.clone() else {
+                return Err(ProviderError::new(
+                    ErrorKind::Fatal,
+                    operation,
+                    "invalidOperation",
+                    format!("{resource}: GCE answered with an operation that has no name"),
+                ));
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(operation_timeout(
+                    operation,
+                    resource,
+                    &current,
+                    self.config.operation_timeout,
+                ));
+            }
+            let (poll, result) = match scope {
+                Scope::Zone(zone) => {
+                    let poll = "compute.zoneOperations.wait";
+                    self.count(poll);
+                    let call = self
+                        .zone_operations
+                        .wait()
+                        .set_project(&self.config.project)
+                        .set_zone(zone)
+                        .set_operation(&name)
+                        .send();
+                    (poll, tokio::time::timeout(deadline - now, call).await)
+                }
+                Scope::Global => {
+                    let poll = "compute.globalOperations.wait";
+                    self.count(poll);
+                    let call = self
+                        .global_operations
+                        .wait()
+                        .set_project(&self.config.project)
+                        .set_operation(&name)
+                        .send();
+                    (poll, tokio::time::timeout(deadline - now, call).await)
+                }
+            };
+            match result {
+                Err(_) => {
+                    return Err(operation_timeout(
+                        operation,
+                        resource,
+                        &current,
+                        self.config.operation_timeout,
+                    ))
+                }
+                Ok(Ok(next)) => current = next,
+                Ok(Err(failure)) => {
+                    let failure = error::from_gax(poll, resource, &failure);
+                    if !failure.kind.is_retryable() || failed_polls >= POLL_RETRIES {
+                        return Err(ProviderError {
+                            operation: operation.to_string(),
+                            message: format!(
+                                "{} (while waiting for operation {name} with {poll})",
+                                failure.message
+                            ),
+                            ..failure
+                        });
+                    }
+                    failed_polls += 1;
+                    let cap = 100u64 << failed_polls.min(6);
+                    let pause = rand::rng().random_range(cap / 10..=cap);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+            }
+        }
+    }
+
+    /// After `alreadyExists`: the object under that name, if it is exactly what the request
+    /// asked for (so this request, or a batch carrying it, made it).
+    async fn existing_match(
+        &self,
+        request: &CreateRequest,
+    ) -> Result<Option<LiveResource>, ProviderError> {
+        let filter = convert::names_filter(std::slice::from_ref(&request.name));
+        let found = match request.kind {
+            ObjectKind::Instance => self.list_instances(&filter).await?,
+            ObjectKind::InstanceTemplate => self.list_templates(&filter).await?,
+        };
+        Ok(found.into_iter().find(|live| {
+            live.name == request.name
+                && live.spec.zone == request.spec.zone
+                && live.spec.labels == request.spec.labels
+        }))
+    }
+
+    /// Creates one instance with `instances.insert`.
+    async fn insert_instance(
+        &self,
+        request: &CreateRequest,
+    ) -> Result<LiveResource, ProviderError> {
+        const OPERATION: &str = "compute.instances.insert";
+        let zone = request.spec.zone.as_str();
+        let id = convert::instance_id(zone, &request.name);
+        self.count(OPERATION);
+        let sent = self
+            .instances
+            .insert()
+            .set_project(&self.config.project)
+            .set_zone(zone)
+            .set_request_id(convert::request_id(&request.idempotency_token, "insert"))
+            .set_body(convert::instance_body(request, &self.config.network))
+            .send()
+            .await;
+        let operation = match sent {
+            Ok(operation) => operation,
+            Err(failure) => {
+                let failure = error::from_gax(OPERATION, &id, &failure);
+                return self.created_already(request, failure).await;
+            }
+        };
+        self.wait(Scope::Zone(zone), operation, OPERATION, &id)
+            .await?;
+        Ok(created(request, id))
+    }
+
+    /// Creates one template with `instanceTemplates.insert`.
+    async fn insert_template(
+        &self,
+        request: &CreateRequest,
+    ) -> Result<LiveResource, ProviderError> {
+        const OPERATION: &str = "compute.instanceTemplates.insert";
+        let id = convert::template_id(&request.name);
+        self.count(OPERATION);
+        let sent = self
+            .templates
+            .insert()
+            .set_project(&self.config.project)
+            .set_request_id(convert::request_id(&request.idempotency_token, "insert"))
+            .set_body(convert::template_body(request, &self.config.network))
+            .send()
+            .await;
+        let operation = match sent {
+            Ok(operation) => operation,
+            Err(failure) => {
+                let failure = error::from_gax(OPERATION, &id, &failure);
+                return self.created_already(request, failure).await;
+            }
+        };
+        self.wait(Scope::Global, operation, OPERATION, &id).await?;
+        Ok(created(request, id))
+    }
+
+    /// Turns `alreadyExists` into success when the existing object is the requested one.
+    async fn created_already(
+        &self,
+        request: &CreateRequest,
+        failure: ProviderError,
+    ) -> Result<LiveResource, ProviderError> {
+        if failure.code != "alreadyExists" {
+            return Err(failure);
+        }
+        match self.existing_match(request).await? {
+            Some(live) => Ok(live),
+            None => Err(failure),
+        }
+    }
+
+    /// Creates instances identical but for their names with one `instances.bulkInsert`.
+    async fn bulk_insert(&self, group: &[&CreateRequest]) -> Result<(), ProviderError> {
+        const OPERATION: &str = "compute.instances.bulkInsert";
+        let zone = group[0].spec.zone.as_str();
+        let names: Vec<&str> = group.iter().map(|request| request.name.as_str()).collect();
+        let resource = format!("zones/{zone}/instances/{{{}}}", names.join(","));
+        let tokens: Vec<&str> = group
+            .iter()
+            .map(|request| request.idempotency_token.as_str())
+            .collect();
+        self.count(OPERATION);
+        let operation = self
+            .instances
+            .bulk_insert()
+            .set_project(&self.config.project)
+            .set_zone(zone)
+            .set_request_id(convert::request_id(&tokens.join(","), "bulkInsert"))
+            .set_body(convert::bulk_body(group, &self.config.network))
+            .send()
+            .await
+            .map_err(|failure| error::from_gax(OPERATION, &resource, &failure))?;
+        self.wait(Scope::Zone(zone), operation, OPERATION, &resource)
+            .await
+            .map(|_| ())
+    }
+
+    /// The instance behind `id` with current fingerprints: as last seen, or one GET.
+    async fn current_instance(
+        &self,
+        id: &str,
+        zone: &str,
+        name: &str,
+        fresh: bool,
+    ) -> Result<Instance, ProviderError> {
+        if !fresh {
+            if let Some(seen) = self.seen.lock().expect("seen lock").get(id) {
+                return Ok(seen.clone());
+            }
+        }
+        const OPERATION: &str = "compute.instances.get";
+        self.count(OPERATION);
+        let instance = self
+            .instances
+            .get()
+            .set_project(&self.config.project)
+            .set_zone(zone)
+            .set_instance(name)
+            .send()
+            .await
+            .map_err(|failure| error::from_gax(OPERATION, id, &failure))?;
+        self.remember(id, &instance);
+        Ok(instance)
+    }
+
+    /// One `setLabels` or `setMetadata` call and its operation, refreshing the fingerprint
+    /// once if GCE says it is stale.
+    async fn set_part(
+        &self,
+        part: Part,
+        request: &UpdateRequest,
+        zone: &str,
+        name: &str,
+        mut current: Instance,
+    ) -> Result<Instance, ProviderError> {
+        let operation = part.operation();
+        for attempt in 0..2 {
+            self.count(operation);
+            let request_id = convert::request_id(
+                &request.idempotency_token,
+                &format!("{operation}#{attempt}"),
+            );
+            let sent = match part {
+                Part::Labels => {
+                    let mut body = InstancesSetLabelsRequest::default();
+                    body.labels = request.labels.clone().into_iter().collect();
+                    body.label_fingerprint = current.label_fingerprint.clone();
+                    self.instances
+                        .set_labels()
+                        .set_project(&self.config.project)
+                        .set_zone(zone)
+                        .set_instance(name)
+                        .set_request_id(request_id)
+                        .set_body(body)
+                        .send()
+                        .await
+                }
+                Part::Metadata => {
+                    let body =
+                        convert::metadata_for_update(&request.metadata, current.metadata.as_ref());
+                    self.instances
+                        .set_metadata()
+                        .set_project(&self.config.project)
+                        .set_zone(zone)
+                        .set_instance(name)
+                        .set_request_id(request_id)
+                        .set_body(body)
+                        .send()
+                        .await
+                }
+            };
+            match sent {
+                Ok(done) => {
+                    self.wait(Scope::Zone(zone), done, operation, &request.id)
+                        .await?;
+                    self.forget(&request.id);
+                    return Ok(current);
+                }
+                Err(failure) => {
+                    let failure = error::from_gax(operation, &request.id, &failure);
+                    if failure.code != "conditionNotMet" || attempt == 1 {
+                        self.forget(&request.id);
+                        return Err(failure);
+                    }
+                    current = self.current_instance(&request.id, zone, name, true).await?;
+                }
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+}
+
+/// The two halves of an in-place update.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    Labels,
+    Metadata,
+}
+
+impl Part {
+    fn operation(self) -> &'static str {
+        match self {
+            Part::Labels => "compute.instances.setLabels",
+            Part::Metadata => "compute.instances.setMetadata",
+        }
+    }
+}
+
+/// What a successful create reports: the request as the cloud now holds it.
+fn created(request: &CreateRequest, id: String) -> LiveResource {
+    LiveResource {
+        cloud: Cloud::Gcp,
+        kind: request.kind,
+        id,
+        name: request.name.clone(),
+        status: match request.kind {
+            ObjectKind::Instance => fleet_engine::provider::InstanceStatus::Running,
+            ObjectKind::InstanceTemplate => fleet_engine::provider::InstanceStatus::Available,
+        },
+        spec: request.spec.clone(),
+    }
+}
+
+fn operation_timeout(
+    operation: &str,
+    resource: &str,
+    current: &Operation,
+    limit: Duration,
+) -> ProviderError {
+    ProviderError::new(
+        ErrorKind::Transient,
+        operation,
+        "operationTimeout",
+        format!(
+            "{resource}: operation {} was still {} after {} s; it may yet finish (a retry with \
+             the same requestId picks it up again, and the next plan shows its outcome)",
+            current.name.as_deref().unwrap_or("?"),
+            current
+                .status
+                .as_ref()
+                .and_then(|status| status.name())
+                .unwrap_or("not done"),
+            limit.as_secs()
+        ),
+    )
+}
+
+/// The `code` of a list warning, read through its JSON form so every warning type of the
+/// client reads the same way.
+fn warning_code<T: serde::Serialize>(warning: &Option<T>) -> Option<String> {
+    let value = serde_json::to_value(warning.as_ref()?).ok()?;
+    value.get("code")?.as_str().map(str::to_string)
+}
+
+/// Application Default Credentials, with a token fetched up front so a run without
+/// credentials fails before it changes anything.
+async fn application_default(config: &GcpConfig) -> Result<Credentials, ConnectError> {
+    let missing = |detail: String| ConnectError::NoCredentials {
+        project: config.project.clone(),
+        detail,
+    };
+    let credentials = google_cloud_auth::credentials::Builder::default()
+        .build_access_token_credentials()
+        .map_err(|error| missing(error.to_string()))?;
+    match tokio::time::timeout(config.credentials_timeout, credentials.access_token()).await {
+        Ok(Ok(_token)) => Ok(Credentials::from(credentials)),
+        Ok(Err(error)) => Err(missing(error.to_string())),
+        Err(_) => Err(missing(format!(
+            "no access token within {} s (no credentials file, and the metadata server did not answer)",
+            config.credentials_timeout.as_secs()
+        ))),
+    }
+}
+
+/// A shape of instance request that `bulkInsert` can create together: everything but the
+/// name.
+fn bulk_key(request: &CreateRequest) -> Option<String> {
+    (request.kind == ObjectKind::Instance)
+        .then(|| serde_json::to_string(&request.spec).expect("a spec serializes"))
+}
+
+#[async_trait::async_trait]
+impl Provider for GcpProvider {
+    fn cloud(&self) -> Cloud {
+        Cloud::Gcp
+    }
+
+    fn describe(&self) -> String {
+        match &self.config.endpoint {
+            Some(endpoint) => format!("GCP project {} (endpoint {endpoint})", self.config.project),
+            None => format!("GCP project {}", self.config.project),
+        }
+    }
+
+    fn limits(&self) -> ProviderLimits {
+        ProviderLimits {
+            max_concurrent_mutations: self.config.max_concurrent_mutations.max(1),
+            calls_per_second: self.config.calls_per_second,
+        }
+    }
+
+    fn call_counts(&self) -> BTreeMap<String, u64> {
+        self.calls.lock().expect("call counts lock").clone()
+    }
+
+    /// # Guarantees
+    /// One `instances.aggregatedList` per page of 500 instances with the filter
+    /// `labels.fleet = "FLEET"`, and one `instanceTemplates.list` per page with
+    /// `properties.labels.fleet = "FLEET"`. Stopped (TERMINATED, STOPPING, SUSPENDED)
+    /// instances are included with their status.
+    ///
+    /// # Errors
+    /// The failed list call; [`ErrorKind::Transient`] `unreachable` when GCE could not list
+    /// some zones.
+    async fn discover(&self, fleet: &str) -> Result<Vec<LiveResource>, ProviderError> {
+        let mut found = self
+            .list_instances(&convert::label_filter("", labels::FLEET, fleet))
+            .await?;
+        found.extend(
+            self.list_templates(&convert::label_filter("properties.", labels::FLEET, fleet))
+                .await?,
+        );
+        found.sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
+        Ok(found)
+    }
+
+    /// # Guarantees
+    /// Per 50 names: one `instances.aggregatedList` and one `instanceTemplates.list` per page,
+    /// filtered `(name = "a") OR (name = "b") …`.
+    ///
+    /// # Errors
+    /// The failed list call.
+    async fn find_by_names(&self, names: &[String]) -> Result<Vec<LiveResource>, ProviderError> {
+        let mut found = Vec::new();
+        for chunk in names.chunks(NAMES_PER_FILTER) {
+            let filter = convert::names_filter(chunk);
+            found.extend(self.list_instances(&filter).await?);
+            found.extend(self.list_templates(&filter).await?);
+        }
+        found.sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
+        found.dedup_by(|a, b| a.kind == b.kind && a.id == b.id);
+        Ok(found)
+    }
+
+    /// # Guarantees
+    /// The `requestId` is derived from the idempotency token: a repeat returns the first
+    /// call's operation and creates nothing. Returns once the operation is done.
+    ///
+    /// # Errors
+    /// The call's or the operation's error, naming the object.
+    async fn create(&self, request: &CreateRequest) -> Result<LiveResource, ProviderError> {
+        match request.kind {
+            ObjectKind::Instance => self.insert_instance(request).await,
+            ObjectKind::InstanceTemplate => self.insert_template(request).await,
+        }
+    }
+
+    /// Requests identical but for their names (zone, machine, disk, labels, metadata) go in
+    /// one `instances.bulkInsert` each; the rest one [`Provider::create`] each.
+    ///
+    /// # Errors
+    /// One result per request, in order; a failed bulk call fails each of its members.
+    async fn create_batch(
+        &self,
+        requests: &[CreateRequest],
+    ) -> Vec<Result<LiveResource, ProviderError>> {
+        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut calls: Vec<Vec<usize>> = Vec::new();
+        for (index, request) in requests.iter().enumerate() {
+            match bulk_key(request) {
+                Some(key) => groups.entry(key).or_default().push(index),
+                None => calls.push(vec![index]),
+            }
+        }
+        for members in groups.into_values() {
+            if members.len() == 1 {
+                calls.push(members);
+            } else {
+                calls.extend(members.chunks(100).map(<[usize]>::to_vec));
+            }
+        }
+        calls.sort_by_key(|members| members[0]);
+        let mut results: Vec<Option<Result<LiveResource, ProviderError>>> =
+            (0..requests.len()).map(|_| None).collect();
+        for members in calls {
+            if let [index] = members[..] {
+                results[index] = Some(self.create(&requests[index]).await);
+                continue;
+            }
+            let group: Vec<&CreateRequest> =
+                members.iter().map(|index| &requests[*index]).collect();
+            let outcome = self.bulk_insert(&group).await;
+            for index in members {
+                let request = &requests[index];
+                results[index] = Some(match &outcome {
+                    Ok(()) => Ok(created(
+                        request,
+                        convert::instance_id(&request.spec.zone, &request.name),
+                    )),
+                    Err(error) => Err(error.clone()),
+                });
+            }
+        }
+        results
+            .into_iter()
+            .map(|result| result.expect("every request belongs to exactly one call"))
+            .collect()
+    }
+
+    /// # Guarantees
+    /// Sends `setLabels` only if the labels differ and `setMetadata` only if the metadata
+    /// differs, each with the fingerprint GCE requires; the VM is not recreated.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] when the instance is gone; the call's or operation's error.
+    async fn update(&self, request: &UpdateRequest) -> Result<LiveResource, ProviderError> {
+        let Some((Some(zone), name)) = convert::parse_id(&request.id) else {
+            return Err(ProviderError::new(
+                ErrorKind::Fatal,
+                "compute.instances.setLabels",
+                "invalid",
+                format!(
+                    "'{}' is not a GCE instance id; templates cannot be changed in place",
+                    request.id
+                ),
+            ));
+        };
+        let mut current = self
+            .current_instance(&request.id, zone, name, false)
+            .await?;
+        let live_labels: BTreeMap<String, String> = current.labels.clone().into_iter().collect();
+        if live_labels != request.labels {
+            current = self
+                .set_part(Part::Labels, request, zone, name, current)
+                .await?;
+        }
+        let live = convert::live_instance(&current, Some(zone));
+        let live_metadata = live.as_ref().map(|live| &live.spec.metadata);
+        if live_metadata != Some(&request.metadata) {
+            self.set_part(Part::Metadata, request, zone, name, current.clone())
+                .await?;
+        }
+        let mut live = live.ok_or_else(|| {
+            ProviderError::new(
+                ErrorKind::Fatal,
+                "compute.instances.get",
+                "invalid",
+                format!("{}: GCE returned the instance without a name", request.id),
+            )
+        })?;
+        live.spec.labels = request.labels.clone();
+        live.spec.metadata = request.metadata.clone();
+        Ok(live)
+    }
+
+    /// # Guarantees
+    /// Deleting what is already gone succeeds.
+    ///
+    /// # Errors
+    /// The call's or the operation's error.
+    async fn delete(&self, request: &DeleteRequest) -> Result<(), ProviderError> {
+        let request_id = convert::request_id(&request.idempotency_token, "delete");
+        let (operation, sent, scope) = match (request.kind, convert::parse_id(&request.id)) {
+            (ObjectKind::Instance, Some((Some(zone), name))) => {
+                const OPERATION: &str = "compute.instances.delete";
+                self.count(OPERATION);
+                let sent = self
+                    .instances
+                    .delete()
+                    .set_project(&self.config.project)
+                    .set_zone(zone)
+                    .set_instance(name)
+                    .set_request_id(request_id)
+                    .send()
+                    .await;
+                (OPERATION, sent, Scope::Zone(zone))
+            }
+            (ObjectKind::InstanceTemplate, Some((None, name))) => {
+                const OPERATION: &str = "compute.instanceTemplates.delete";
+                self.count(OPERATION);
+                let sent = self
+                    .templates
+                    .delete()
+                    .set_project(&self.config.project)
+                    .set_instance_template(name)
+                    .set_request_id(request_id)
+                    .send()
+                    .await;
+                (OPERATION, sent, Scope::Global)
+            }
+            (kind, _) => {
+                return Err(ProviderError::new(
+                    ErrorKind::Fatal,
+                    match kind {
+                        ObjectKind::Instance => "compute.instances.delete",
+                        ObjectKind::InstanceTemplate => "compute.instanceTemplates.delete",
+                    },
+                    "invalid",
+                    format!(
+                        "'{}' (for '{}') is not the id of a GCE {}",
+                        request.id,
+                        request.name,
+                        match kind {
+                            ObjectKind::Instance => "instance",
+                            ObjectKind::InstanceTemplate => "instance template",
+                        }
+                    ),
+                ))
+            }
+        };
+        self.forget(&request.id);
+        let done = match sent {
+            Ok(done) => done,
+            Err(failure) => {
+                let failure = error::from_gax(operation, &request.id, &failure);
+                return match failure.kind {
+                    ErrorKind::NotFound => Ok(()),
+                    _ => Err(failure),
+                };
+            }
+        };
+        match self.wait(scope, done, operation, &request.id).await {
+            Ok(_) => Ok(()),
+            Err(failure) if failure.code == "RESOURCE_NOT_FOUND" => Ok(()),
+            Err(failure) => Err(failure),
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! `fleet render`: every file fleet would deliver, per machine, as Chef laid them down.
+
+use std::path::Path;
+
+use fleet_engine::render;
+use fleet_engine::secrets;
+use miette::{IntoDiagnostic, Result, WrapErr};
+
+use crate::cli::RenderArgs;
+use crate::output;
+use crate::secrets::Secrets;
+
+pub(crate) fn run(args: &RenderArgs, secrets_file: Option<&Path>) -> Result<u8> {
+    let desired = super::compile(&args.file)?;
+    let mut machines: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for resource in desired.resources.values() {
+        let files: Vec<(String, String)> = resource
+            .spec
+            .metadata
+            .iter()
+            .map(|(key, text)| (key.clone(), text.clone()))
+            .collect();
+        if !files.is_empty() {
+            machines.push((resource.cloud_name.clone(), files));
+        }
+    }
+    for (host, files) in &desired.hosts {
+        machines.push((
+            host.clone(),
+            files.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ));
+    }
+    machines.sort();
+    let values = if args.reveal_secrets {
+        let names = secrets::references(
+            machines
+                .iter()
+                .flat_map(|(_, files)| files.iter().map(|(_, text)| text)),
+        );
+        let source = Secrets::load(secrets_file)?;
+        secrets::resolve(&names, &source)?
+    } else {
+        Default::default()
+    };
+    let mut written = 0;
+    for (machine, files) in &machines {
+        for (key, text) in files {
+            let Some(path) = render::file_path(key) else {
+                continue;
+            };
+            let mut text = if args.reveal_secrets {
+                let mut text = text.clone();
+                for (name, value) in &values {
+                    text = text.replace(&format!("${{secret:{name}}}"), value);
+                }
+                text
+            } else {
+                render::mask_secrets(text)
+            };
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            match &args.out {
+                Some(dir) => {
+                    let target = dir.join(machine).join(path);
+                    if let Some(parent) = target.parent() {
+                        std::fs::create_dir_all(parent)
+                            .into_diagnostic()
+                            .wrap_err_with(|| format!("cannot create {}", parent.display()))?;
+                    }
+                    std::fs::write(&target, text)
+                        .into_diagnostic()
+                        .wrap_err_with(|| format!("cannot write {}", target.display()))?;
+                    written += 1;
+                }
+                None => output::out(&format!("==> {machine}: /{path} <==\n{text}\n")),
+            }
+        }
+    }
+    if let Some(dir) = &args.out {
+        output::line(&format!(
+            "Rendered {written} files for {} machines into {}{}.",
+            machines.len(),
+            dir.display(),
+            if args.reveal_secrets {
+                ""
+            } else {
+                " (secrets shown as (sensitive); --reveal-secrets to fill them in)"
+            }
+        ));
+    }
+    Ok(0)
+}

@@ -1,0 +1,478 @@
+//! Chef-equivalent configuration: rendered files, their validation, secrets, config diffs and
+//! the impact of each change on the running gitlab-runner.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::{repo, secret_names, secret_value, Env};
+
+const FLEETS: [&str; 4] = [
+    "distribution",
+    "ci-shared-runners",
+    "arm-builders",
+    "mdis-wb31",
+];
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(next) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Compares `actual` with the golden file at `relative`, or rewrites it with FLEET_BLESS=1.
+fn golden(relative: &str, actual: &str, failures: &mut Vec<String>) {
+    let file = repo().join(relative);
+    if std::env::var_os("FLEET_BLESS").is_some() {
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, actual).unwrap();
+        return;
+    }
+    match std::fs::read_to_string(&file) {
+        Ok(expected) if expected == actual => {}
+        Ok(_) => failures.push(format!("{relative} differs from what fleet renders now (FLEET_BLESS=1 rewrites it; review the diff)")),
+        Err(_) => failures.push(format!("{relative} is missing; run with FLEET_BLESS=1 to write it")),
+    }
+}
+
+#[test]
+fn rendered_files_of_every_fleet_match_their_golden_copies() {
+    let env = Env::new();
+    let mut failures = Vec::new();
+    for fleet in FLEETS {
+        let out = env.path().join(format!("out-{fleet}"));
+        env.fleet(&[
+            "render",
+            &format!("fleets/{fleet}.yaml"),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .ok();
+        let files = files_under(&out);
+        assert!(!files.is_empty(), "{fleet} rendered nothing");
+        for file in files {
+            let relative = file.strip_prefix(&out).unwrap().display().to_string();
+            let text = std::fs::read_to_string(&file).unwrap();
+            golden(
+                &format!("plans/{fleet}/rendered/{relative}"),
+                &text,
+                &mut failures,
+            );
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn promtool_accepts_every_rendered_prometheus_config() {
+    let promtool = Command::new("promtool").arg("--version").output();
+    assert!(
+        promtool.is_ok_and(|o| o.status.success()),
+        "promtool is not installed: `apt-get install prometheus` (CI's .ci/run does)"
+    );
+    let env = Env::new();
+    let mut checked = 0;
+    for fleet in FLEETS {
+        let out = env.path().join(format!("out-{fleet}"));
+        env.fleet(&[
+            "render",
+            &format!("fleets/{fleet}.yaml"),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .ok();
+        for file in files_under(&out)
+            .into_iter()
+            .filter(|f| f.ends_with("prometheus.yml"))
+        {
+            let result = Command::new("promtool")
+                .args(["check", "config"])
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(
+                result.status.success(),
+                "promtool rejects {}:\n{}{}",
+                file.display(),
+                String::from_utf8_lossy(&result.stdout),
+                String::from_utf8_lossy(&result.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(
+        checked, 2,
+        "one prometheus.yml per Prometheus helper of ci-shared-runners"
+    );
+    // A federating helper renders a valid config too.
+    let text = std::fs::read_to_string(env.path().join("fleets/ci-shared-runners.yaml"))
+        .unwrap()
+        .replace("      scrape_interval: 15s\n", "      scrape_interval: 15s\n      federate: [\"prometheus-01.nyc1.example.net:9090\"]\n");
+    let file = env.write("federating.yaml", &text);
+    let out = env.path().join("out-federating");
+    env.fleet(&["render", &file, "-o", out.to_str().unwrap()])
+        .ok();
+    let config = out.join("prometheus-01-us-east1-c/etc/prometheus/prometheus.yml");
+    assert!(std::fs::read_to_string(&config)
+        .unwrap()
+        .contains("metrics_path: /federate"));
+    let result = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
+
+#[test]
+fn a_misspelt_runner_key_points_at_its_fleet_file_line() {
+    let env = Env::new();
+    let text = std::fs::read_to_string(env.path().join("fleets/distribution.yaml"))
+        .unwrap()
+        .replacen("request_concurrency: 2", "request_concurency: 2", 1)
+        .replacen("MaxGrowthRate: 5", "MaxGrowthRat: 5", 1);
+    let file = env.write("typo.yaml", &text);
+    let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let run = env.fleet(&["validate", &file]).code(1);
+    let stderr = &run.stderr;
+    assert!(
+        stderr.contains("Unknown config.toml key `request_concurency` in [[runners]]"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("did you mean `request_concurrency`?"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("[typo.yaml:{}:9]", line_of("request_concurency"))),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Unknown config.toml key `MaxGrowthRat` in [runners.machine]"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("[typo.yaml:{}:11]", line_of("MaxGrowthRat"))),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_static_host_wb31_renders_the_seed_runner_settings() {
+    let env = Env::new();
+    let out = env.path().join("out");
+    env.fleet(&[
+        "render",
+        "fleets/mdis-wb31.yaml",
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .ok();
+    let text = std::fs::read_to_string(out.join("wb31/etc/gitlab-runner/config.toml")).unwrap();
+    let config: toml::Table = toml::from_str(&text).unwrap();
+    let runners = config["runners"].as_array().unwrap();
+    assert_eq!(runners.len(), 7);
+    let runner = runners
+        .iter()
+        .find(|r| r["name"].as_str() == Some("wb31-mdis-docker"))
+        .unwrap();
+    assert_eq!(runner["url"].as_str(), Some("https://git.gfz.de/"));
+    assert_eq!(runner["id"].as_integer(), Some(1168));
+    assert_eq!(runner["executor"].as_str(), Some("docker"));
+    assert_eq!(runner["token"].as_str(), Some("(sensitive)"));
+    let docker = runner["docker"].as_table().unwrap();
+    assert_eq!(docker["image"].as_str(), Some("docker:24"));
+    assert_eq!(docker["privileged"].as_bool(), Some(true));
+    assert_eq!(docker["tls_verify"].as_bool(), Some(false));
+    assert_eq!(docker["shm_size"].as_integer(), Some(0));
+    let volumes: Vec<&str> = docker["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(
+        volumes,
+        [
+            "/cache",
+            "/certs/client",
+            "/var/www/dis/15-foundation:/builds/icdp-osg/mdis:rw"
+        ]
+    );
+    let pull: Vec<&str> = docker["pull_policy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(pull, ["if-not-present"]);
+    let shell = runners
+        .iter()
+        .find(|r| r["name"].as_str() == Some("wb31-projrunner-shellexec"))
+        .unwrap();
+    assert_eq!(shell["executor"].as_str(), Some("shell"));
+    // --reveal-secrets fills the token in, for hosts whose files are laid down by hand.
+    let revealed = env.path().join("revealed");
+    env.fleet(&[
+        "render",
+        "fleets/mdis-wb31.yaml",
+        "-o",
+        revealed.to_str().unwrap(),
+        "--reveal-secrets",
+    ])
+    .ok();
+    let text =
+        std::fs::read_to_string(revealed.join("wb31/etc/gitlab-runner/config.toml")).unwrap();
+    assert!(text.contains(&secret_value("WB31_MDIS_DOCKER_TOKEN")));
+}
+
+#[test]
+fn no_output_of_any_fleet_holds_a_secret_value() {
+    let env = Env::new();
+    let mut outputs: Vec<(String, String)> = Vec::new();
+    let mut record = |what: String, run: crate::support::Run| {
+        outputs.push((format!("{what} (stdout)"), run.stdout));
+        outputs.push((format!("{what} (stderr)"), run.stderr));
+    };
+    for fleet in FLEETS {
+        let file = format!("fleets/{fleet}.yaml");
+        record(format!("validate {fleet}"), env.fleet(&["validate", &file]));
+        record(format!("render {fleet}"), env.fleet(&["render", &file]));
+        let out = env.path().join(format!("out-{fleet}"));
+        env.fleet(&["render", &file, "-o", out.to_str().unwrap()])
+            .ok();
+        if fleet == "mdis-wb31" {
+            continue;
+        }
+        for format in ["text", "json", "markdown"] {
+            record(
+                format!("plan {fleet} {format}"),
+                env.fleet(&["plan", &file, "--format", format]),
+            );
+        }
+        env.fleet(&["plan", &file, "-o", &format!("{fleet}.plan.json")])
+            .ok();
+        record(
+            format!("apply {fleet}"),
+            env.fleet(&["apply", &file, "--auto-approve"]).ok(),
+        );
+        record(
+            format!("plan after apply {fleet}"),
+            env.fleet(&["plan", &file, "--format", "json"]),
+        );
+    }
+    record("sim list".into(), env.fleet(&["sim", "list"]));
+    // Files fleet wrote: renders, saved plans, the state store (locks, journal).
+    for file in files_under(env.path()) {
+        let relative = file.strip_prefix(env.path()).unwrap().display().to_string();
+        if relative == "secrets.env"
+            || relative.starts_with("sim-state/objects")
+            || relative.starts_with("sim-state/tokens")
+        {
+            continue; // the input, and the simulated cloud's own copy of what machines were given
+        }
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            outputs.push((relative, text));
+        }
+    }
+    for golden in files_under(&repo().join("plans")) {
+        outputs.push((
+            golden.display().to_string(),
+            std::fs::read_to_string(&golden).unwrap_or_default(),
+        ));
+    }
+    let mut leaks = Vec::new();
+    for name in secret_names() {
+        let value = secret_value(&name);
+        for (what, text) in &outputs {
+            if text.contains(&value) {
+                leaks.push(format!("{name} in {what}"));
+            }
+        }
+    }
+    assert!(leaks.is_empty(), "secret values leaked: {leaks:#?}");
+    assert!(
+        outputs.iter().any(|(_, text)| text.contains("(sensitive)")),
+        "nothing was masked: the scan saw no secret at all"
+    );
+    // The machines did get them: the simulated cloud delivered them (its own storage).
+    let delivered = files_under(&env.path().join("sim-state")).iter().any(|f| {
+        std::fs::read_to_string(f).is_ok_and(|t| t.contains(&secret_value("SRM_1_TOKEN")))
+    });
+    assert!(
+        delivered,
+        "the secret never reached shared-runners-manager-1"
+    );
+}
+
+#[test]
+fn a_missing_secret_stops_apply_before_any_change() {
+    let env = Env::new().with_env("FLEET_SECRETS_FILE", "none.env");
+    std::fs::write(env.path().join("none.env"), "").unwrap();
+    let plan = env.fleet(&["plan", "fleets/distribution.yaml"]).ok();
+    assert!(
+        plan.stdout.contains("Plan: 5 to create"),
+        "plans need no secrets"
+    );
+    let run = env
+        .fleet(&["apply", "fleets/distribution.yaml", "--auto-approve"])
+        .code(1);
+    assert!(run.stderr.contains("missing secret(s)"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("FLEET_SECRET_DISTRIBUTION_COM_AMD64_GCP_TOKEN"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        env.sim_list().is_empty(),
+        "apply changed the cloud without its secrets"
+    );
+}
+
+#[test]
+fn a_rotated_secret_is_seen_without_being_shown() {
+    let env = Env::new();
+    env.converge("fleets/distribution.yaml");
+    let rotated = secret_names()
+        .iter()
+        .map(|name| {
+            let value = if name == "DISTRIBUTION_com_AMD64_GCP_TOKEN" {
+                "glrt-rotated-value".to_string()
+            } else {
+                secret_value(name)
+            };
+            format!("{name}={value}\n")
+        })
+        .collect::<String>();
+    std::fs::write(env.path().join("rotated.env"), rotated).unwrap();
+    let run = env
+        .fleet_with(
+            &["plan", "fleets/distribution.yaml"],
+            &[("FLEET_SECRETS_FILE", "rotated.env")],
+        )
+        .ok();
+    assert!(
+        run.stdout
+            .contains("~ manager.runners-manager-distribution-com-blue-1"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("secret DISTRIBUTION_com_AMD64_GCP_TOKEN changed: (sensitive)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("Plan: 0 to create, 1 to update"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("glrt-rotated-value"));
+}
+
+/// One plan per impact class, from an applied distribution fleet and one edit of its file.
+#[test]
+fn each_impact_class_is_shown_with_its_procedure_and_diff() {
+    let mut failures = Vec::new();
+    for (class, from, to, expect) in [
+        (
+            "reload",
+            "concurrent: 30",
+            "concurrent: 40",
+            "impact: reload",
+        ),
+        (
+            "graceful-restart",
+            "log_level: info",
+            "log_level: info\n      listen_address: \":9253\"",
+            "impact: graceful restart",
+        ),
+        (
+            "upgrade",
+            "version: \"16.11.1\"",
+            "version: \"17.0.0\"",
+            "impact: upgrade",
+        ),
+        (
+            "replace",
+            "machine_type: n1-standard-4",
+            "machine_type: n1-standard-8",
+            "impact: replace",
+        ),
+    ] {
+        let env = Env::new();
+        env.converge("fleets/distribution.yaml");
+        let text = std::fs::read_to_string(env.path().join("fleets/distribution.yaml")).unwrap();
+        let edited = text.replacen(from, to, 1);
+        assert_ne!(text, edited, "{class}: edit did not apply");
+        let file = env.write("distribution.yaml", &edited);
+        let run = env.fleet(&["plan", &file]).ok();
+        assert!(run.stdout.contains(expect), "{class}:\n{}", run.stdout);
+        golden(
+            &format!("plans/impact/{class}.txt"),
+            &run.stdout,
+            &mut failures,
+        );
+        let json = env.fleet(&["plan", &file, "--format", "json"]).ok().json();
+        let manager = json["resource_changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["address"] == "manager.runners-manager-distribution-com-blue-1")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            manager["impact"]["class"],
+            class.replace('-', "_"),
+            "{manager:#}"
+        );
+        if class != "replace" {
+            assert!(
+                manager["files"][0]["diff"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("@@")
+                    || class == "upgrade",
+                "{manager:#}"
+            );
+            // Apply carries it out in place; the simulated machine shows what it was given.
+            env.converge(&file);
+            let objects = env.sim_list();
+            let machine = objects
+                .iter()
+                .find(|o| o["name"] == "runners-manager-distribution-com-blue-1")
+                .unwrap();
+            let delivered = machine["spec"]["metadata"]["gitlab-runner-config"]
+                .as_str()
+                .unwrap();
+            let version = machine["spec"]["metadata"]["gitlab-runner-version"]
+                .as_str()
+                .unwrap();
+            match class {
+                "reload" => assert!(delivered.contains("concurrent = 40")),
+                "graceful-restart" => assert!(delivered.contains("listen_address = \":9253\"")),
+                _ => assert_eq!(version, "17.0.0"),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
