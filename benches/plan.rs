@@ -1,7 +1,7 @@
 //! Plan benchmark: a generated fleet of 100, 1,000 and 10,000 resources planned against the
 //! simulated cloud with zero latency, empty and fully applied.
 //!
-//! Reports per size the engine time (load, validate, expand, diff, graph, format), the
+//! Reports per size the engine time (load, validate, expand, render, diff, graph, format), the
 //! discovery time (the simulator's list calls, read from disk), and peak memory. Each size
 //! runs in its own process so peak memory is that size's alone.
 //!
@@ -45,6 +45,7 @@ managers:
     zone: us-east1-d
     machine_type: n1-standard-4
     labels: {{team: bench}}
+    runner: {{version: \"16.11.1\", concurrent: 10}}
     runners:
       - name: r-{{n}}-a
         template: t-a

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::support::{repo, secret_names, secret_value, Env};
+use crate::support::{golden, repo, secret_names, secret_value, Env};
 
 const FLEETS: [&str; 4] = [
     "distribution",
@@ -33,19 +33,12 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Compares `actual` with the golden file at `relative`, or rewrites it with FLEET_BLESS=1.
-fn golden(relative: &str, actual: &str, failures: &mut Vec<String>) {
-    let file = repo().join(relative);
-    if std::env::var_os("FLEET_BLESS").is_some() {
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        std::fs::write(&file, actual).unwrap();
-        return;
-    }
-    match std::fs::read_to_string(&file) {
-        Ok(expected) if expected == actual => {}
-        Ok(_) => failures.push(format!("{relative} differs from what fleet renders now (FLEET_BLESS=1 rewrites it; review the diff)")),
-        Err(_) => failures.push(format!("{relative} is missing; run with FLEET_BLESS=1 to write it")),
-    }
+/// Renders a fleet file into a directory of the scratch space and returns it.
+fn render_to(env: &Env, file: &str, name: &str) -> PathBuf {
+    let out = env.path().join(name);
+    env.fleet(&["render", file, "-o", out.to_str().unwrap()])
+        .ok();
+    out
 }
 
 #[test]
@@ -122,9 +115,7 @@ fn promtool_accepts_every_rendered_prometheus_config() {
         .unwrap()
         .replace("      scrape_interval: 15s\n", "      scrape_interval: 15s\n      federate: [\"prometheus-01.nyc1.example.net:9090\"]\n");
     let file = env.write("federating.yaml", &text);
-    let out = env.path().join("out-federating");
-    env.fleet(&["render", &file, "-o", out.to_str().unwrap()])
-        .ok();
+    let out = render_to(&env, &file, "out-federating");
     let config = out.join("prometheus-01-us-east1-c/etc/prometheus/prometheus.yml");
     assert!(std::fs::read_to_string(&config)
         .unwrap()
@@ -255,9 +246,7 @@ fn no_output_of_any_fleet_holds_a_secret_value() {
         let file = format!("fleets/{fleet}.yaml");
         record(format!("validate {fleet}"), env.fleet(&["validate", &file]));
         record(format!("render {fleet}"), env.fleet(&["render", &file]));
-        let out = env.path().join(format!("out-{fleet}"));
-        env.fleet(&["render", &file, "-o", out.to_str().unwrap()])
-            .ok();
+        render_to(&env, &file, &format!("out-{fleet}"));
         if fleet == "mdis-wb31" {
             continue;
         }

@@ -2,7 +2,7 @@
 //! simulated cloud and after out-of-band changes, compared with `plans/`. Run with
 //! `FLEET_BLESS=1` to rewrite them after an intended change, and review the diff.
 
-use crate::support::{repo, Env};
+use crate::support::{golden, Env};
 
 /// Out-of-band changes per fleet, as `fleet sim …` arguments.
 fn drift(fleet: &str) -> Vec<Vec<&'static str>> {
@@ -33,34 +33,6 @@ fn drift(fleet: &str) -> Vec<Vec<&'static str>> {
     }
 }
 
-fn check(path: &str, actual: &str, failures: &mut Vec<String>) {
-    let file = repo().join(path);
-    if std::env::var_os("FLEET_BLESS").is_some() {
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        std::fs::write(&file, actual).unwrap();
-        return;
-    }
-    match std::fs::read_to_string(&file) {
-        Ok(expected) if expected == actual => {}
-        Ok(expected) => {
-            let first = expected
-                .lines()
-                .zip(actual.lines())
-                .position(|(a, b)| a != b)
-                .unwrap_or(expected.lines().count().min(actual.lines().count()));
-            failures.push(format!(
-                "{path} differs from the CLI's output at line {}:\n  golden: {:?}\n  actual: {:?}",
-                first + 1,
-                expected.lines().nth(first).unwrap_or("<end>"),
-                actual.lines().nth(first).unwrap_or("<end>")
-            ));
-        }
-        Err(_) => failures.push(format!(
-            "{path} is missing; run with FLEET_BLESS=1 to write it"
-        )),
-    }
-}
-
 #[test]
 fn golden_plans_match_the_cli() {
     let mut failures = Vec::new();
@@ -77,13 +49,13 @@ fn golden_plans_match_the_cli() {
                 }
             }
             let text = env.fleet(&["plan", &file]).ok().stdout;
-            check(
+            golden(
                 &format!("plans/{fleet}/{scenario}.txt"),
                 &text,
                 &mut failures,
             );
             let json = env.fleet(&["plan", &file, "--format", "json"]).ok().stdout;
-            check(
+            golden(
                 &format!("plans/{fleet}/{scenario}.json"),
                 &json,
                 &mut failures,

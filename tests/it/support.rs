@@ -236,3 +236,33 @@ pub(crate) fn reasons_of(plan: &serde_json::Value, address: &str) -> Vec<String>
         .map(|r| r["type"].as_str().unwrap_or_default().to_string())
         .collect()
 }
+
+/// Compares `actual` with the golden file at `path` (relative to the repository), or rewrites
+/// it when `FLEET_BLESS` is set; differences are collected so one run reports them all.
+pub(crate) fn golden(path: &str, actual: &str, failures: &mut Vec<String>) {
+    let file = repo().join(path);
+    if std::env::var_os("FLEET_BLESS").is_some() {
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, actual).unwrap();
+        return;
+    }
+    match std::fs::read_to_string(&file) {
+        Ok(expected) if expected == actual => {}
+        Ok(expected) => {
+            let first = expected
+                .lines()
+                .zip(actual.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or(expected.lines().count().min(actual.lines().count()));
+            failures.push(format!(
+                "{path} differs from the CLI's output at line {}:\n  golden: {:?}\n  actual: {:?}",
+                first + 1,
+                expected.lines().nth(first).unwrap_or("<end>"),
+                actual.lines().nth(first).unwrap_or("<end>")
+            ));
+        }
+        Err(_) => failures.push(format!(
+            "{path} is missing; run with FLEET_BLESS=1 to write it"
+        )),
+    }
+}

@@ -129,6 +129,29 @@ impl<'s> Reader<'s> {
         self.problems.push(problem);
     }
 
+    fn duplicate_key(
+        &mut self,
+        span: SourceSpan,
+        name: &str,
+        first: SourceSpan,
+        within: Option<&str>,
+    ) {
+        let help = match within {
+            Some(section) => format!("keep one `{name}` in `{section}`"),
+            None => format!("keep one `{name}`"),
+        };
+        let problem = Problem::new(
+            ProblemKind::DuplicateKey,
+            self.source,
+            span,
+            format!("Duplicate key `{name}`"),
+            "given again here",
+        )
+        .with_secondary(first, "first given here")
+        .with_help(help);
+        self.problems.push(problem);
+    }
+
     fn wrong_type(&mut self, node: &Node, expected: &str) {
         self.problem(
             ProblemKind::WrongType,
@@ -173,16 +196,7 @@ impl<'s> Reader<'s> {
             };
             if let Some((_, first, _)) = fields.entries.iter().find(|(seen, _, _)| seen == name) {
                 let first = *first;
-                let problem = Problem::new(
-                    ProblemKind::DuplicateKey,
-                    self.source,
-                    *key_span,
-                    format!("Duplicate key `{name}`"),
-                    "given again here",
-                )
-                .with_secondary(first, "first given here")
-                .with_help(format!("keep one `{name}` in `{section}`"));
-                self.problems.push(problem);
+                self.duplicate_key(*key_span, name, first, Some(section));
                 continue;
             }
             if !allowed.contains(&name.as_str()) {
@@ -303,16 +317,7 @@ impl<'s> Reader<'s> {
                 continue;
             };
             if let Some((first, _)) = out.iter().find(|(seen, _)| seen.value == key.value) {
-                let problem = Problem::new(
-                    ProblemKind::DuplicateKey,
-                    self.source,
-                    key.span,
-                    format!("Duplicate key `{}`", key.value),
-                    "given again here",
-                )
-                .with_secondary(first.span, "first given here")
-                .with_help(format!("keep one `{}` in `{what}`", key.value));
-                self.problems.push(problem);
+                self.duplicate_key(key.span, &key.value, first.span, Some(what));
                 continue;
             }
             out.push((key, value));
@@ -631,16 +636,7 @@ impl<'s> Reader<'s> {
                 continue;
             };
             if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key.value) {
-                let problem = Problem::new(
-                    ProblemKind::DuplicateKey,
-                    self.source,
-                    key.span,
-                    format!("Duplicate key `{}`", key.value),
-                    "given again here",
-                )
-                .with_secondary(*first, "first given here")
-                .with_help(format!("keep one `{}` in the runner", key.value));
-                self.problems.push(problem);
+                self.duplicate_key(key.span, &key.value, *first, Some("the runner"));
                 continue;
             }
             seen.push((key.value.clone(), key.span));
@@ -711,16 +707,7 @@ impl<'s> Reader<'s> {
                         continue;
                     };
                     if let Some((first, _)) = table.iter().find(|(k, _)| k.value == key.value) {
-                        let problem = Problem::new(
-                            ProblemKind::DuplicateKey,
-                            self.source,
-                            key.span,
-                            format!("Duplicate key `{}`", key.value),
-                            "given again here",
-                        )
-                        .with_secondary(first.span, "first given here")
-                        .with_help(format!("keep one `{}`", key.value));
-                        self.problems.push(problem);
+                        self.duplicate_key(key.span, &key.value, first.span, None);
                         continue;
                     }
                     if let Some(value) = self.config_value(value) {
