@@ -511,3 +511,33 @@ pub fn secret_names(text: &str) -> Vec<String> {
 
 /// Files of one machine by metadata key.
 pub type Files = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_render_in_strict_mode() {
+        let error = render(
+            "prometheus.yml",
+            "m",
+            &serde_json::json!({ "fleet": "f", "machine": "m" }),
+        )
+        .expect_err("a missing variable rendered as nothing");
+        assert!(
+            error.message.contains("scrape_interval"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn secrets_are_masked_and_named() {
+        let text = "token = \"${secret:A_1}\"\nother = \"${secret:B}\"\n";
+        assert_eq!(
+            mask_secrets(text),
+            "token = \"(sensitive)\"\nother = \"(sensitive)\"\n"
+        );
+        assert_eq!(secret_names(text), ["A_1", "B"]);
+    }
+}
