@@ -113,19 +113,29 @@ fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn one(size: usize) {
+fn providers_for(dir: &std::path::Path) -> (SimCloud, Providers) {
+    let sim = SimCloud::open(dir, SimConfig::default()).unwrap();
+    let mut providers = Providers::new();
+    for cloud in Cloud::ALL {
+        providers.insert(sim.provider(cloud));
+    }
+    (sim, providers)
+}
+
+/// Plans against an empty simulated cloud, then applies, leaving the cloud in `dir`.
+fn empty_then_apply(size: usize, dir: &std::path::Path) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let sim = SimCloud::open(dir.path(), SimConfig::default()).unwrap();
-        let mut providers = Providers::new();
-        for cloud in Cloud::ALL {
-            providers.insert(sim.provider(cloud));
-        }
+        let (_sim, providers) = providers_for(dir);
         let text = generate(size);
         let empty = plan_once(&text, &providers).await;
-        let empty_rss = peak_rss_mb();
-        // Apply it, then plan again: the steady state of a real fleet, every resource no-op.
+        println!(
+            "EMPTY {} {:.3} {:.3} {:.1}",
+            empty.changes,
+            empty.engine.as_secs_f64(),
+            empty.discovery.as_secs_f64(),
+            peak_rss_mb()
+        );
         let desired = spec::compile("bench.yaml", &text).unwrap();
         let (plan, _) = ops::plan(&desired, &providers, &PlanOptions::default())
             .await
@@ -140,48 +150,64 @@ fn one(size: usize) {
         )
         .await;
         assert!(report.is_success());
-        let applied = plan_once(&text, &providers).await;
+    });
+}
+
+/// Plans, in a fresh process, against the applied fleet in `dir`: every resource a no-op.
+fn plan_applied(size: usize, dir: &std::path::Path) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (_sim, providers) = providers_for(dir);
+        let applied = plan_once(&generate(size), &providers).await;
         println!(
-            "RESULT {size} {} {:.3} {:.3} {:.1} {:.3} {:.3} {:.1}",
-            empty.changes,
-            empty.engine.as_secs_f64(),
-            empty.discovery.as_secs_f64(),
-            empty_rss,
+            "APPLIED {:.3} {:.3} {:.1}",
             applied.engine.as_secs_f64(),
             applied.discovery.as_secs_f64(),
-            peak_rss_mb(),
+            peak_rss_mb()
         );
     });
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if let Some(position) = args.iter().position(|a| a == "--one") {
-        one(args[position + 1].parse().expect("size"));
+    if let Some(position) = args.iter().position(|a| a == "--empty" || a == "--applied") {
+        let size = args[position + 1].parse().expect("size");
+        let dir = std::path::Path::new(&args[position + 2]);
+        match args[position].as_str() {
+            "--empty" => empty_then_apply(size, dir),
+            _ => plan_applied(size, dir),
+        }
         return;
     }
     println!("| resources | engine, empty cloud | discovery, empty | peak RSS, empty | engine, applied fleet | discovery, applied (disk) | peak RSS, applied |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for size in [100, 1_000, 10_000] {
-        let output = Command::new(&args[0])
-            .args(["--one", &size.to_string()])
-            .output()
-            .expect("run one size");
-        let text = String::from_utf8_lossy(&output.stdout);
-        let Some(line) = text.lines().find(|l| l.starts_with("RESULT ")) else {
-            println!(
-                "| {size} | failed: {} |",
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sim_dir = dir.path().join("sim");
+        let run = |flag: &str| {
+            let output = Command::new(&args[0])
+                .args([flag, &size.to_string(), sim_dir.to_str().unwrap()])
+                .output()
+                .expect("run one phase");
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            let fields: Option<Vec<String>> = text
+                .lines()
+                .find(|l| l.starts_with("EMPTY ") || l.starts_with("APPLIED "))
+                .map(|l| l.split_whitespace().map(str::to_string).collect());
+            fields.ok_or_else(|| {
                 String::from_utf8_lossy(&output.stderr)
                     .lines()
                     .last()
                     .unwrap_or("")
-            );
-            continue;
+                    .to_string()
+            })
         };
-        let f: Vec<&str> = line.split_whitespace().collect();
-        println!(
-            "| {} | {} s | {} s | {} MB | {} s | {} s | {} MB |",
-            f[1], f[3], f[4], f[5], f[6], f[7], f[8]
-        );
+        match (run("--empty"), run("--applied")) {
+            (Ok(e), Ok(a)) => println!(
+                "| {size} | {} s | {} s | {} MB | {} s | {} s | {} MB |",
+                e[2], e[3], e[4], a[1], a[2], a[3]
+            ),
+            (Err(error), _) | (_, Err(error)) => println!("| {size} | failed: {error} |"),
+        }
     }
 }

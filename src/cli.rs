@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 ///   fleet --sim-dir sim-state plan fleets/distribution.yaml
 ///   fleet --sim-dir sim-state apply fleets/distribution.yaml --auto-approve
 #[derive(Debug, Parser)]
-#[command(name = "fleet", version, max_term_width = 100)]
+#[command(name = "fleet", version, max_term_width = 100, verbatim_doc_comment)]
 pub(crate) struct Cli {
     #[command(flatten)]
     pub(crate) global: Global,

@@ -648,7 +648,9 @@ fn compare(
         cloud: want.cloud,
         action,
         reasons,
-        before: Some(live.clone()),
+        // An unchanged object is the desired one: a second copy of it would only cost memory
+        // (at 10,000 machines, hundreds of megabytes of rendered files).
+        before: (action != Action::NoOp).then(|| live.clone()),
         after: Some(want.clone()),
         files,
         impact,

@@ -80,6 +80,7 @@ pub fn expand(file: &FleetFile) -> Result<Desired, Vec<Problem>> {
         source: &file.source,
         problems: Vec::new(),
         hosts: Vec::new(),
+        bootstraps: BTreeMap::new(),
     };
     let desired = expander.run();
     if expander.problems.is_empty() {
@@ -94,6 +95,8 @@ struct Expander<'f> {
     source: &'f SourceFile,
     problems: Vec<Problem>,
     hosts: Vec<Host>,
+    /// Bootstraps rendered so far, by their input: most machines share one.
+    bootstraps: BTreeMap<String, String>,
 }
 
 impl Expander<'_> {
@@ -910,8 +913,15 @@ impl Expander<'_> {
     }
 
     fn bootstrap(&mut self, input: &render::BootstrapInput, span: SourceSpan) -> Option<String> {
+        let key = serde_json::to_string(input).unwrap_or_default();
+        if let Some(text) = self.bootstraps.get(&key) {
+            return Some(text.clone());
+        }
         match render::bootstrap(input) {
-            Ok(text) => Some(text),
+            Ok(text) => {
+                self.bootstraps.insert(key, text.clone());
+                Some(text)
+            }
             Err(error) => {
                 let problem = self.new_problem(
                     ProblemKind::InvalidValue,
@@ -1087,15 +1097,16 @@ impl Expander<'_> {
                     _ => None,
                 })
                 .unwrap_or(render::DEFAULT_SHUTDOWN_TIMEOUT);
-            // Pool members are identical, so they share one bootstrap (and can be made in one
-            // batch call): it names the pool, not the member.
+            // Machines of one role are set up alike, so the bootstrap names the pool or the
+            // role, not the machine: pool members can then be made in one batch call, and one
+            // rendering serves every machine that shares it.
             let bootstrap_name = e
                 .resource
                 .spec
                 .labels
                 .get(labels::POOL)
                 .cloned()
-                .unwrap_or_else(|| machine.clone());
+                .unwrap_or_else(|| format!("every {role} machine"));
             let input = render::BootstrapInput {
                 fleet: fleet.clone(),
                 source: source.clone(),
