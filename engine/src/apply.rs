@@ -379,11 +379,8 @@ pub async fn execute(
         };
         let outcomes = match joined {
             Ok(outcomes) => outcomes,
-            Err(panic) => {
-                // A panicking step must not take the run with it; nothing can be attributed.
-                tracing_free_note(&panic);
-                continue;
-            }
+            // A panicking step must not take the run with it; nothing can be attributed to it.
+            Err(_) => continue,
         };
         for (node, attempts, result) in outcomes {
             report.retries += attempts.saturating_sub(1) as usize;
@@ -429,8 +426,6 @@ pub async fn execute(
     report.seconds = started.elapsed().as_secs_f64();
     report
 }
-
-fn tracing_free_note(_panic: &tokio::task::JoinError) {}
 
 fn release(
     g: &petgraph::graph::DiGraph<Step, ()>,

@@ -40,6 +40,19 @@ struct Runner {
     config: render::Table,
 }
 
+impl Runner {
+    /// What rendering needs of this runner, with its template (if any) resolved.
+    fn input(&self, template: Option<render::TemplateInfo>) -> render::RunnerInput {
+        render::RunnerInput {
+            name: self.name.clone(),
+            name_span: self.name_span,
+            executor: self.executor.clone(),
+            template,
+            config: self.config.clone(),
+        }
+    }
+}
+
 /// A manager's or host's `runner:` block after expansion.
 #[derive(Debug, Clone)]
 struct RunnerSettings {
@@ -65,7 +78,6 @@ struct Expanded {
     references: Vec<(Address, SourceSpan)>,
     scrape: Vec<Spanned<String>>,
     runners: Vec<Runner>,
-    arch: Option<Arch>,
     runner: Option<RunnerSettings>,
     prometheus: Option<(String, Vec<String>)>,
 }
@@ -175,7 +187,7 @@ impl Expander<'_> {
             .collect();
         self.resolve_references(&mut expanded, &addresses);
         self.check_cycles(&expanded, &addresses);
-        let hosts = self.finish(&clouds, &mut expanded, &addresses);
+        let hosts = self.finish(&clouds, &mut expanded);
         Desired {
             hosts,
             fleet: file.fleet.value.clone(),
@@ -557,12 +569,10 @@ impl Expander<'_> {
             }
         }
 
-        // Architecture: declared on templates, implied by the machine otherwise.
-        let mut arch = None;
+        // Architecture: a template's declared one must run on its machine type.
         if let Some(text) = &decl.arch {
             match Arch::parse(&text.value) {
                 Some(parsed) => {
-                    arch = Some(parsed);
                     if let Some(machine) = machine {
                         if !machine.runs(parsed) {
                             let mut problem = self.new_problem(
@@ -591,8 +601,6 @@ impl Expander<'_> {
                     self.problem(problem);
                 }
             }
-        } else if let Some(machine) = machine {
-            arch = machine.runs.first().copied();
         }
 
         // Labels.
@@ -732,7 +740,6 @@ impl Expander<'_> {
             references,
             scrape,
             runners,
-            arch,
             runner: decl.runner.as_ref().map(|r| self.runner_settings(r, vars)),
             prometheus: decl.prometheus.as_ref().map(|p| {
                 (
@@ -942,7 +949,6 @@ impl Expander<'_> {
         &mut self,
         clouds: &BTreeMap<Cloud, CloudTarget>,
         expanded: &mut [Expanded],
-        addresses: &BTreeMap<Address, usize>,
     ) -> BTreeMap<String, render::Files> {
         let fleet = self.file.fleet.value.clone();
         let source = self.source.name.clone();
@@ -1009,15 +1015,13 @@ impl Expander<'_> {
                 let runners = e
                     .runners
                     .iter()
-                    .map(|runner| render::RunnerInput {
-                        name: runner.name.clone(),
-                        name_span: runner.name_span,
-                        executor: runner.executor.clone(),
-                        template: runner
-                            .template
-                            .as_ref()
-                            .and_then(|t| templates.get(&t.value).cloned()),
-                        config: runner.config.clone(),
+                    .map(|runner| {
+                        runner.input(
+                            runner
+                                .template
+                                .as_ref()
+                                .and_then(|t| templates.get(&t.value).cloned()),
+                        )
                     })
                     .collect::<Vec<_>>();
                 let name_span = e.name_span;
@@ -1135,19 +1139,12 @@ impl Expander<'_> {
                 .labels
                 .insert(labels::SPEC_HASH.to_string(), hash);
         }
-        let _ = addresses;
         let mut hosts = BTreeMap::new();
         for host in std::mem::take(&mut self.hosts) {
             let runners = host
                 .runners
                 .iter()
-                .map(|runner| render::RunnerInput {
-                    name: runner.name.clone(),
-                    name_span: runner.name_span,
-                    executor: runner.executor.clone(),
-                    template: None,
-                    config: runner.config.clone(),
-                })
+                .map(|runner| runner.input(None))
                 .collect();
             let mut files = render::Files::new();
             if let Some(text) =
@@ -1251,15 +1248,10 @@ impl Expander<'_> {
     ) {
         let all: Vec<&str> = addresses.keys().map(Address::as_str).collect();
         let mut problems = Vec::new();
-        let snapshot: Vec<(Cloud, Option<Arch>, Option<&'static catalog::MachineType>)> = expanded
+        // The machine type of each resource, read before the loop below borrows them mutably.
+        let machines: Vec<Option<&'static catalog::MachineType>> = expanded
             .iter()
-            .map(|e| {
-                (
-                    e.resource.cloud,
-                    e.arch,
-                    catalog::machine_type(e.resource.cloud, &e.resource.spec.machine_type),
-                )
-            })
+            .map(|e| catalog::machine_type(e.resource.cloud, &e.resource.spec.machine_type))
             .collect();
         for e in expanded.iter_mut() {
             let mut deps = BTreeSet::new();
@@ -1314,7 +1306,7 @@ impl Expander<'_> {
                     continue;
                 };
                 deps.insert(address);
-                let (_, template_arch, machine) = snapshot[index];
+                let machine = machines[index];
                 if let Some(arch_text) = &runner.arch {
                     match Arch::parse(&arch_text.value) {
                         None => problems.push(
@@ -1353,7 +1345,6 @@ impl Expander<'_> {
                                     );
                                 }
                             }
-                            let _ = template_arch;
                         }
                     }
                 }

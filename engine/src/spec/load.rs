@@ -43,9 +43,6 @@ const COMMON_KEYS: &[&str] = &[
     "matrix",
     "role",
 ];
-/// Keys of a runner entry that are fleet's own; every other key is config.toml's, checked
-/// against gitlab-runner's known keys once rendered.
-const RUNNER_FLEET_KEYS: &[&str] = &["name", "template", "arch", "executor", "description"];
 const HOST_KEYS: &[&str] = &[
     "description",
     "address",
@@ -103,7 +100,6 @@ struct Reader<'s> {
 /// The entries of one mapping, keys checked.
 struct Fields<'n> {
     entries: Vec<(&'n str, SourceSpan, &'n Node)>,
-    span: SourceSpan,
 }
 
 impl<'n> Fields<'n> {
@@ -172,7 +168,7 @@ impl<'s> Reader<'s> {
         required: &[&str],
         owner: SourceSpan,
     ) -> Option<Fields<'n>> {
-        let Node::Map { entries, span } = node else {
+        let Node::Map { entries, .. } = node else {
             if node.is_null() {
                 self.missing(section, required, owner);
                 return None;
@@ -182,7 +178,6 @@ impl<'s> Reader<'s> {
         };
         let mut fields = Fields {
             entries: Vec::new(),
-            span: *span,
         };
         for (key, value) in entries {
             let Node::Scalar {
@@ -489,7 +484,6 @@ impl<'s> Reader<'s> {
         let fields = if node.is_null() {
             Fields {
                 entries: Vec::new(),
-                span: name.span,
             }
         } else {
             self.fields(node, &section, &allowed, required, name.span)?
@@ -555,7 +549,6 @@ impl<'s> Reader<'s> {
                 _ => self.wrong_type(runners, "a list of runners"),
             }
         }
-        let _ = fields.span;
         Some(decl)
     }
 
@@ -656,7 +649,6 @@ impl<'s> Reader<'s> {
         if name.is_none() {
             self.missing(&section, &["name"], *span);
         }
-        let _ = RUNNER_FLEET_KEYS;
         Some(RunnerDecl {
             name: name?,
             template,
