@@ -507,19 +507,10 @@ type StepOutcome = (NodeIndex, u32, Result<String, ProviderError>);
 /// The most pool members sent in one batch call.
 const MAX_BATCH: usize = 100;
 
-/// What must be equal for two pool members to be created in one call.
-type Shape = Option<(String, String, String, String, u32)>;
-
-fn batch_shape(change: &crate::diff::Change) -> Shape {
-    change.after.as_ref().map(|after| {
-        (
-            after.spec.machine_type.clone(),
-            after.spec.zone.clone(),
-            after.spec.image.clone(),
-            after.spec.disk_type.clone(),
-            after.spec.disk_size_gb,
-        )
-    })
+/// What must be equal for two pool members to be created in one call: everything but the
+/// name (members of one pool share their labels and metadata too).
+fn batch_shape(change: &crate::diff::Change) -> Option<&MachineSpec> {
+    change.after.as_ref().map(|after| &after.spec)
 }
 
 /// Creates several pool members with one batch call; members whose part of it failed in a
@@ -552,23 +543,64 @@ async fn run_batch(
             idempotency_token: idempotency_token(&plan.plan_id, step, ""),
         });
     }
-    let results = {
-        let _permit = lane.mutations.acquire().await;
-        if let Some(rate) = &lane.rate {
-            rate.acquire().await;
-        }
-        lane.provider.create_batch(&requests).await
+    // A batch call that failed as a whole in a retryable way (throttled, 5xx) is repeated as
+    // a whole, with the same tokens: one call per attempt rather than one per member.
+    let started = Instant::now();
+    let mut batch_attempts = 0u32;
+    let (results, gave_up) = loop {
+        batch_attempts += 1;
+        let results = {
+            let _permit = lane.mutations.acquire().await;
+            if let Some(rate) = &lane.rate {
+                rate.acquire().await;
+            }
+            lane.provider.create_batch(&requests).await
+        };
+        let call_failed = results.iter().all(|result| {
+            result
+                .as_ref()
+                .is_err_and(|error| error.kind.is_retryable())
+        });
+        let delay = call_failed
+            .then(|| retry.delay(batch_attempts, started.elapsed()))
+            .flatten();
+        let (Some(delay), Some(Err(error))) = (delay, results.first()) else {
+            break (results, call_failed);
+        };
+        // One line for the batch, not one per member.
+        let first = &steps[0].1;
+        let last = &steps[steps.len() - 1].1;
+        observer.event(
+            &ApplyEvent::Retrying {
+                address: format!(
+                    "{} … {} ({} in one call)",
+                    first.address,
+                    last.address,
+                    steps.len()
+                ),
+                step: first.kind.verb(),
+                attempt: batch_attempts,
+                error: error.to_string(),
+                delay_ms: delay.as_millis() as u64,
+            },
+            0,
+            total,
+        );
+        tokio::time::sleep(delay).await;
     };
     let mut outcomes = Vec::with_capacity(steps.len());
     for ((node, step), result) in steps.iter().zip(results) {
         match result {
-            Ok(live) => outcomes.push((*node, 1, Ok(live.id))),
-            Err(error) if error.kind.is_retryable() => {
+            Ok(live) => outcomes.push((*node, batch_attempts, Ok(live.id))),
+            // What failed alone in a call that otherwise worked goes on alone, with the usual
+            // retries (same token, so nothing is made twice). A call that kept failing as a
+            // whole has used the retry budget already.
+            Err(error) if error.kind.is_retryable() && !gave_up => {
                 let (attempts, result) =
                     run_step(plan, step, lane, retry, observer, total, secrets).await;
-                outcomes.push((*node, attempts + 1, result));
+                outcomes.push((*node, attempts + batch_attempts, result));
             }
-            Err(error) => outcomes.push((*node, 1, Err(error))),
+            Err(error) => outcomes.push((*node, batch_attempts, Err(error))),
         }
     }
     outcomes

@@ -157,6 +157,21 @@ pub fn spec_hash(cloud: Cloud, object: ObjectKind, spec: &MachineSpec) -> String
             feed(value);
         }
     }
+    // Only what is set, so a spec without networking hashes as it did before it existed.
+    let networking = &spec.networking;
+    for (part, value) in [
+        ("network", networking.network.as_deref()),
+        ("subnet", networking.subnet.as_deref()),
+    ] {
+        if let Some(value) = value {
+            feed(part);
+            feed(value);
+        }
+    }
+    for group in &networking.security_groups {
+        feed("security_group");
+        feed(group);
+    }
     // Metadata enters through its digest label (`fleet-config`), so a cloud that does not
     // return metadata in list calls hashes the same as one that does.
     hex(&hasher.finalize())[..16].to_string()

@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::desired::{metadata_hash, spec_hash, Address, Desired, DesiredResource};
-use crate::provider::{labels, Cloud, InstanceStatus, LiveResource, MachineSpec, ObjectKind};
+use crate::provider::{
+    labels, Cloud, InstanceStatus, LiveResource, MachineSpec, Networking, ObjectKind,
+};
 use crate::spec::model::ResourceKind;
 use crate::{render, secrets};
 
@@ -296,10 +298,15 @@ pub struct Diff {
     pub blocked: Vec<Blocked>,
 }
 
-/// The address a live object was made for, from its labels.
+/// The address a live object was made for, from its labels: `fleet-kind` and
+/// `fleet-resource`, or for a pool member (which has no `fleet-resource`) its name.
 pub fn live_address(live: &LiveResource) -> Option<Address> {
     let kind = ResourceKind::parse(live.label(labels::KIND)?)?;
-    let name = live.label(labels::RESOURCE)?;
+    let name = match live.label(labels::RESOURCE) {
+        Some(name) => name,
+        None if kind == ResourceKind::Pool && live.kind == ObjectKind::Instance => &live.name,
+        None => return None,
+    };
     Some(Address::new(kind, name))
 }
 
@@ -430,19 +437,24 @@ fn blocked_help(desired: &Desired, want: &DesiredResource, holder: &LiveResource
             holder.id,
             desired.fleet
         ),
-        None => format!(
-            "{} `{}` ({}) exists and was not made by fleet, so fleet will neither delete nor overwrite it. Rename `{}` in the fleet file, delete or rename the machine by hand, or adopt it by labelling it `{}={}`, `{}={}`, `{}={}`",
-            kind_word(holder.kind),
-            holder.name,
-            holder.id,
-            want.address,
-            labels::FLEET,
-            desired.fleet,
-            labels::KIND,
-            want.kind.as_str(),
-            labels::RESOURCE,
-            want.address.name()
-        ),
+        None => {
+            // Pool members are known by name and pool; everything else by `fleet-resource`.
+            let (key, value) = match want.spec.labels.get(labels::POOL) {
+                Some(pool) => (labels::POOL, pool.as_str()),
+                None => (labels::RESOURCE, want.address.name()),
+            };
+            format!(
+                "{} `{}` ({}) exists and was not made by fleet, so fleet will neither delete nor overwrite it. Rename `{}` in the fleet file, delete or rename the machine by hand, or adopt it by labelling it `{}={}`, `{}={}`, `{key}={value}`",
+                kind_word(holder.kind),
+                holder.name,
+                holder.id,
+                want.address,
+                labels::FLEET,
+                desired.fleet,
+                labels::KIND,
+                want.kind.as_str(),
+            )
+        }
     }
 }
 
@@ -504,6 +516,32 @@ fn compare(
             });
             replace = true;
         }
+    }
+    // Networking the fleet file leaves to the cloud's defaults is not compared.
+    let want_net = &spec.networking;
+    let have_net = seen_networking(&have.networking, want_net);
+    for (field, before, after) in [
+        ("network", &have_net.network, &want_net.network),
+        ("subnet", &have_net.subnet, &want_net.subnet),
+    ] {
+        if after.is_some() && before != after {
+            reasons.push(Reason::FieldChanged {
+                field: field.to_string(),
+                before: before.clone().unwrap_or_default(),
+                after: after.clone().unwrap_or_default(),
+                forces_replacement: true,
+            });
+            replace = true;
+        }
+    }
+    if have_net.security_groups != want_net.security_groups {
+        reasons.push(Reason::FieldChanged {
+            field: "security_groups".to_string(),
+            before: have_net.security_groups.join(","),
+            after: want_net.security_groups.join(","),
+            forces_replacement: true,
+        });
+        replace = true;
     }
     let mut in_place = Vec::new();
     let keys: BTreeSet<&String> = have.labels.keys().chain(spec.labels.keys()).collect();
@@ -599,12 +637,29 @@ fn compare(
         replace = true;
     }
     let stamped = live.label(labels::SPEC_HASH);
-    let observed = spec_hash(live.cloud, live.kind, &live.spec);
+    // The stamp hashes only the networking the fleet file set, then or now.
+    let observed = spec_hash(
+        live.cloud,
+        live.kind,
+        &MachineSpec {
+            networking: have_net.clone(),
+            ..live.spec.clone()
+        },
+    );
+    let observed_bare = spec_hash(
+        live.cloud,
+        live.kind,
+        &MachineSpec {
+            networking: Networking::default(),
+            ..live.spec.clone()
+        },
+    );
     let metadata_edited = metadata_observed
         && !have.metadata.is_empty()
         && have.labels.get(labels::CONFIG_HASH).map(String::as_str)
             != Some(metadata_hash(&have.metadata).as_str());
-    let drift = stamped.is_some_and(|stamped| stamped != observed) || metadata_edited;
+    let drift = stamped.is_some_and(|stamped| stamped != observed && stamped != observed_bare)
+        || metadata_edited;
     let needs_change = replace || !in_place.is_empty();
     if drift && needs_change {
         reasons.push(Reason::Drift);
@@ -654,6 +709,20 @@ fn compare(
         after: Some(want.clone()),
         files,
         impact,
+    }
+}
+
+/// What the cloud reports of the networking parts the fleet file sets; the rest is the cloud's
+/// default and left out.
+fn seen_networking(have: &Networking, want: &Networking) -> Networking {
+    Networking {
+        network: want.network.as_ref().and(have.network.clone()),
+        subnet: want.subnet.as_ref().and(have.subnet.clone()),
+        security_groups: if want.security_groups.is_empty() {
+            Vec::new()
+        } else {
+            have.security_groups.clone()
+        },
     }
 }
 

@@ -117,6 +117,36 @@ pub struct MachineSpec {
     pub labels: BTreeMap<String, String>,
     /// Files and values delivered with the machine (GCE metadata, EC2 user data), by key.
     pub metadata: BTreeMap<String, String>,
+    /// Where the machine is attached. What a fleet file leaves unset is the cloud's default
+    /// and is not compared; discovery reports what the cloud has.
+    #[serde(default, skip_serializing_if = "Networking::is_unset")]
+    pub networking: Networking,
+}
+
+/// The network placement of a machine or template.
+///
+/// GCE: `network` and `subnet` are names in the project (`default`, `ci-runners`) or, for a
+/// shared VPC, paths in the host project (`projects/HOST/global/networks/NAME`,
+/// `projects/HOST/regions/REGION/subnetworks/NAME`). EC2: `subnet` is a subnet id (the
+/// subnet decides the VPC) and `security_groups` are group ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Networking {
+    /// GCE network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// GCE subnetwork or EC2 subnet id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    /// EC2 security group ids, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<String>,
+}
+
+impl Networking {
+    /// Whether nothing is set: the cloud's defaults.
+    pub fn is_unset(&self) -> bool {
+        self == &Networking::default()
+    }
 }
 
 /// One object as discovered in the cloud.
@@ -336,14 +366,16 @@ pub trait Provider: Send + Sync {
 
 /// The labels (GCE) or tags (EC2) fleet puts on everything it creates. Discovery filters on
 /// [`labels::FLEET`]; the address of a live object is rebuilt from [`labels::KIND`] and
-/// [`labels::RESOURCE`], so no state file is needed.
+/// [`labels::RESOURCE`] (pool members: their name), so no state file is needed.
 pub mod labels {
     /// The fleet name.
     pub const FLEET: &str = "fleet";
     /// `manager`, `helper`, `pool` or `template`.
     pub const KIND: &str = "fleet-kind";
     /// The resource's name in the fleet file after expansion (the instance's cloud name; a
-    /// template's unversioned name).
+    /// template's unversioned name). Pool members do not carry it: a member's address is its
+    /// name, so the members of one pool have identical labels and are made in one batch call
+    /// (GCE `bulkInsert` and EC2 `RunInstances` cannot give each instance its own labels).
     pub const RESOURCE: &str = "fleet-resource";
     /// A hash of the desired spec last applied, to tell drift from a fleet-file change.
     pub const SPEC_HASH: &str = "fleet-spec";

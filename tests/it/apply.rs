@@ -12,10 +12,10 @@ fn assert_no_duplicates(env: &Env, count: usize) {
     let addresses: BTreeSet<String> = objects
         .iter()
         .map(|o| {
-            format!(
-                "{}.{}",
-                o["spec"]["labels"]["fleet-kind"], o["spec"]["labels"]["fleet-resource"]
-            )
+            // Pool members are known by name, everything else by `fleet-resource`.
+            let labels = &o["spec"]["labels"];
+            let name = labels["fleet-resource"].as_str().or(o["name"].as_str());
+            format!("{}.{}", labels["fleet-kind"], name.unwrap_or_default())
         })
         .collect();
     assert_eq!(objects.len(), count, "{objects:#?}");

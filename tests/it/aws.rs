@@ -361,6 +361,111 @@ impl Ec2 {
         )
     }
 
+    /// A VPC with one subnet in us-east-1a and two security groups, made by hand:
+    /// (subnet id, [group ids]).
+    fn network(&self) -> (String, [String; 2]) {
+        self.runtime.block_on(async {
+            let vpc = self
+                .client
+                .create_vpc()
+                .cidr_block("10.20.0.0/16")
+                .send()
+                .await
+                .expect("CreateVpc");
+            let vpc = vpc
+                .vpc()
+                .and_then(|v| v.vpc_id())
+                .expect("vpc id")
+                .to_string();
+            let subnet = self
+                .client
+                .create_subnet()
+                .vpc_id(&vpc)
+                .cidr_block("10.20.1.0/24")
+                .availability_zone("us-east-1a")
+                .send()
+                .await
+                .expect("CreateSubnet");
+            let subnet = subnet
+                .subnet()
+                .and_then(|s| s.subnet_id())
+                .expect("subnet id")
+                .to_string();
+            let mut groups = Vec::new();
+            for name in ["runners", "node-exporter"] {
+                let group = self
+                    .client
+                    .create_security_group()
+                    .group_name(name)
+                    .description(name)
+                    .vpc_id(&vpc)
+                    .send()
+                    .await
+                    .expect("CreateSecurityGroup");
+                groups.push(group.group_id().expect("group id").to_string());
+            }
+            groups.sort();
+            (subnet, [groups[0].clone(), groups[1].clone()])
+        })
+    }
+
+    /// (subnet id, sorted group ids) of an instance.
+    fn placement(&self, id: &str) -> (String, Vec<String>) {
+        let output = self
+            .runtime
+            .block_on(self.client.describe_instances().instance_ids(id).send())
+            .expect("DescribeInstances");
+        let instance = &output.reservations()[0].instances()[0];
+        let mut groups: Vec<String> = instance
+            .security_groups()
+            .iter()
+            .filter_map(|g| g.group_id().map(str::to_string))
+            .collect();
+        groups.sort();
+        (instance.subnet_id().unwrap_or_default().to_string(), groups)
+    }
+
+    /// Changes an instance's security groups, as someone at the console would.
+    fn set_groups(&self, id: &str, groups: &[&str]) {
+        self.runtime
+            .block_on(
+                self.client
+                    .modify_instance_attribute()
+                    .instance_id(id)
+                    .set_groups(Some(groups.iter().map(|g| g.to_string()).collect()))
+                    .send(),
+            )
+            .expect("ModifyInstanceAttribute");
+    }
+
+    /// (subnet id, sorted group ids) of a launch template's default version.
+    fn template_placement(&self, name: &str) -> (String, Vec<String>) {
+        let output = self
+            .runtime
+            .block_on(
+                self.client
+                    .describe_launch_template_versions()
+                    .launch_template_name(name)
+                    .versions("$Default")
+                    .send(),
+            )
+            .expect("DescribeLaunchTemplateVersions");
+        let data = output.launch_template_versions()[0]
+            .launch_template_data()
+            .expect("launch template data");
+        let interface = data.network_interfaces().first();
+        let mut groups: Vec<String> = data.security_group_ids().to_vec();
+        groups.extend(interface.map(|i| i.groups().to_vec()).unwrap_or_default());
+        groups.sort();
+        (
+            interface
+                .and_then(|i| i.subnet_id())
+                .unwrap_or_default()
+                .to_string(),
+            groups,
+        )
+    }
+
     /// The size and type of every volume attached to an instance.
     fn volumes(&self, id: &str) -> Vec<(i32, String)> {
         let output = self
@@ -524,7 +629,7 @@ fn a_pool_of_50_is_one_run_instances_call_and_then_has_no_changes() {
         1,
         "50 identical members are one RunInstances call: {applied:?}"
     );
-    // Each member then gets its own name and labels.
+    // Each member then gets its own name, its address.
     assert_eq!(count(&applied, "ec2:CreateTags"), 50, "{applied:?}");
 
     let alive = ec2.alive("pool50");
@@ -532,9 +637,17 @@ fn a_pool_of_50_is_one_run_instances_call_and_then_has_no_changes() {
     let names: std::collections::BTreeSet<&str> = alive.iter().map(|i| i.name.as_str()).collect();
     assert_eq!(names.len(), 50, "every member has its own name: {names:?}");
     let first = ec2.by_name("pool50", "pool50-builder-1");
+    // Members of a pool share their labels; the name tells them apart.
+    assert_eq!(first.tags.get("fleet-resource"), None, "{:?}", first.tags);
     assert_eq!(
-        first.tags.get("fleet-resource").map(String::as_str),
-        Some("pool50-builder-1")
+        first.tags.get("fleet-pool").map(String::as_str),
+        Some("pool50-builder")
+    );
+    assert!(
+        alive
+            .iter()
+            .all(|i| i.tags.get("fleet-spec") == first.tags.get("fleet-spec")),
+        "{alive:?}"
     );
     assert_eq!(first.tags.get("arch").map(String::as_str), Some("armv7"));
     assert_eq!(ec2.volumes(&first.id), [(100, "gp3".to_string())]);
@@ -842,4 +955,94 @@ fn without_credentials_fleet_says_where_it_looked_and_offers_the_simulator() {
             "`{expected}` missing from:\n{stderr}"
         );
     }
+}
+
+#[test]
+fn subnet_and_security_groups_are_set_and_kept() {
+    let moto = Moto::start();
+    let env = env_for(&moto);
+    let ec2 = Ec2::new(&moto);
+    let (subnet, [runners, exporter]) = ec2.network();
+    // The fleet's machines go to a VPC subnet of their own with two groups (defaults), the
+    // template's machines with one group (its own setting).
+    let text = template_file("net", "m6g.2xlarge", 100)
+        .replace(
+            "    disk: { type: gp3, size_gb: 100 }\ntemplates:",
+            &format!(
+                "    disk: {{ type: gp3, size_gb: 100 }}\n    subnet: {subnet}\n    security_groups: [{exporter}, {runners}]\ntemplates:"
+            ),
+        )
+        .replace(
+            "    arch: arm64\n",
+            &format!("    arch: arm64\n    security_groups: [{runners}]\n"),
+        );
+    assert!(
+        text.contains("subnet:") && text.contains(&format!("[{runners}]")),
+        "{text}"
+    );
+    let mut text = text;
+    text.push_str("pools:\n  net-builder-{n}:\n    size: 3\n    machine_type: m6g.2xlarge\n    role: builder\n");
+    let file = env.write("fleet.yaml", &text);
+
+    // The runner's machines (docker+machine) are told the subnet too.
+    let plan = plan_json(&env, &file);
+    let manager = plan["resource_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == "manager.net-manager-1")
+        .unwrap();
+    let config = manager["after"]["spec"]["metadata"]["gitlab-runner-config"]
+        .as_str()
+        .unwrap();
+    assert!(
+        config.contains(&format!("\"amazonec2-subnet-id={subnet}\"")),
+        "{config}"
+    );
+
+    let apply = converge(&env, &file);
+    // The pool is still one call: its members share their networking.
+    assert_eq!(
+        count(&calls(&apply), "ec2:RunInstances"),
+        2,
+        "{}",
+        apply.stderr
+    );
+    let mut both_sorted = vec![runners.clone(), exporter.clone()];
+    both_sorted.sort();
+    for name in ["net-manager-1", "net-builder-1", "net-builder-3"] {
+        let machine = ec2.by_name("net", name);
+        assert_eq!(
+            ec2.placement(&machine.id),
+            (subnet.clone(), both_sorted.clone()),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        ec2.template_placement("arm64-aws"),
+        (subnet.clone(), vec![runners.clone()])
+    );
+    assert_no_changes(&env, &file);
+
+    // A group changed at the console is drift, put right by a new machine.
+    let builder = ec2.by_name("net", "net-builder-2");
+    ec2.set_groups(&builder.id, &[&runners]);
+    let plan = plan_json(&env, &file);
+    let address = "pool.net-builder-2";
+    assert_eq!(actions_of(&plan, address), ["create", "delete"], "{plan:#}");
+    let reasons = reasons_of(&plan, address);
+    assert!(reasons.contains(&"drift".to_string()), "{reasons:?}");
+    let changed = plan["resource_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == address)
+        .unwrap();
+    let text = changed.to_string();
+    assert!(text.contains("security_groups"), "{text}");
+    converge(&env, &file);
+    let replaced = ec2.by_name("net", "net-builder-2");
+    assert_ne!(replaced.id, builder.id);
+    assert_eq!(ec2.placement(&replaced.id).1, both_sorted);
+    assert_no_changes(&env, &file);
 }

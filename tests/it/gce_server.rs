@@ -46,6 +46,8 @@ struct Knobs {
     latency: Duration,
     /// Answer 403 `rateLimitExceeded` to every Nth call (counted over all calls).
     throttle_every: Option<u64>,
+    /// Answer 403 `rateLimitExceeded` to the next N calls of these operations.
+    throttle_next: BTreeMap<String, u32>,
     /// Perform this many mutations but answer them 503, as if the answer was lost.
     lose_answers: u32,
     /// Polls an operation takes before it is done (0: done at its first poll).
@@ -253,6 +255,15 @@ impl GceServer {
         self.world().knobs.throttle_every = n.filter(|n| *n > 0);
     }
 
+    /// Answers 403 `rateLimitExceeded` to the next `n` calls of `operation`
+    /// (`compute.instances.bulkInsert`).
+    pub(crate) fn throttle_next(&self, operation: &str, n: u32) {
+        self.world()
+            .knobs
+            .throttle_next
+            .insert(operation.to_string(), n);
+    }
+
     /// The next `n` mutations are carried out but answered 503.
     pub(crate) fn lose_answers(&self, n: u32) {
         self.world().knobs.lose_answers = n;
@@ -359,17 +370,26 @@ async fn handle(
         tokio::time::sleep(latency).await;
     }
     let mut world = world.lock().expect("world lock");
-    if let Some(every) = world.knobs.throttle_every {
-        if world.call_number % every == 0 {
-            world.throttled += 1;
-            return ApiError {
-                status: StatusCode::FORBIDDEN,
-                reason: "rateLimitExceeded",
-                domain: "usageLimits",
-                message: "Rate Limit Exceeded".to_string(),
-            }
-            .into_response();
+    let named = match world.knobs.throttle_next.get_mut(route.operation()) {
+        Some(left) if *left > 0 => {
+            *left -= 1;
+            true
         }
+        _ => false,
+    };
+    let every = world
+        .knobs
+        .throttle_every
+        .is_some_and(|every| world.call_number % every == 0);
+    if named || every {
+        world.throttled += 1;
+        return ApiError {
+            status: StatusCode::FORBIDDEN,
+            reason: "rateLimitExceeded",
+            domain: "usageLimits",
+            message: "Rate Limit Exceeded".to_string(),
+        }
+        .into_response();
     }
     if route.project() != world.project {
         return ApiError::not_found(&format!("projects/{}", route.project())).into_response();
@@ -810,10 +830,18 @@ impl World {
             .map(|(index, interface)| {
                 let mut listed = NetworkInterface::default();
                 listed.name = Some(format!("nic{index}"));
-                listed.network = interface.network.map(|network| {
-                    let short = network.rsplit('/').next().unwrap_or(&network).to_string();
-                    format!("{project_url}/global/networks/{short}")
+                // As GCE: references become URLs, and an auto-mode network's machine gets
+                // the region's subnetwork of the same name.
+                let network = interface
+                    .network
+                    .unwrap_or_else(|| "global/networks/default".into());
+                let region = zone.rsplit_once('-').map_or(zone, |(region, _)| region);
+                let subnet = interface.subnetwork.unwrap_or_else(|| {
+                    let short = network.rsplit('/').next().unwrap_or("default");
+                    format!("regions/{region}/subnetworks/{short}")
                 });
+                listed.network = Some(resource_url(&project_url, &network));
+                listed.subnetwork = Some(resource_url(&project_url, &subnet));
                 listed.network_ip = Some(format!("10.142.{}.{}", (id / 250) % 250, id % 250));
                 listed
             })
@@ -1422,5 +1450,17 @@ mod filter {
             .matches(&labels));
         assert!(parse("labels.fleet:*").unwrap().matches(&labels));
         assert!(parse("name = ").is_err());
+    }
+}
+
+/// A reference as GCE stores it: a URL; relative paths are in the request's project,
+/// `projects/…` paths in the project they name (a shared VPC's host project).
+fn resource_url(project_url: &str, reference: &str) -> String {
+    if reference.starts_with("https://") {
+        reference.to_string()
+    } else if reference.starts_with("projects/") {
+        format!("{BASE}/{reference}")
+    } else {
+        format!("{project_url}/{reference}")
     }
 }

@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use fleet_engine::provider::{CreateRequest, ErrorKind, MachineSpec, ObjectKind, Provider};
+use fleet_engine::provider::{
+    CreateRequest, ErrorKind, MachineSpec, Networking, ObjectKind, Provider,
+};
 use fleet_providers::gcp::{GcpAuth, GcpConfig, GcpProvider};
 use google_cloud_compute_v1::model::{instance, Instance, InstanceAggregatedList, Operation};
 
@@ -353,6 +355,12 @@ fn request(name: &str, token: &str) -> CreateRequest {
             disk_size_gb: 100,
             labels: [("fleet".to_string(), "builders".to_string())].into(),
             metadata: BTreeMap::new(),
+            // As GCE reports a machine on the default network: discovery gives back the spec.
+            networking: Networking {
+                network: Some("default".into()),
+                subnet: Some("default".into()),
+                security_groups: Vec::new(),
+            },
         },
         idempotency_token: token.to_string(),
     }
@@ -459,6 +467,91 @@ async fn pages_are_followed_and_unreachable_zones_fail_discovery() {
     assert_eq!(error.kind, ErrorKind::Transient);
     assert_eq!(error.code, "unreachable");
     assert!(error.message.contains("zones/us-east1-b"), "{error}");
+}
+
+/// A fleet of one GCE pool of 120 builders.
+const POOL_FLEET: &str = "fleet: gcp-builders
+clouds:
+  gcp:
+    project: gitlab-ci-runners
+    region: us-east1
+pools:
+  amd64-builder-{n}:
+    size: 120
+    zone: us-east1-c
+    machine_type: n1-highcpu-32
+    image: projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts
+    disk: { type: pd-ssd, size_gb: 100 }
+    role: builder
+";
+
+#[test]
+fn a_pool_is_made_with_bulk_insert_and_its_members_are_known_by_name() {
+    let server = GceServer::start(PROJECT);
+    let env = Env::new();
+    let file = env.write("gcp-builders.yaml", POOL_FLEET);
+    let apply = converge(&env, &server, &file);
+    let calls = api_calls(&apply);
+    assert_counts_agree(&calls, &server);
+    // 120 members: one bulkInsert of 100 and one of 20, no insert each.
+    assert_eq!(calls["compute.instances.bulkInsert"], 2, "{calls:?}");
+    assert!(!calls.contains_key("compute.instances.insert"), "{calls:?}");
+    assert_eq!(instance_names(&server).len(), 120);
+    let member = server.instance("amd64-builder-7").unwrap();
+    assert_eq!(member.labels["fleet-pool"], "amd64-builder");
+    assert_eq!(member.labels["fleet-kind"], "pool");
+    assert!(
+        !member.labels.contains_key("fleet-resource"),
+        "{:?}",
+        member.labels
+    );
+    assert_no_changes(&env, &server, &file);
+
+    // Growing the pool adds its new members in one call.
+    let grown = env.write("grown.yaml", &POOL_FLEET.replace("size: 120", "size: 130"));
+    server.reset_calls();
+    let calls = api_calls(&converge(&env, &server, &grown));
+    assert_eq!(calls["compute.instances.bulkInsert"], 1, "{calls:?}");
+    assert!(!calls.contains_key("compute.instances.insert"), "{calls:?}");
+    assert_eq!(instance_names(&server).len(), 130);
+
+    // A member stopped out of band is known by its name and replaced under it.
+    server.set_status("amd64-builder-7", instance::Status::Terminated);
+    let plan = live(&env, &server, &["plan", &grown, "--format", "json"])
+        .ok()
+        .json();
+    assert_eq!(plan["summary"]["create"], 0, "{}", plan["summary"]);
+    assert_eq!(
+        actions_of(&plan, "pool.amd64-builder-7"),
+        ["delete", "create"]
+    );
+    converge(&env, &server, &grown);
+    assert_no_changes(&env, &server, &grown);
+    assert_eq!(instance_names(&server).len(), 130);
+}
+
+#[test]
+fn a_throttled_bulk_insert_is_repeated_whole() {
+    let server = GceServer::start(PROJECT);
+    server.throttle_next("compute.instances.bulkInsert", 3);
+    let env = Env::new();
+    let file = env.write("gcp-builders.yaml", POOL_FLEET);
+    let apply = converge(&env, &server, &file);
+    assert_eq!(server.throttled(), 3);
+    let calls = api_calls(&apply);
+    assert_counts_agree(&calls, &server);
+    // Two batches, three refusals: each refused call is repeated as the same batch (same
+    // requestId), never broken up into an insert per member.
+    assert_eq!(calls["compute.instances.bulkInsert"], 2 + 3, "{calls:?}");
+    assert!(!calls.contains_key("compute.instances.insert"), "{calls:?}");
+    assert!(
+        apply.stderr.contains("rateLimitExceeded") || apply.stdout.contains("rateLimitExceeded"),
+        "{}\n{}",
+        apply.stdout,
+        apply.stderr
+    );
+    assert_eq!(instance_names(&server).len(), 120);
+    assert_no_changes(&env, &server, &file);
 }
 
 #[test]
@@ -622,5 +715,54 @@ fn model_types_round_trip_the_rest_json() {
     assert_eq!(
         operation.error.unwrap().errors[0].code.as_deref(),
         Some("QUOTA_EXCEEDED")
+    );
+}
+
+#[test]
+fn a_network_and_a_shared_vpc_subnetwork_are_set_and_kept() {
+    let server = GceServer::start(PROJECT);
+    let env = Env::new();
+    let text = POOL_FLEET.replace("size: 120", "size: 3").replace(
+        "    role: builder\n",
+        "    role: builder\n    network: projects/net-host/global/networks/ci\n    subnet: projects/net-host/regions/us-east1/subnetworks/runners\n",
+    );
+    let file = env.write("gcp-builders.yaml", &text);
+    let plan = live(&env, &server, &["plan", &file]).ok();
+    assert!(
+        plan.stdout
+            .contains("subnet        projects/net-host/regions/us-east1/subnetworks/runners"),
+        "{}",
+        plan.stdout
+    );
+    converge(&env, &server, &file);
+    let member = server.instance("amd64-builder-2").unwrap();
+    let interface = &member.network_interfaces[0];
+    assert_eq!(
+        interface.subnetwork.as_deref(),
+        Some("https://www.googleapis.com/compute/v1/projects/net-host/regions/us-east1/subnetworks/runners")
+    );
+    assert_eq!(
+        interface.network.as_deref(),
+        Some("https://www.googleapis.com/compute/v1/projects/net-host/global/networks/ci")
+    );
+    // GCE answers with URLs; fleet compares them with what the file says.
+    assert_no_changes(&env, &server, &file);
+
+    // Moving the pool to another subnetwork replaces its members.
+    let moved = env.write(
+        "moved.yaml",
+        &text.replace("subnetworks/runners", "subnetworks/runners-2"),
+    );
+    let plan = live(&env, &server, &["plan", &moved, "--format", "json"])
+        .ok()
+        .json();
+    assert_eq!(
+        actions_of(&plan, "pool.amd64-builder-1"),
+        ["delete", "create"],
+        "{plan:#}"
+    );
+    assert!(
+        !reasons_of(&plan, "pool.amd64-builder-1").contains(&"drift".to_string()),
+        "a fleet-file change is not drift"
     );
 }

@@ -249,3 +249,39 @@ fn the_real_fleets_are_valid() {
         assert!(run.stdout.contains(summary), "{file}: {}", run.stdout);
     }
 }
+
+#[test]
+fn networking_keys_are_checked_per_cloud() {
+    let stderr = invalid(&format!(
+        "{HEAD}managers:
+  g-1:
+    cloud: gcp
+    network: Bad_Net
+    subnet: projects/host/regions/us-east1/subnetworks/runners
+    security_groups: [sg-0123456789abcdef0]
+  a-1:
+    cloud: aws
+    network: default
+    subnet: my-subnet
+    security_groups: [sg-0123456789abcdef0, runners]
+"
+    ));
+    let code = "fleet::spec::invalid_value";
+    expect(&stderr, code, "11:14", "is not a network");
+    expect(&stderr, code, "13:23", "GCE has no security groups");
+    expect(&stderr, code, "16:14", "on EC2 the subnet decides the VPC");
+    expect(&stderr, code, "17:13", "`my-subnet` is not a subnet id");
+    expect(
+        &stderr,
+        code,
+        "18:45",
+        "`runners` is not a security group id",
+    );
+    // The shared-VPC subnetwork and the well-formed group id are fine.
+    assert!(!stderr.contains("is not a subnetwork"), "{stderr}");
+    assert!(stderr.contains("5 problems"), "{stderr}");
+    assert!(
+        !stderr.contains("`sg-0123456789abcdef0` is not"),
+        "{stderr}"
+    );
+}

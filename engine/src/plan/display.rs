@@ -154,6 +154,16 @@ fn write_change(out: &mut String, change: &Change, paint: &Paint) {
                     "disk",
                     &format!("{}, {} GB", after.spec.disk_type, after.spec.disk_size_gb),
                 );
+                let net = &after.spec.networking;
+                if let Some(network) = &net.network {
+                    row(out, "network", network);
+                }
+                if let Some(subnet) = &net.subnet {
+                    row(out, "subnet", subnet);
+                }
+                if !net.security_groups.is_empty() {
+                    row(out, "groups", &net.security_groups.join(", "));
+                }
                 let shown: Vec<String> = after
                     .spec
                     .labels

@@ -16,7 +16,7 @@ use handlebars::Handlebars;
 use miette::SourceSpan;
 use serde::Serialize;
 
-use crate::provider::Cloud;
+use crate::provider::{Cloud, Networking};
 pub use toml_doc::{Table, Value};
 
 /// Metadata key of `/etc/gitlab-runner/config.toml`.
@@ -79,6 +79,8 @@ pub struct TemplateInfo {
     pub disk_type: String,
     /// Disk size in GB.
     pub disk_size_gb: u32,
+    /// Network, subnet, security groups.
+    pub networking: Networking,
 }
 
 /// One runner of a manager or host.
@@ -207,7 +209,7 @@ fn autoscaling_from_template(
         ];
         return ("autoscaler".to_string(), table);
     }
-    let (driver, options) = match template.cloud {
+    let (driver, options): (&str, Vec<String>) = match template.cloud {
         Cloud::Gcp => (
             "google",
             vec![
@@ -221,7 +223,17 @@ fn autoscaling_from_template(
                 format!("google-disk-type={}", template.disk_type),
                 format!("google-disk-size={}", template.disk_size_gb),
                 format!("google-labels={labels}"),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                (template.networking.network.as_ref())
+                    .map(|network| format!("google-network={network}")),
+            )
+            .chain(
+                (template.networking.subnet.as_ref())
+                    .map(|subnet| format!("google-subnetwork={subnet}")),
+            )
+            .collect(),
         ),
         Cloud::Aws => (
             "amazonec2",
@@ -239,7 +251,16 @@ fn autoscaling_from_template(
                     "amazonec2-tags=fleet,{fleet},fleet-role,autoscaled,fleet-template,{}",
                     template.cloud_name
                 ),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                template
+                    .networking
+                    .subnet
+                    .as_ref()
+                    .map(|subnet| format!("amazonec2-subnet-id={subnet}")),
+            )
+            .collect(),
         ),
     };
     let machine_name: String = runner

@@ -17,7 +17,7 @@ use super::model::{
 };
 use crate::catalog::{self, Arch};
 use crate::desired::{metadata_hash, spec_hash, Address, CloudTarget, Desired, DesiredResource};
-use crate::provider::{labels, Cloud, MachineSpec, ObjectKind};
+use crate::provider::{labels, Cloud, MachineSpec, Networking, ObjectKind};
 use crate::render;
 
 const GCP_DISK_TYPES: &[&str] = &[
@@ -467,6 +467,7 @@ impl Expander<'_> {
             .as_ref()
             .or(defaults.disk_size_gb.as_ref())
             .map_or(20, |size| size.value);
+        let networking = self.networking(decl, defaults, cloud, vars);
 
         // Catalog facts.
         let mut region = None;
@@ -651,9 +652,10 @@ impl Expander<'_> {
         };
         labels_map.insert(labels::FLEET.to_string(), file.fleet.value.clone());
         labels_map.insert(labels::KIND.to_string(), decl.kind.as_str().to_string());
-        labels_map.insert(labels::RESOURCE.to_string(), name.clone());
         labels_map.insert(labels::ROLE.to_string(), role);
         if decl.kind == ResourceKind::Pool {
+            // A member's address is its name (see `labels::RESOURCE`): members of one pool then
+            // carry identical labels and can be made in one batch call.
             // The pool's name is its pattern without the member number: `arm-builder-{n}` is
             // pool `arm-builder`.
             let pool = self.interpolate(
@@ -666,6 +668,8 @@ impl Expander<'_> {
                 .collect::<Vec<_>>()
                 .join("-");
             labels_map.insert(labels::POOL.to_string(), pool);
+        } else {
+            labels_map.insert(labels::RESOURCE.to_string(), name.clone());
         }
 
         let mut references = Vec::new();
@@ -733,6 +737,7 @@ impl Expander<'_> {
                     disk_size_gb,
                     labels: labels_map,
                     metadata: BTreeMap::new(),
+                    networking,
                 },
                 depends_on: Vec::new(),
             },
@@ -981,6 +986,7 @@ impl Expander<'_> {
                     image: spec.image.clone(),
                     disk_type: spec.disk_type.clone(),
                     disk_size_gb: spec.disk_size_gb,
+                    networking: spec.networking.clone(),
                 },
             );
         }
@@ -1201,6 +1207,111 @@ impl Expander<'_> {
                 self.problem(problem);
                 None
             }
+        }
+    }
+
+    /// `network`, `subnet` and `security_groups`, from the resource or the cloud's defaults,
+    /// checked against what the cloud has.
+    fn networking(
+        &mut self,
+        decl: &ResourceDecl,
+        defaults: &MachineDefaults,
+        cloud: Cloud,
+        vars: &BTreeMap<String, String>,
+    ) -> Networking {
+        let network = decl.network.as_ref().or(defaults.network.as_ref());
+        let subnet = decl.subnet.as_ref().or(defaults.subnet.as_ref());
+        let groups = decl
+            .security_groups
+            .as_ref()
+            .or(defaults.security_groups.as_ref());
+        let mut out = Networking::default();
+        if let Some(network) = network {
+            let value = self.interpolate(network, vars);
+            match cloud {
+                Cloud::Aws => {
+                    let problem = self
+                        .new_problem(ProblemKind::InvalidValue, network.span, "EC2 has no `network`", "not an aws key")
+                        .with_help("on EC2 the subnet decides the VPC: remove `network` and set `subnet: subnet-…`");
+                    self.problem(problem);
+                }
+                Cloud::Gcp => {
+                    self.check_gce_path(&value, network.span, "network", &["global", "networks"]);
+                    out.network = Some(value);
+                }
+            }
+        }
+        if let Some(subnet) = subnet {
+            let value = self.interpolate(subnet, vars);
+            match cloud {
+                Cloud::Aws => {
+                    if !is_aws_id(&value, "subnet-") {
+                        let problem = self
+                            .new_problem(ProblemKind::InvalidValue, subnet.span, format!("`{value}` is not a subnet id"), "expected `subnet-` and hex digits")
+                            .with_help("use the subnet's id, e.g. `subnet-0a1b2c3d4e5f60718` (`aws ec2 describe-subnets`)");
+                        self.problem(problem);
+                    }
+                }
+                Cloud::Gcp => self.check_gce_path(
+                    &value,
+                    subnet.span,
+                    "subnetwork",
+                    &["regions", "*", "subnetworks"],
+                ),
+            }
+            out.subnet = Some(value);
+        }
+        if let Some(groups) = groups {
+            if cloud == Cloud::Gcp {
+                if let Some(first) = groups.first() {
+                    let problem = self
+                        .new_problem(ProblemKind::InvalidValue, first.span, "GCE has no security groups", "not a gcp key")
+                        .with_help("GCE applies firewall rules by network and network tag: remove `security_groups`, and choose the `network`/`subnet` whose firewall rules fit");
+                    self.problem(problem);
+                }
+            } else {
+                for group in groups {
+                    let value = self.interpolate(group, vars);
+                    if !is_aws_id(&value, "sg-") {
+                        let problem = self
+                            .new_problem(ProblemKind::InvalidValue, group.span, format!("`{value}` is not a security group id"), "expected `sg-` and hex digits")
+                            .with_help("use the group's id, e.g. `sg-0123456789abcdef0` (`aws ec2 describe-security-groups`); names are not accepted because they are ambiguous outside the default VPC");
+                        self.problem(problem);
+                    }
+                    out.security_groups.push(value);
+                }
+                out.security_groups.sort();
+                out.security_groups.dedup();
+            }
+        }
+        out
+    }
+
+    /// A GCE network or subnetwork: a name in the project, or a shared-VPC path
+    /// `projects/HOST/<kind path>/NAME`.
+    fn check_gce_path(&mut self, value: &str, span: SourceSpan, what: &str, kind_path: &[&str]) {
+        let parts: Vec<&str> = value.split('/').collect();
+        let valid = match parts.as_slice() {
+            [name] => valid_gce_name(name),
+            ["projects", project, rest @ ..] if rest.len() == kind_path.len() + 1 => {
+                !project.is_empty()
+                    && rest
+                        .iter()
+                        .zip(kind_path)
+                        .all(|(part, want)| *want == "*" && !part.is_empty() || part == want)
+                    && valid_gce_name(rest[rest.len() - 1])
+            }
+            _ => false,
+        };
+        if !valid {
+            let example = format!(
+                "projects/HOST/{}/NAME",
+                kind_path.join("/").replace('*', "REGION")
+            );
+            let problem = self
+                .new_problem(ProblemKind::InvalidValue, span, format!("`{value}` is not a {what}"), format!("expected a {what} name or `{example}`"))
+                .with_help(format!("name a {what} of the fleet's project (lowercase letters, digits and `-`), or one of a shared VPC's host project as `{example}`"));
+            self.problem(problem);
         }
     }
 
@@ -1465,4 +1576,16 @@ fn valid_label(text: &str, is_key: bool) -> bool {
         && text
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// A GCE network or subnetwork name.
+fn valid_gce_name(name: &str) -> bool {
+    valid_cloud_name(name, 63)
+}
+
+/// An EC2 id: `prefix` then 8 or 17 hex digits.
+fn is_aws_id(text: &str, prefix: &str) -> bool {
+    text.strip_prefix(prefix).is_some_and(|hex| {
+        matches!(hex.len(), 8 | 17) && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    })
 }

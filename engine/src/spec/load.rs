@@ -29,7 +29,15 @@ const TOP_KEYS: &[&str] = &[
 const CLOUD_KEYS: &[&str] = &["gcp", "aws"];
 const GCP_KEYS: &[&str] = &["project", "region", "endpoint"];
 const AWS_KEYS: &[&str] = &["region", "endpoint"];
-const DEFAULT_KEYS: &[&str] = &["zone", "machine_type", "image", "disk"];
+const DEFAULT_KEYS: &[&str] = &[
+    "zone",
+    "machine_type",
+    "image",
+    "disk",
+    "network",
+    "subnet",
+    "security_groups",
+];
 const DISK_KEYS: &[&str] = &["type", "size_gb"];
 const COMMON_KEYS: &[&str] = &[
     "description",
@@ -38,6 +46,9 @@ const COMMON_KEYS: &[&str] = &[
     "machine_type",
     "image",
     "disk",
+    "network",
+    "subnet",
+    "security_groups",
     "labels",
     "depends_on",
     "matrix",
@@ -386,6 +397,11 @@ impl<'s> Reader<'s> {
                         image: self.field_string(&f, "image"),
                         disk_type,
                         disk_size_gb,
+                        network: self.field_string(&f, "network"),
+                        subnet: self.field_string(&f, "subnet"),
+                        security_groups: f
+                            .get("security_groups")
+                            .map(|n| self.string_list(n, "security_groups")),
                     };
                     if *key == "gcp" {
                         gcp_defaults = values;
@@ -499,6 +515,11 @@ impl<'s> Reader<'s> {
             image: self.field_string(&fields, "image"),
             disk_type,
             disk_size_gb,
+            network: self.field_string(&fields, "network"),
+            subnet: self.field_string(&fields, "subnet"),
+            security_groups: fields
+                .get("security_groups")
+                .map(|n| self.string_list(n, "security_groups")),
             arch: self.field_string(&fields, "arch"),
             role: self.field_string(&fields, "role"),
             labels: fields

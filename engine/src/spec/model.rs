@@ -80,6 +80,12 @@ pub struct MachineDefaults {
     pub disk_type: Option<Spanned<String>>,
     /// Default disk size.
     pub disk_size_gb: Option<Spanned<u32>>,
+    /// Default network (GCE).
+    pub network: Option<Spanned<String>>,
+    /// Default subnet (GCE subnetwork, EC2 subnet id).
+    pub subnet: Option<Spanned<String>>,
+    /// Default security groups (EC2).
+    pub security_groups: Option<Vec<Spanned<String>>>,
 }
 
 /// One entry of `environments:`.
@@ -202,6 +208,12 @@ pub struct ResourceDecl {
     pub disk_type: Option<Spanned<String>>,
     /// `disk.size_gb`
     pub disk_size_gb: Option<Spanned<u32>>,
+    /// `network:` (GCE)
+    pub network: Option<Spanned<String>>,
+    /// `subnet:` (GCE subnetwork, EC2 subnet id)
+    pub subnet: Option<Spanned<String>>,
+    /// `security_groups:` (EC2 group ids)
+    pub security_groups: Option<Vec<Spanned<String>>>,
     /// `arch:` (templates)
     pub arch: Option<Spanned<String>>,
     /// `role:` (the `fleet-role` label)

@@ -7,10 +7,11 @@
 use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::{
-    Instance, InstanceStateName, LaunchTemplateVersion, ResourceType, Tag, TagSpecification,
+    Instance, InstanceStateName, LaunchTemplateVersion, ResourceType, ResponseLaunchTemplateData,
+    Tag, TagSpecification,
 };
 use fleet_engine::provider::{
-    labels, Cloud, InstanceStatus, LiveResource, MachineSpec, ObjectKind,
+    labels, Cloud, InstanceStatus, LiveResource, MachineSpec, Networking, ObjectKind,
 };
 
 /// The tag that holds an instance's cloud name. Never part of the labels fleet compares.
@@ -129,6 +130,18 @@ pub(crate) struct Disk {
     pub(crate) size_gb: u32,
 }
 
+/// The security groups to send: `None` for the default group.
+pub(crate) fn groups(networking: &Networking) -> Option<Vec<String>> {
+    (!networking.security_groups.is_empty()).then(|| networking.security_groups.clone())
+}
+
+/// Sorted, without repeats, as the engine compares them.
+fn sorted(mut groups: Vec<String>) -> Vec<String> {
+    groups.sort();
+    groups.dedup();
+    groups
+}
+
 /// An instance as fleet sees it; `None` when it is terminated or has no id.
 pub(crate) fn instance_resource(
     instance: &Instance,
@@ -165,6 +178,17 @@ pub(crate) fn instance_resource(
             // EC2 does not return user data in DescribeInstances; the engine compares it
             // through the `fleet-config` label instead.
             metadata: BTreeMap::new(),
+            networking: Networking {
+                network: None,
+                subnet: instance.subnet_id().map(str::to_string),
+                security_groups: sorted(
+                    instance
+                        .security_groups()
+                        .iter()
+                        .filter_map(|group| group.group_id().map(str::to_string))
+                        .collect(),
+                ),
+            },
         },
     })
 }
@@ -241,8 +265,23 @@ pub(crate) fn version_resource(
                 .unwrap_or_default(),
             labels,
             metadata: BTreeMap::new(),
+            networking: template_networking(data),
         },
     })
+}
+
+/// A launch-template version's subnet and groups, top-level or in its first interface.
+fn template_networking(data: Option<&ResponseLaunchTemplateData>) -> Networking {
+    let interface = data.and_then(|d| d.network_interfaces().first());
+    let mut groups: Vec<String> = data
+        .map(|d| d.security_group_ids().to_vec())
+        .unwrap_or_default();
+    groups.extend(interface.map(|i| i.groups().to_vec()).unwrap_or_default());
+    Networking {
+        network: None,
+        subnet: interface.and_then(|i| i.subnet_id()).map(str::to_string),
+        security_groups: sorted(groups),
+    }
 }
 
 /// The launch-template name for a template's versioned cloud name: its `fleet-resource`

@@ -36,13 +36,13 @@ use aws_sdk_ec2::config::timeout::TimeoutConfig;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, Instance, InstanceType,
     LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest,
-    LaunchTemplatePlacementRequest, Placement, RequestLaunchTemplateData, ResourceType, Tag,
-    VolumeType,
+    LaunchTemplateInstanceNetworkInterfaceSpecificationRequest, LaunchTemplatePlacementRequest,
+    Placement, RequestLaunchTemplateData, ResourceType, Tag, VolumeType,
 };
 use aws_sdk_ec2::Client;
 use fleet_engine::provider::{
     labels, Cloud, CreateRequest, DeleteRequest, ErrorKind, InstanceStatus, LiveResource,
-    ObjectKind, Provider, ProviderError, ProviderLimits, UpdateRequest,
+    Networking, ObjectKind, Provider, ProviderError, ProviderLimits, UpdateRequest,
 };
 use fleet_engine::retry::RetryPolicy;
 use sha2::{Digest, Sha256};
@@ -76,10 +76,6 @@ pub struct AwsOptions {
     pub max_concurrent_mutations: usize,
     /// Client-side ceiling on mutating steps per second; `None` for none.
     pub calls_per_second: Option<f64>,
-    /// Subnet for new instances, if not the default VPC's.
-    pub subnet_id: Option<String>,
-    /// Security groups for new instances, if not the default.
-    pub security_group_ids: Vec<String>,
 }
 
 impl AwsOptions {
@@ -90,8 +86,6 @@ impl AwsOptions {
             endpoint: None,
             max_concurrent_mutations: 8,
             calls_per_second: Some(20.0),
-            subnet_id: None,
-            security_group_ids: Vec::new(),
         }
     }
 }
@@ -484,11 +478,9 @@ impl AwsEc2 {
             )
             .tag_specifications(convert::tag_spec(ResourceType::Instance, tags))
             .set_user_data(convert::user_data(&spec.metadata))
-            .set_subnet_id(self.options.subnet_id.clone())
-            .set_security_group_ids(
-                (!self.options.security_group_ids.is_empty())
-                    .then(|| self.options.security_group_ids.clone()),
-            );
+            // Unset: the default VPC's subnet in the zone and its default group.
+            .set_subnet_id(spec.networking.subnet.clone())
+            .set_security_group_ids(convert::groups(&spec.networking));
         let output = request
             .send()
             .await
@@ -546,12 +538,13 @@ impl AwsEc2 {
     }
 
     /// One `RunInstances` for members of the same shape and user data, then one `CreateTags`
-    /// per member for what differs between them (`Name`, `fleet-resource`, `fleet-spec`).
+    /// per member for what differs between them (pool members: only `Name`; others also
+    /// `fleet-resource` and `fleet-spec`).
     ///
-    /// The shared tags go on at launch, with `Name` and `fleet-resource` set to a
-    /// placeholder unique to the batch: if the process dies before a member is tagged, the
-    /// machine is still found by discovery, as an orphan that the next apply deletes, rather
-    /// than leaked.
+    /// The shared tags go on at launch, with `Name` (and for machines outside pools
+    /// `fleet-resource`) set to a placeholder unique to the batch: if the process dies before
+    /// a member is tagged, the machine is still found by discovery, as an orphan that the next
+    /// apply deletes, rather than leaked.
     async fn create_group(
         &self,
         requests: &[&CreateRequest],
@@ -581,7 +574,9 @@ impl AwsEc2 {
                 .map_or("fleet", String::as_str),
             &token[..12]
         );
-        if !shared.contains_key(labels::RESOURCE) {
+        // Pool members are known by name (the placeholder until tagged); other machines by
+        // `fleet-resource`, which then needs the placeholder too.
+        if !shared.contains_key(labels::RESOURCE) && !shared.contains_key(labels::POOL) {
             shared.insert(labels::RESOURCE.to_string(), placeholder.clone());
         }
         let launch_tags = convert::instance_tags(&placeholder, &shared);
@@ -803,12 +798,20 @@ impl AwsEc2 {
                     .ebs(ebs.build())
                     .build(),
             )
-            .set_user_data(convert::user_data(&spec.metadata))
-            .set_security_group_ids(
-                (!self.options.security_group_ids.is_empty())
-                    .then(|| self.options.security_group_ids.clone()),
-            )
-            .build();
+            .set_user_data(convert::user_data(&spec.metadata));
+        // A subnet in a launch template goes in its first network interface, and the groups
+        // with it (EC2 refuses top-level groups next to an interface).
+        let data = match &spec.networking.subnet {
+            Some(subnet) => data.network_interfaces(
+                LaunchTemplateInstanceNetworkInterfaceSpecificationRequest::builder()
+                    .device_index(0)
+                    .subnet_id(subnet)
+                    .set_groups(convert::groups(&spec.networking))
+                    .build(),
+            ),
+            None => data.set_security_group_ids(convert::groups(&spec.networking)),
+        }
+        .build();
         let what = format!("launch template {base} version {}", request.name);
         let existing = self
             .template_named(&base)
@@ -1215,6 +1218,7 @@ impl Provider for AwsEc2 {
                             disk_size_gb: 0,
                             labels,
                             metadata: BTreeMap::new(),
+                            networking: Networking::default(),
                         },
                     });
                 }
@@ -1244,7 +1248,15 @@ impl Provider for AwsEc2 {
         &self,
         requests: &[CreateRequest],
     ) -> Vec<Result<LiveResource, ProviderError>> {
-        type Shape<'a> = (&'a str, &'a str, &'a str, &'a str, u32, Option<String>);
+        type Shape<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
+            &'a str,
+            u32,
+            Option<String>,
+            &'a Networking,
+        );
         let mut groups: BTreeMap<Shape<'_>, Vec<usize>> = BTreeMap::new();
         let mut singles = Vec::new();
         for (index, request) in requests.iter().enumerate() {
@@ -1261,6 +1273,7 @@ impl Provider for AwsEc2 {
                     spec.disk_type.as_str(),
                     spec.disk_size_gb,
                     convert::user_data(&spec.metadata),
+                    &spec.networking,
                 ))
                 .or_default()
                 .push(index);

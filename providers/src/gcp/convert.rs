@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use fleet_engine::provider::{
-    Cloud, CreateRequest, InstanceStatus, LiveResource, MachineSpec, ObjectKind,
+    Cloud, CreateRequest, InstanceStatus, LiveResource, MachineSpec, Networking, ObjectKind,
 };
 use google_cloud_compute_v1::model::{
     instance, metadata, AttachedDisk, AttachedDiskInitializeParams, BulkInsertInstanceResource,
@@ -214,10 +214,53 @@ fn boot_disk(spec: &MachineSpec, disk_type: String) -> AttachedDisk {
     disk
 }
 
-fn network_interface(network: &str) -> NetworkInterface {
+/// The machine's one interface: the spec's network and subnetwork, or `default_network`.
+fn network_interface(spec: &MachineSpec, default_network: &str) -> NetworkInterface {
+    let networking = &spec.networking;
     let mut interface = NetworkInterface::default();
-    interface.network = Some(network.to_string());
+    interface.network = Some(match &networking.network {
+        Some(network) => reference(network, "global/networks"),
+        None => default_network.to_string(),
+    });
+    interface.subnetwork = networking.subnet.as_ref().map(|subnet| {
+        let region = spec.zone.rsplit_once('-').map_or("", |(region, _)| region);
+        reference(subnet, &format!("regions/{region}/subnetworks"))
+    });
     interface
+}
+
+/// A fleet-file network or subnetwork as a GCE reference: a name is in the project
+/// (`global/networks/NAME`), a `projects/…` path (shared VPC) is taken as it is.
+fn reference(value: &str, collection: &str) -> String {
+    if value.starts_with("projects/") {
+        value.to_string()
+    } else {
+        format!("{collection}/{value}")
+    }
+}
+
+/// A network or subnetwork as GCE lists it (a URL) in fleet-file terms: its name when it is
+/// in `project`, else its `projects/…` path.
+fn fleet_reference(url: &str, project: &str) -> String {
+    let path = url.find("projects/").map_or(url, |at| &url[at..]);
+    match path.strip_prefix("projects/") {
+        Some(rest) if !rest.starts_with(&format!("{project}/")) => path.to_string(),
+        _ => short_name(path).to_string(),
+    }
+}
+
+/// The networking of a machine or template's first interface.
+fn networking_of(interfaces: &[NetworkInterface], project: &str) -> Networking {
+    let first = interfaces.first();
+    Networking {
+        network: first
+            .and_then(|i| i.network.as_deref())
+            .map(|url| fleet_reference(url, project)),
+        subnet: first
+            .and_then(|i| i.subnetwork.as_deref())
+            .map(|url| fleet_reference(url, project)),
+        security_groups: Vec::new(),
+    }
 }
 
 /// The body of `instances.insert` for one instance request.
@@ -236,7 +279,7 @@ pub(crate) fn instance_body(request: &CreateRequest, network: &str) -> Instance 
         spec,
         format!("zones/{}/diskTypes/{}", spec.zone, spec.disk_type),
     )];
-    body.network_interfaces = vec![network_interface(network)];
+    body.network_interfaces = vec![network_interface(spec, network)];
     body
 }
 
@@ -250,7 +293,7 @@ pub(crate) fn bulk_body(requests: &[&CreateRequest], network: &str) -> BulkInser
     properties.labels = spec.labels.clone().into_iter().collect();
     properties.metadata = Some(metadata_of(spec, &MachineRecord::of(spec, false)));
     properties.disks = vec![boot_disk(spec, spec.disk_type.clone())];
-    properties.network_interfaces = vec![network_interface(network)];
+    properties.network_interfaces = vec![network_interface(spec, network)];
     let count = i64::try_from(requests.len()).unwrap_or(i64::MAX);
     let mut body = BulkInsertInstanceResource::default();
     body.count = Some(count);
@@ -276,7 +319,7 @@ pub(crate) fn template_body(request: &CreateRequest, network: &str) -> InstanceT
     properties.labels = spec.labels.clone().into_iter().collect();
     properties.metadata = Some(metadata_of(spec, &MachineRecord::of(spec, true)));
     properties.disks = vec![boot_disk(spec, spec.disk_type.clone())];
-    properties.network_interfaces = vec![network_interface(network)];
+    properties.network_interfaces = vec![network_interface(spec, network)];
     let mut body = InstanceTemplate::default();
     body.name = Some(request.name.clone());
     body.description = Some(format!("managed by fleet; machines go to {}", spec.zone));
@@ -287,7 +330,11 @@ pub(crate) fn template_body(request: &CreateRequest, network: &str) -> InstanceT
 /// An instance as listed by GCE, in fleet's terms. `scope_zone` is the zone of the
 /// aggregated-list scope it came in (`zones/us-east1-c`), used when the instance's own
 /// `zone` field is missing.
-pub(crate) fn live_instance(instance: &Instance, scope_zone: Option<&str>) -> Option<LiveResource> {
+pub(crate) fn live_instance(
+    instance: &Instance,
+    scope_zone: Option<&str>,
+    project: &str,
+) -> Option<LiveResource> {
     let name = instance.name.clone()?;
     let zone = instance
         .zone
@@ -332,12 +379,13 @@ pub(crate) fn live_instance(instance: &Instance, scope_zone: Option<&str>) -> Op
             disk_size_gb,
             labels: labels_of(&instance.labels),
             metadata,
+            networking: networking_of(&instance.network_interfaces, project),
         },
     })
 }
 
 /// An instance template as listed by GCE, in fleet's terms.
-pub(crate) fn live_template(template: &InstanceTemplate) -> Option<LiveResource> {
+pub(crate) fn live_template(template: &InstanceTemplate, project: &str) -> Option<LiveResource> {
     let name = template.name.clone()?;
     let properties = template.properties.clone().unwrap_or_default();
     let (metadata, record) = read_metadata(properties.metadata.as_ref());
@@ -374,6 +422,7 @@ pub(crate) fn live_template(template: &InstanceTemplate) -> Option<LiveResource>
                 .unwrap_or(record.disk_size_gb),
             labels: labels_of(&properties.labels),
             metadata,
+            networking: networking_of(&properties.network_interfaces, project),
         },
     })
 }
@@ -410,6 +459,7 @@ mod tests {
             disk_size_gb: 100,
             labels: [("fleet".to_string(), "ci".to_string())].into(),
             metadata: [("fleet-runners".to_string(), "a\nb".to_string())].into(),
+            networking: Networking::default(),
         }
     }
 
@@ -467,8 +517,10 @@ mod tests {
         disk.boot = Some(true);
         disk.disk_size_gb = Some(100);
         listed.disks = vec![disk];
-        let live = live_instance(&listed, None).unwrap();
-        assert_eq!(live.spec, spec());
+        let live = live_instance(&listed, None, "p").unwrap();
+        let mut expected = spec();
+        expected.networking.network = Some("default".into());
+        assert_eq!(live.spec, expected);
         assert_eq!(live.id, "zones/us-east1-c/instances/srm-1");
         assert_eq!(live.status, InstanceStatus::Running);
     }
@@ -479,9 +531,40 @@ mod tests {
         request.kind = ObjectKind::InstanceTemplate;
         request.spec.metadata.clear();
         let body = template_body(&request, DEFAULT_NETWORK);
-        let live = live_template(&body).unwrap();
-        assert_eq!(live.spec, request.spec);
+        let live = live_template(&body, "p").unwrap();
+        // Unset networking is the project's default network, and discovery says so.
+        let mut expected = request.spec.clone();
+        expected.networking.network = Some("default".into());
+        assert_eq!(live.spec, expected);
         assert_eq!(live.status, InstanceStatus::Available);
+    }
+
+    #[test]
+    fn networks_are_names_in_the_project_and_paths_in_a_host_project() {
+        let mut request = request("srm-1");
+        request.spec.networking.network = Some("ci".into());
+        request.spec.networking.subnet =
+            Some("projects/host/regions/us-east1/subnetworks/runners".into());
+        let interface = &instance_body(&request, DEFAULT_NETWORK).network_interfaces[0];
+        assert_eq!(interface.network.as_deref(), Some("global/networks/ci"));
+        assert_eq!(
+            interface.subnetwork.as_deref(),
+            Some("projects/host/regions/us-east1/subnetworks/runners")
+        );
+        let base = "https://www.googleapis.com/compute/v1";
+        let mut listed = NetworkInterface::default();
+        listed.network = Some(format!("{base}/projects/p/global/networks/ci"));
+        listed.subnetwork = Some(format!(
+            "{base}/projects/host/regions/us-east1/subnetworks/runners"
+        ));
+        assert_eq!(networking_of(&[listed], "p"), request.spec.networking);
+        let mut named = request.clone();
+        named.spec.networking.subnet = Some("runners".into());
+        let interface = &instance_body(&named, DEFAULT_NETWORK).network_interfaces[0];
+        assert_eq!(
+            interface.subnetwork.as_deref(),
+            Some("regions/us-east1/subnetworks/runners")
+        );
     }
 
     #[test]

@@ -36,8 +36,9 @@
 //!   one (412 `conditionNotMet`) is refreshed with one `instances.get` and retried once.
 //! - **Batches.** `instances.bulkInsert` can only give members their own names
 //!   (`perInstanceProperties`), not their own labels, so requests are batched only when
-//!   they are identical but for the name. fleet's pool members carry per-member labels
-//!   (`fleet-resource`, `fleet-spec`), so today they go one `instances.insert` each.
+//!   they are identical but for the name. Pool members are: their address is their name
+//!   (no `fleet-resource` label), so a pool of one shape is one `bulkInsert` per 100
+//!   members.
 
 mod convert;
 mod error;
@@ -253,7 +254,9 @@ impl GcpProvider {
                     unreachable.push(scope.clone());
                 }
                 for instance in &list.instances {
-                    if let Some(live) = convert::live_instance(instance, Some(scope)) {
+                    if let Some(live) =
+                        convert::live_instance(instance, Some(scope), &self.config.project)
+                    {
                         self.remember(&live.id, instance);
                         found.push(live);
                     }
@@ -297,7 +300,11 @@ impl GcpProvider {
                 .send()
                 .await
                 .map_err(|error| error::from_gax(OPERATION, "", &error))?;
-            found.extend(page.items.iter().filter_map(convert::live_template));
+            found.extend(
+                page.items
+                    .iter()
+                    .filter_map(|template| convert::live_template(template, &self.config.project)),
+            );
             match page.next_page_token.filter(|token| !token.is_empty()) {
                 Some(token) => page_token = Some(token),
                 None => return Ok(found),
@@ -807,6 +814,17 @@ impl Provider for GcpProvider {
             let group: Vec<&CreateRequest> =
                 members.iter().map(|index| &requests[*index]).collect();
             let outcome = self.bulk_insert(&group).await;
+            if outcome
+                .as_ref()
+                .is_err_and(|error| error.code == "alreadyExists")
+            {
+                // Some member exists already (made by an earlier, interrupted apply): one
+                // insert each, which tells the requested object from a stranger.
+                for index in members {
+                    results[index] = Some(self.create(&requests[index]).await);
+                }
+                continue;
+            }
             for index in members {
                 let request = &requests[index];
                 results[index] = Some(match &outcome {
@@ -851,7 +869,7 @@ impl Provider for GcpProvider {
                 .set_part(Part::Labels, request, zone, name, current)
                 .await?;
         }
-        let live = convert::live_instance(&current, Some(zone));
+        let live = convert::live_instance(&current, Some(zone), &self.config.project);
         let live_metadata = live.as_ref().map(|live| &live.spec.metadata);
         if live_metadata != Some(&request.metadata) {
             self.set_part(Part::Metadata, request, zone, name, current.clone())

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use fleet_engine::catalog;
 use fleet_engine::provider::{
-    Cloud, InstanceStatus, LiveResource, MachineSpec, ObjectKind, Provider,
+    Cloud, InstanceStatus, LiveResource, MachineSpec, Networking, ObjectKind, Provider,
 };
 
 pub use self::error::SimError;
@@ -459,6 +459,7 @@ impl SimCloud {
                     disk_size_gb: 10,
                     labels: BTreeMap::new(),
                     metadata: BTreeMap::new(),
+                    networking: Networking::default(),
                 },
             };
             txn.put(&StoredObject {

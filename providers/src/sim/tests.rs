@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fleet_engine::provider::{
     labels, Cloud, CreateRequest, DeleteRequest, ErrorKind, InstanceStatus, LiveResource,
-    MachineSpec, ObjectKind, ProviderError, UpdateRequest,
+    MachineSpec, Networking, ObjectKind, ProviderError, UpdateRequest,
 };
 use miette::Diagnostic;
 
@@ -61,6 +61,7 @@ fn spec(zone: &str, machine_type: &str, fleet: &str) -> MachineSpec {
             (labels::KIND.to_owned(), "pool".to_owned()),
         ]),
         metadata: BTreeMap::from([("startup-script".to_owned(), "#!/bin/sh".to_owned())]),
+        networking: Networking::default(),
     }
 }
 
