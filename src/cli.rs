@@ -82,6 +82,38 @@ pub(crate) struct Global {
     #[arg(long, global = true, value_enum)]
     pub(crate) only_cloud: Option<OnlyCloud>,
 
+    /// EC2 endpoint for `--cloud live`, e.g. an emulator on loopback. Wins over
+    /// `clouds.aws.endpoint`, which wins over the SDK's own settings (`AWS_ENDPOINT_URL`, the
+    /// profile's `endpoint_url`).
+    #[arg(long, global = true, value_name = "URL")]
+    pub(crate) aws_endpoint: Option<String>,
+
+    /// Compute Engine endpoint for `--cloud live`, e.g. a test server on loopback. Wins over
+    /// `clouds.gcp.endpoint`.
+    #[arg(long, global = true, value_name = "URL", env = "FLEET_GCP_ENDPOINT")]
+    pub(crate) gcp_endpoint: Option<String>,
+
+    /// Attempts per cloud call that is throttled or fails transiently (5xx), the first
+    /// included, with jittered exponential backoff between them.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEET_MAX_ATTEMPTS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub(crate) max_attempts: u32,
+
+    /// Stop retrying a call this many seconds after its first attempt.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEET_RETRY_FOR",
+        value_name = "SECONDS",
+        default_value_t = 300
+    )]
+    pub(crate) retry_for: u64,
+
     /// Simulator: latency of every API call, in milliseconds.
     #[arg(
         long,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use fleet_engine::apply::Providers;
 use fleet_engine::desired::{CloudTarget, Desired};
 use fleet_engine::provider::{Cloud, Provider};
+use fleet_engine::retry::RetryPolicy;
 use fleet_providers::aws::{AwsEc2, AwsOptions};
 use fleet_providers::sim::{SimCloud, SimConfig};
 use miette::{miette, IntoDiagnostic, Result};
@@ -38,6 +39,15 @@ impl Drop for Clouds {
         if let Some(sim) = &self.sim {
             let _ = sim.flush_stats();
         }
+    }
+}
+
+/// How throttled and transient failures are retried: `--max-attempts`, `--retry-for`.
+pub(crate) fn retry_policy(global: &Global) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: global.max_attempts,
+        max_elapsed: Duration::from_secs(global.retry_for),
+        ..RetryPolicy::default()
     }
 }
 
@@ -117,22 +127,22 @@ pub(crate) async fn connect(global: &Global, desired: &Desired) -> Result<Clouds
 }
 
 /// The live AWS provider for `clouds.aws` of a fleet file.
-async fn aws_provider(_global: &Global, target: &CloudTarget) -> Result<Arc<dyn Provider>> {
-    // The fleet file's endpoint wins; otherwise the SDK's own chain applies (AWS_ENDPOINT_URL,
-    // the profile's endpoint_url). Credentials come from the standard chain and are checked
-    // here, before anything is planned or changed.
+async fn aws_provider(global: &Global, target: &CloudTarget) -> Result<Arc<dyn Provider>> {
+    // `--aws-endpoint`, then the fleet file's endpoint; otherwise the SDK's own chain applies
+    // (AWS_ENDPOINT_URL, the profile's endpoint_url). Credentials come from the standard chain
+    // and are checked here, before anything is planned or changed.
     let mut options = AwsOptions::new(target.region.clone());
-    options.endpoint = target.endpoint.clone();
+    options.endpoint = given(&global.aws_endpoint).or_else(|| target.endpoint.clone());
     let provider = AwsEc2::connect(options).await?;
     Ok(Arc::new(provider))
 }
 
 /// The live GCP provider for `clouds.gcp` of a fleet file.
 ///
-/// The endpoint is `FLEET_GCP_ENDPOINT` if set, else `clouds.gcp.endpoint`, else Compute
-/// Engine itself; `FLEET_GCP_ANONYMOUS=1` skips authentication (for a local test server),
+/// The endpoint is `--gcp-endpoint` (or `FLEET_GCP_ENDPOINT`) if set, else
+/// `clouds.gcp.endpoint`, else Compute Engine itself; `FLEET_GCP_ANONYMOUS=1` skips authentication (for a local test server),
 /// otherwise Application Default Credentials are required and checked before anything runs.
-async fn gcp_provider(_global: &Global, target: &CloudTarget) -> Result<Arc<dyn Provider>> {
+async fn gcp_provider(global: &Global, target: &CloudTarget) -> Result<Arc<dyn Provider>> {
     use fleet_providers::gcp::{GcpAuth, GcpConfig, GcpProvider};
 
     let Some(project) = target.project.clone() else {
@@ -143,13 +153,18 @@ async fn gcp_provider(_global: &Global, target: &CloudTarget) -> Result<Arc<dyn 
         ));
     };
     let mut config = GcpConfig::new(project, target.region.clone());
-    config.endpoint = std::env::var("FLEET_GCP_ENDPOINT")
-        .ok()
-        .filter(|endpoint| !endpoint.trim().is_empty())
-        .or_else(|| target.endpoint.clone());
+    config.endpoint = given(&global.gcp_endpoint).or_else(|| target.endpoint.clone());
     if std::env::var("FLEET_GCP_ANONYMOUS").is_ok_and(|value| value == "1" || value == "true") {
         config.auth = GcpAuth::Anonymous;
     }
     let provider = GcpProvider::connect(config).await?;
     Ok(Arc::new(provider))
+}
+
+/// An endpoint option, unless it is empty (an exported but blank variable).
+fn given(endpoint: &Option<String>) -> Option<String> {
+    endpoint
+        .as_ref()
+        .filter(|endpoint| !endpoint.trim().is_empty())
+        .cloned()
 }

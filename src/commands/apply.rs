@@ -93,6 +93,7 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
                 targets: args.target.clone(),
                 only_cloud: clouds::only_cloud(global),
                 secret_values: crate::secrets::available(&source, names),
+                retry: clouds::retry_policy(global),
                 ..PlanOptions::default()
             };
             let (plan, _) = ops::plan(&desired, &clouds.providers, &options).await?;
@@ -131,7 +132,7 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
     let options = ApplyOptions {
         concurrency: args.concurrency.max(1),
         secret_values,
-        ..ApplyOptions::default()
+        retry: clouds::retry_policy(global),
     };
     output::line("");
     let plan_id = plan.plan_id.clone();

@@ -14,6 +14,7 @@ pub(crate) async fn run(global: &Global, file: &Path) -> Result<u8> {
     let clouds = clouds::connect(global, &desired).await?;
     let options = PlanOptions {
         only_cloud: clouds::only_cloud(global),
+        retry: clouds::retry_policy(global),
         ..PlanOptions::default()
     };
     let (plan, _) = ops::plan(&desired, &clouds.providers, &options).await?;

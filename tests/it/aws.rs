@@ -13,6 +13,7 @@ use aws_sdk_ec2::types::{
     Filter, InstanceStateName, InstanceType, ResourceType, Tag, TagSpecification,
 };
 
+use crate::fault_proxy::{Fault, FaultProxy};
 use crate::support::{actions_of, reasons_of, Env, Run};
 
 /// A `moto_server` on a free loopback port, killed on drop.
@@ -91,6 +92,11 @@ fn env_for(moto: &Moto) -> Env {
         env = env.with_env(key, &value);
     }
     env
+}
+
+/// A scratch directory whose runs talk to moto through a fault-injecting proxy.
+fn env_through(moto: &Moto, proxy: &FaultProxy) -> Env {
+    env_for(moto).with_env("AWS_ENDPOINT_URL", &proxy.url())
 }
 
 /// `fleet --cloud live --only-cloud aws --stats ARGS…`.
@@ -1045,4 +1051,144 @@ fn subnet_and_security_groups_are_set_and_kept() {
     assert_ne!(replaced.id, builder.id);
     assert_eq!(ec2.placement(&replaced.id).1, both_sorted);
     assert_no_changes(&env, &file);
+}
+
+#[test]
+fn throttling_and_server_errors_are_retried_without_duplicates() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.url);
+    let env = env_through(&moto, &proxy);
+    let ec2 = Ec2::new(&moto);
+    let mut text = template_file("busy", "m6g.2xlarge", 100);
+    text.push_str(
+        "pools:\n  busy-builder-{n}:\n    size: 20\n    machine_type: m6g.2xlarge\n    role: builder\n",
+    );
+    let file = env.write("fleet.yaml", &text);
+    let faults = [
+        ("DescribeInstances", Fault::Throttle, 2),
+        ("RunInstances", Fault::Throttle, 2),
+        ("RunInstances", Fault::ServerError, 1),
+        ("CreateLaunchTemplate", Fault::ServerError, 1),
+        ("CreateTags", Fault::Throttle, 3),
+    ];
+    for (action, fault, times) in faults {
+        proxy.fail_next(action, fault, times);
+    }
+    let apply = converge(&env, &file);
+    for (action, want) in [
+        ("DescribeInstances", 2),
+        ("RunInstances", 3),
+        ("CreateLaunchTemplate", 1),
+        ("CreateTags", 3),
+    ] {
+        assert_eq!(proxy.faulted(action), want, "{action} faults given");
+    }
+    for code in ["RequestLimitExceeded", "InternalError"] {
+        assert!(
+            apply.stdout.contains(code),
+            "no retry of {code} shown:\n{}",
+            apply.stdout
+        );
+    }
+    // Nothing was made twice: 20 builders and the manager, one launch-template version.
+    let alive = ec2.alive("busy");
+    assert_eq!(alive.len(), 21, "{alive:#?}");
+    let names: std::collections::BTreeSet<&str> = alive.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names.len(), 21, "{names:?}");
+    assert_eq!(ec2.template_versions("arm64-aws").len(), 1);
+    // The pool went through as one RunInstances and the manager as another, after three
+    // refusals: a refused batch is sent again whole, never split into one call per member.
+    assert_eq!(proxy.calls("RunInstances"), 3 + 2);
+    assert_no_changes(&env, &file);
+}
+
+#[test]
+fn a_refused_call_names_the_call_the_machine_and_the_code_and_is_not_retried() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.url);
+    let env = env_through(&moto, &proxy);
+    let ec2 = Ec2::new(&moto);
+    let file = env.write("pool.yaml", &pool_file("refused", 3));
+    proxy.fail_next("RunInstances", Fault::Unauthorized, 10);
+    let run = live(&env, &["apply", &file, "--auto-approve"]);
+    assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let all = format!("{}\n{}", run.stdout, run.stderr);
+    for expected in [
+        "pool.refused-builder-1",
+        "ec2:RunInstances",
+        "UnauthorizedOperation",
+    ] {
+        assert!(all.contains(expected), "no {expected:?} in:\n{all}");
+    }
+    assert_eq!(
+        proxy.calls("RunInstances"),
+        1,
+        "a final refusal was retried"
+    );
+    assert!(ec2.alive("refused").is_empty());
+}
+
+#[test]
+fn throttling_that_does_not_end_is_given_up_after_the_attempts_allowed() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.url);
+    let env = env_through(&moto, &proxy);
+    let file = env.write("pool.yaml", &pool_file("capped", 3));
+    proxy.fail_next("RunInstances", Fault::Throttle, 1000);
+    let run = live(
+        &env,
+        &["--max-attempts", "3", "apply", &file, "--auto-approve"],
+    );
+    assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(proxy.calls("RunInstances"), 3, "{}", run.stdout);
+    let all = format!("{}\n{}", run.stdout, run.stderr);
+    assert!(all.contains("RequestLimitExceeded"), "{all}");
+}
+
+#[test]
+fn mutating_calls_in_flight_stay_within_the_region_limit() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.url);
+    let env = env_through(&moto, &proxy);
+    let ec2 = Ec2::new(&moto);
+    let file = env.write("pool.yaml", &pool_file("wide", 30));
+    converge(&env, &file);
+    // Shrinking to 2 is 28 independent terminations; each is held 100 ms so they overlap.
+    proxy.set_mutation_latency(Duration::from_millis(100));
+    env.write("pool.yaml", &pool_file("wide", 2));
+    let apply = live(
+        &env,
+        &["apply", &file, "--auto-approve", "--concurrency", "32"],
+    )
+    .ok();
+    assert_eq!(count(&calls(&apply), "ec2:TerminateInstances"), 28);
+    let most = proxy.max_in_flight();
+    assert!(
+        (2..=8).contains(&most),
+        "{most} mutating calls in flight at once; the EC2 region limit is 8"
+    );
+    assert_eq!(ec2.alive("wide").len(), 2);
+}
+
+#[test]
+fn the_endpoint_option_wins_over_the_environment() {
+    let moto = Moto::start();
+    // Nothing listens on port 9: only the option can reach moto.
+    let env = env_for(&moto).with_env("AWS_ENDPOINT_URL", "http://127.0.0.1:9");
+    let run = live(
+        &env,
+        &[
+            "--aws-endpoint",
+            &moto.url,
+            "plan",
+            "fleets/arm-builders.yaml",
+        ],
+    )
+    .ok();
+    assert!(
+        run.stdout
+            .contains(&format!("AWS EC2 us-east-1 (endpoint {})", moto.url)),
+        "{}",
+        run.stdout
+    );
 }

@@ -4,6 +4,7 @@ mod apply;
 mod aws;
 mod config;
 mod drift;
+mod fault_proxy;
 mod gce_server;
 mod gcp;
 mod golden;
