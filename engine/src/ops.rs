@@ -12,7 +12,7 @@ use crate::desired::{Address, Desired};
 use crate::diff;
 use crate::graph;
 use crate::plan::{self, Plan};
-use crate::provider::{Cloud, LiveResource, ProviderError};
+use crate::provider::{Cloud, Discovery, LiveResource, ObjectKind, ProviderError};
 use crate::retry::RetryPolicy;
 use crate::state::{LockInfo, StateError, StateStore};
 
@@ -109,6 +109,8 @@ pub struct Live {
     pub holders: Vec<LiveResource>,
     /// List calls made.
     pub calls: usize,
+    /// Zones that could not be listed, by cloud.
+    pub unreachable: BTreeMap<Cloud, BTreeSet<String>>,
 }
 
 impl Live {
@@ -118,7 +120,17 @@ impl Live {
         all.extend(self.holders.iter().cloned());
         all.sort_by(|a, b| (a.cloud, &a.id).cmp(&(b.cloud, &b.id)));
         all.dedup_by(|a, b| a.cloud == b.cloud && a.id == b.id);
-        plan::fingerprint(&all)
+        let seen = plan::fingerprint(&all);
+        if self.unreachable.is_empty() {
+            return seen;
+        }
+        // A zone that answers again may hold what the plan did not see: the plan is stale.
+        let mut parts = vec![seen];
+        for (cloud, zones) in &self.unreachable {
+            parts.extend(zones.iter().map(|zone| format!("{cloud}/{zone}")));
+        }
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        crate::desired::short_hash(&parts)
     }
 }
 
@@ -167,9 +179,18 @@ pub async fn discover(
     let mut live = Live::default();
     for &cloud in clouds {
         let provider = providers.get(cloud).ok_or(OpError::NoProvider { cloud })?;
-        let mut objects = with_retry(retry, || provider.discover(&desired.fleet))
+        let Discovery {
+            mut objects,
+            unreachable_zones,
+        } = with_retry(retry, || provider.discover_reachable(&desired.fleet))
             .await
             .map_err(|source| OpError::Discover { cloud, source })?;
+        if !unreachable_zones.is_empty() {
+            live.unreachable
+                .entry(cloud)
+                .or_default()
+                .extend(unreachable_zones);
+        }
         // Secret values delivered to machines never travel further than this.
         objects.iter_mut().for_each(crate::secrets::mask_live);
         let mut names: Vec<String> = desired
@@ -263,10 +284,36 @@ fn plan_from_live(
     scoped
         .resources
         .retain(|_, resource| clouds.contains(&resource.cloud));
-    let scope = target_scope(&scoped, &live.objects, &options.targets)?;
+    // Machines in a zone that did not answer are left alone: what is there is unknown, so
+    // creating could duplicate and nothing there can be deleted.
+    let mut unreachable: BTreeMap<(Cloud, String), Vec<Address>> = BTreeMap::new();
+    for (cloud, zones) in &live.unreachable {
+        for zone in zones {
+            unreachable.insert((*cloud, zone.clone()), Vec::new());
+        }
+    }
+    scoped.resources.retain(|address, resource| {
+        let key = (resource.cloud, resource.spec.zone.clone());
+        match unreachable.get_mut(&key) {
+            Some(addresses) if resource.object == ObjectKind::Instance => {
+                addresses.push(address.clone());
+                false
+            }
+            _ => true,
+        }
+    });
+    // What such a machine left elsewhere (it moved zones) is not an orphan either.
+    let not_planned: BTreeSet<&Address> = unreachable.values().flatten().collect();
+    let objects: Vec<LiveResource> = live
+        .objects
+        .iter()
+        .filter(|object| diff::live_address(object).is_none_or(|a| !not_planned.contains(&a)))
+        .cloned()
+        .collect();
+    let scope = target_scope(&scoped, &objects, &options.targets)?;
     let diff = diff::diff(
         &scoped,
-        &live.objects,
+        &objects,
         &live.holders,
         scope.as_ref(),
         &options.secret_values,
@@ -275,14 +322,24 @@ fn plan_from_live(
         .iter()
         .filter_map(|cloud| providers.get(*cloud).map(|p| (*cloud, p.describe())))
         .collect();
-    Ok(Plan::new(
+    let mut plan = Plan::new(
         desired,
         clouds.to_vec(),
         described,
         options.targets.clone(),
         live.fingerprint(),
         diff,
-    ))
+    );
+    plan.unreachable = unreachable
+        .into_iter()
+        .map(|((cloud, zone), addresses)| plan::UnreachableZone {
+            cloud,
+            zone,
+            not_planned: addresses,
+        })
+        .collect();
+    plan.plan_id = plan.content_hash();
+    Ok(plan)
 }
 
 /// The outcome of `fleet apply`.

@@ -173,6 +173,15 @@ impl LiveResource {
     }
 }
 
+/// What discovery could see, and the zones it could not.
+#[derive(Debug, Clone, Default)]
+pub struct Discovery {
+    /// The fleet's objects in the zones that answered.
+    pub objects: Vec<LiveResource>,
+    /// Zones that did not answer: they may hold objects of the fleet.
+    pub unreachable_zones: Vec<String>,
+}
+
 /// A request to create an instance or a template.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateRequest {
@@ -308,6 +317,19 @@ pub trait Provider: Send + Sync {
     /// # Errors
     /// A [`ProviderError`] naming the list call that failed.
     async fn discover(&self, fleet: &str) -> Result<Vec<LiveResource>, ProviderError>;
+
+    /// As [`Provider::discover`], except that zones the cloud reports as unreachable are
+    /// returned with what could be seen instead of failing the call, so the plan can leave
+    /// those zones alone and go on with the rest. The default has no unreachable zones.
+    ///
+    /// # Errors
+    /// As [`Provider::discover`].
+    async fn discover_reachable(&self, fleet: &str) -> Result<Discovery, ProviderError> {
+        Ok(Discovery {
+            objects: self.discover(fleet).await?,
+            unreachable_zones: Vec::new(),
+        })
+    }
 
     /// Lists the instances and templates with any of these cloud names, managed or not, so
     /// the plan can refuse to take a name that a machine fleet did not make already has.

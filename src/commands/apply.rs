@@ -94,7 +94,6 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
                 only_cloud: clouds::only_cloud(global),
                 secret_values: crate::secrets::available(&source, names),
                 retry: clouds::retry_policy(global),
-                ..PlanOptions::default()
             };
             let (plan, _) = ops::plan(&desired, &clouds.providers, &options).await?;
             output::out(&display::text(&plan, TextOptions { color }));
@@ -180,10 +179,24 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
         ));
     }
     match &outcome.verification {
-        Some(after) if !after.summary.has_changes() => output::line(&format!(
-            "Verified: the live fleet matches the plan ({} resources re-discovered).",
-            after.resource_changes.len()
-        )),
+        Some(after) if !after.summary.has_changes() && after.unreachable.is_empty() => {
+            output::line(&format!(
+                "Verified: the live fleet matches the plan ({} resources re-discovered).",
+                after.resource_changes.len()
+            ))
+        }
+        Some(after) if !after.summary.has_changes() => {
+            let zones: Vec<String> = after
+                .unreachable
+                .iter()
+                .map(|zone| format!("{} {}", zone.cloud, zone.zone))
+                .collect();
+            output::line(&format!(
+                "Verified where fleet could see ({} resources re-discovered); not answering: {}. Apply again when they answer.",
+                after.resource_changes.len(),
+                zones.join(", ")
+            ))
+        }
         Some(after) => output::line(&format!(
             "Not converged: {} — run `fleet plan` to see what remains.",
             display::summary_line(after)

@@ -22,7 +22,6 @@ pub(crate) async fn run(global: &Global, args: &PlanArgs) -> Result<u8> {
         only_cloud: clouds::only_cloud(global),
         secret_values: crate::secrets::available(&source, names),
         retry: clouds::retry_policy(global),
-        ..PlanOptions::default()
     };
     let (plan, _) = ops::plan(&desired, &clouds.providers, &options).await?;
     match args.format {

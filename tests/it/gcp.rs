@@ -466,7 +466,90 @@ async fn pages_are_followed_and_unreachable_zones_fail_discovery() {
     let error = provider.discover("builders").await.unwrap_err();
     assert_eq!(error.kind, ErrorKind::Transient);
     assert_eq!(error.code, "unreachable");
-    assert!(error.message.contains("zones/us-east1-b"), "{error}");
+    assert!(error.message.contains("us-east1-b"), "{error}");
+    // Asked for what it can see, the provider names the zone instead.
+    let partial = provider.discover_reachable("builders").await.unwrap();
+    assert_eq!(partial.unreachable_zones, ["us-east1-b"]);
+    assert_eq!(partial.objects.len(), 7, "the builders are in us-east1-c");
+}
+
+#[test]
+fn an_unreachable_zone_is_left_alone_and_the_rest_is_planned() {
+    let server = GceServer::start(PROJECT);
+    let env = Env::new();
+    converge(&env, &server, FLEET);
+    let before = instance_names(&server);
+    let ids_in_d: Vec<Option<u64>> = before
+        .iter()
+        .filter(|name| name.ends_with("-2") || name.ends_with("us-east1-d"))
+        .map(|name| server.instance(name).unwrap().id)
+        .collect();
+    assert_eq!(ids_in_d.len(), 4, "{before:?}");
+    server.set_unreachable(&["us-east1-d"]);
+    server.set_status("prometheus-01-us-east1-c", instance::Status::Terminated);
+
+    let plan = live(&env, &server, &["plan", FLEET, "--format", "json"])
+        .ok()
+        .json();
+    let unreachable = &plan["unreachable"];
+    assert_eq!(unreachable.as_array().map(Vec::len), Some(1), "{plan:#}");
+    assert_eq!(unreachable[0]["zone"], "us-east1-d");
+    let left_out: Vec<&str> = unreachable[0]["not_planned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert_eq!(
+        left_out,
+        [
+            "helper.prometheus-01-us-east1-d",
+            "manager.gitlab-shared-runners-manager-2",
+            "manager.private-runners-manager-2",
+            "manager.shared-runners-manager-2",
+        ]
+    );
+    // What fleet cannot see is neither made again nor deleted; the rest is planned.
+    assert_eq!(plan["summary"]["create"], 0, "{}", plan["summary"]);
+    assert_eq!(plan["summary"]["delete"], 0, "{}", plan["summary"]);
+    assert_eq!(
+        actions_of(&plan, "helper.prometheus-01-us-east1-c"),
+        ["delete", "create"]
+    );
+    let text = live(&env, &server, &["plan", FLEET]).ok();
+    assert!(
+        text.stdout
+            .contains("! gcp zone us-east1-d did not answer: 4 resource(s) there are left out"),
+        "{}",
+        text.stdout
+    );
+    live(&env, &server, &["plan", FLEET, "-o", "partial.json"]).ok();
+
+    let apply = live(&env, &server, &["apply", FLEET, "--auto-approve"]).ok();
+    assert!(
+        apply.stdout.contains("Verified where fleet could see")
+            && apply.stdout.contains("not answering: gcp us-east1-d"),
+        "{}",
+        apply.stdout
+    );
+    assert_eq!(instance_names(&server), before, "nothing was made twice");
+
+    // The zone answers again: the plan made without it is stale, and all is well.
+    server.set_unreachable(&[]);
+    let stale = live(&env, &server, &["apply", "partial.json", "--auto-approve"]);
+    assert_ne!(stale.code, 0);
+    assert!(
+        stale.stderr.contains("stale") || stale.stderr.contains("changed since"),
+        "{}",
+        stale.stderr
+    );
+    let after: Vec<Option<u64>> = before
+        .iter()
+        .filter(|name| name.ends_with("-2") || name.ends_with("us-east1-d"))
+        .map(|name| server.instance(name).unwrap().id)
+        .collect();
+    assert_eq!(after, ids_in_d, "the machines in us-east1-d were touched");
+    assert_no_changes(&env, &server, FLEET);
 }
 
 /// A fleet of one GCE pool of 120 builders.

@@ -78,6 +78,23 @@ pub fn summary_line(plan: &Plan) -> String {
     line
 }
 
+/// What an unreachable zone means for the plan, in one sentence.
+fn unreachable_note(zone: &crate::plan::UnreachableZone) -> String {
+    let listed: Vec<&str> = zone.not_planned.iter().map(|a| a.as_str()).collect();
+    let which = if listed.is_empty() {
+        "the fleet has nothing there".to_string()
+    } else {
+        format!(
+            "{} resource(s) there are left out of this plan ({})",
+            listed.len(),
+            listed.join(", ")
+        )
+    };
+    format!(
+        "{which}; nothing there is created or deleted while fleet cannot see it. Plan again when the zone answers."
+    )
+}
+
 /// Human text, as `fleet plan` prints it.
 pub fn text(plan: &Plan, options: TextOptions) -> String {
     let paint = Paint { on: options.color };
@@ -89,13 +106,25 @@ pub fn text(plan: &Plan, options: TextOptions) -> String {
     if !plan.targets.is_empty() {
         let _ = writeln!(out, "  targets: {}", plan.targets.join(", "));
     }
+    for zone in &plan.unreachable {
+        let _ = writeln!(
+            out,
+            "\n{} {} zone {} did not answer: {}",
+            paint.wrap("33;1", "!"),
+            zone.cloud,
+            zone.zone,
+            unreachable_note(zone)
+        );
+    }
     let total = plan.resource_changes.len() + plan.blocked.len();
     let actionable: Vec<&Change> = plan.actionable().collect();
     if actionable.is_empty() && plan.blocked.is_empty() {
-        let _ = writeln!(
-            out,
-            "\nNo changes. The live fleet matches the fleet file ({total} resources)."
-        );
+        let what = if plan.unreachable.is_empty() {
+            "The live fleet matches the fleet file"
+        } else {
+            "What could be reached matches the fleet file"
+        };
+        let _ = writeln!(out, "\nNo changes. {what} ({total} resources).");
         return out;
     }
     if !actionable.is_empty() {
@@ -266,6 +295,15 @@ pub fn markdown(plan: &Plan) -> String {
     let _ = writeln!(out, "Fleet file `{}`.", plan.source);
     for (cloud, provider) in &plan.providers {
         let _ = writeln!(out, "- {cloud}: {provider}");
+    }
+    for zone in &plan.unreachable {
+        let _ = writeln!(
+            out,
+            "\n> **Warning:** {} zone `{}` did not answer: {}",
+            zone.cloud,
+            zone.zone,
+            unreachable_note(zone)
+        );
     }
     let _ = writeln!(out, "\n**{}**\n", summary_line(plan));
     let actionable: Vec<&Change> = plan.actionable().collect();

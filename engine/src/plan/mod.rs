@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::desired::{short_hash, CloudTarget, Desired};
+use crate::desired::{short_hash, Address, CloudTarget, Desired};
 use crate::diff::{Action, Blocked, Change, Diff};
 use crate::provider::{Cloud, LiveResource};
 
@@ -71,6 +71,20 @@ pub struct Plan {
     /// Resources that cannot be made.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blocked: Vec<Blocked>,
+    /// Zones discovery could not reach, and the resources there left out of the plan.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<UnreachableZone>,
+}
+
+/// A zone the cloud reported as unreachable while planning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreachableZone {
+    /// The cloud.
+    pub cloud: Cloud,
+    /// The zone.
+    pub zone: String,
+    /// The fleet's resources there, neither created, changed nor deleted by this plan.
+    pub not_planned: Vec<Address>,
 }
 
 impl Plan {
@@ -111,6 +125,7 @@ impl Plan {
             summary,
             resource_changes: diff.changes,
             blocked: diff.blocked,
+            unreachable: Vec::new(),
         };
         plan.plan_id = plan.content_hash();
         plan

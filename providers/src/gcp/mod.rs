@@ -27,10 +27,11 @@
 //!   stripped again when reading; what GCE does return (machine type, zone, boot disk
 //!   size) is read from GCE itself, so a hand edit there shows as drift.
 //! - **Discovery is O(pages).** `maxResults=500`, page tokens followed. The client does not
-//!   expose `returnPartialSuccess`; zones GCE reports as unreachable (in `unreachables` or as
-//!   an `UNREACHABLE` scope warning) make discovery fail as [`ErrorKind::Transient`], because
-//!   a zone fleet cannot see may hold its machines and planning without them would create
-//!   duplicates. The engine retries discovery.
+//!   expose `returnPartialSuccess`, but GCE's aggregated list names the zones it could not
+//!   reach anyway (in `unreachables` or as an `UNREACHABLE` scope warning).
+//!   [`Provider::discover_reachable`] returns them with what the other zones hold, and the
+//!   plan leaves those zones alone: a zone fleet cannot see may hold its machines, so
+//!   creating there could duplicate and deleting there is blind.
 //! - **In-place updates** send only the half that changed, with the fingerprint GCE
 //!   requires; fingerprints seen by discovery are reused (no GET per update), and a stale
 //!   one (412 `conditionNotMet`) is refreshed with one `instances.get` and retried once.
@@ -48,8 +49,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use fleet_engine::provider::{
-    labels, Cloud, CreateRequest, DeleteRequest, ErrorKind, LiveResource, ObjectKind, Provider,
-    ProviderError, ProviderLimits, UpdateRequest,
+    labels, Cloud, CreateRequest, DeleteRequest, Discovery, ErrorKind, LiveResource, ObjectKind,
+    Provider, ProviderError, ProviderLimits, UpdateRequest,
 };
 use google_cloud_auth::credentials::Credentials;
 use google_cloud_compute_v1::client::{
@@ -231,10 +232,16 @@ impl GcpProvider {
         self.seen.lock().expect("seen lock").remove(id);
     }
 
-    /// Lists instances, all pages, with `filter`.
-    async fn list_instances(&self, filter: &str) -> Result<Vec<LiveResource>, ProviderError> {
+    /// Lists instances, all pages, with `filter`: what the zones that answered hold, and the
+    /// zones GCE reported as unreachable (in `unreachables` or as an `UNREACHABLE` scope
+    /// warning), sorted.
+    async fn list_instances(
+        &self,
+        filter: &str,
+    ) -> Result<(Vec<LiveResource>, Vec<String>), ProviderError> {
         const OPERATION: &str = "compute.instances.aggregatedList";
         let mut found = Vec::new();
+        let mut unreachable: Vec<String> = Vec::new();
         let mut page_token: Option<String> = None;
         loop {
             self.count(OPERATION);
@@ -248,10 +255,10 @@ impl GcpProvider {
                 .send()
                 .await
                 .map_err(|error| error::from_gax(OPERATION, "", &error))?;
-            let mut unreachable: Vec<String> = page.unreachables.clone();
+            unreachable.extend(page.unreachables.iter().map(|scope| short_scope(scope)));
             for (scope, list) in &page.items {
                 if warning_code(&list.warning).as_deref() == Some("UNREACHABLE") {
-                    unreachable.push(scope.clone());
+                    unreachable.push(short_scope(scope));
                 }
                 for instance in &list.instances {
                     if let Some(live) =
@@ -262,23 +269,13 @@ impl GcpProvider {
                     }
                 }
             }
-            if !unreachable.is_empty() {
-                unreachable.sort();
-                unreachable.dedup();
-                return Err(ProviderError::new(
-                    ErrorKind::Transient,
-                    OPERATION,
-                    "unreachable",
-                    format!(
-                        "Compute Engine could not list {} right now; fleet does not plan \
-                         against a partial view of the project",
-                        unreachable.join(", ")
-                    ),
-                ));
-            }
             match page.next_page_token.filter(|token| !token.is_empty()) {
                 Some(token) => page_token = Some(token),
-                None => return Ok(found),
+                None => {
+                    unreachable.sort();
+                    unreachable.dedup();
+                    return Ok((found, unreachable));
+                }
             }
         }
     }
@@ -411,7 +408,7 @@ impl GcpProvider {
     ) -> Result<Option<LiveResource>, ProviderError> {
         let filter = convert::names_filter(std::slice::from_ref(&request.name));
         let found = match request.kind {
-            ObjectKind::Instance => self.list_instances(&filter).await?,
+            ObjectKind::Instance => self.list_instances(&filter).await?.0,
             ObjectKind::InstanceTemplate => self.list_templates(&filter).await?,
         };
         Ok(found.into_iter().find(|live| {
@@ -698,6 +695,11 @@ async fn application_default(config: &GcpConfig) -> Result<Credentials, ConnectE
 
 /// A shape of instance request that `bulkInsert` can create together: everything but the
 /// name.
+/// `us-east1-d` for the aggregated-list scope `zones/us-east1-d` (or its URL).
+fn short_scope(scope: &str) -> String {
+    scope.rsplit('/').next().unwrap_or(scope).to_string()
+}
+
 fn bulk_key(request: &CreateRequest) -> Option<String> {
     (request.kind == ObjectKind::Instance)
         .then(|| serde_json::to_string(&request.spec).expect("a spec serializes"))
@@ -736,16 +738,43 @@ impl Provider for GcpProvider {
     /// # Errors
     /// The failed list call; [`ErrorKind::Transient`] `unreachable` when GCE could not list
     /// some zones.
+    ///
+    /// A zone GCE reports as unreachable fails the call ([`ErrorKind::Transient`]): a zone
+    /// fleet cannot see may hold its machines. [`Provider::discover_reachable`] reports such
+    /// zones instead.
     async fn discover(&self, fleet: &str) -> Result<Vec<LiveResource>, ProviderError> {
-        let mut found = self
+        let found = self.discover_reachable(fleet).await?;
+        if found.unreachable_zones.is_empty() {
+            return Ok(found.objects);
+        }
+        Err(ProviderError::new(
+            ErrorKind::Transient,
+            "compute.instances.aggregatedList",
+            "unreachable",
+            format!(
+                "Compute Engine could not list {} right now; fleet does not plan against a \
+                 partial view of the project",
+                found.unreachable_zones.join(", ")
+            ),
+        ))
+    }
+
+    /// # Guarantees
+    /// As [`Provider::discover`]; zones GCE reports as unreachable are returned by name
+    /// (`us-east1-d`) with what the other zones hold.
+    async fn discover_reachable(&self, fleet: &str) -> Result<Discovery, ProviderError> {
+        let (mut objects, unreachable_zones) = self
             .list_instances(&convert::label_filter("", labels::FLEET, fleet))
             .await?;
-        found.extend(
+        objects.extend(
             self.list_templates(&convert::label_filter("properties.", labels::FLEET, fleet))
                 .await?,
         );
-        found.sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
-        Ok(found)
+        objects.sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
+        Ok(Discovery {
+            objects,
+            unreachable_zones,
+        })
     }
 
     /// # Guarantees
@@ -758,7 +787,9 @@ impl Provider for GcpProvider {
         let mut found = Vec::new();
         for chunk in names.chunks(NAMES_PER_FILTER) {
             let filter = convert::names_filter(chunk);
-            found.extend(self.list_instances(&filter).await?);
+            // A name in a zone that does not answer cannot be checked; the plan leaves the
+            // resources of such zones out.
+            found.extend(self.list_instances(&filter).await?.0);
             found.extend(self.list_templates(&filter).await?);
         }
         found.sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
