@@ -760,7 +760,7 @@ fn model_types_round_trip_the_rest_json() {
                     "status": "TERMINATED",
                     "zone": "https://www.googleapis.com/compute/v1/projects/gitlab-ci-runners/zones/us-east1-c",
                     "disks": [{"boot": true, "diskSizeGb": "100", "type": "PERSISTENT", "mode": "READ_WRITE"}],
-                    "metadata": {"kind": "compute#metadata", "fingerprint": "AAECAwQFBgc=", "items": [{"key": "fleet-runners", "value": "a"}]},
+                    "metadata": {"kind": "compute#metadata", "fingerprint": "--KE24GB4T0=", "items": [{"key": "fleet-runners", "value": "a"}]},
                     "labels": {"fleet": "ci-shared-runners"},
                     "labelFingerprint": "AAECAwQFBgc="
                 }]
@@ -777,6 +777,12 @@ fn model_types_round_trip_the_rest_json() {
     assert_eq!(
         instance.label_fingerprint.as_deref(),
         Some(&[0u8, 1, 2, 3, 4, 5, 6, 7][..])
+    );
+    // Compute Engine writes fingerprints in the URL-safe base64 alphabet (`-`, `_`), as in
+    // this one from a real instance list; the crate reads and writes them unchanged.
+    assert_eq!(
+        instance.metadata.as_ref().unwrap().fingerprint.as_deref(),
+        Some(&[251u8, 226, 132, 219, 129, 129, 225, 61][..])
     );
     let back = serde_json::to_value(&list).unwrap();
     assert_eq!(
