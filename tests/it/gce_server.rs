@@ -82,6 +82,9 @@ struct World {
     call_number: u64,
     calls: BTreeMap<String, u64>,
     throttled: u64,
+    /// Mutating calls being answered now (within their latency), and the most at once.
+    mutations_in_flight: u32,
+    max_mutations_in_flight: u32,
     knobs: Knobs,
 }
 
@@ -255,6 +258,11 @@ impl GceServer {
         self.world().knobs.throttle_every = n.filter(|n| *n > 0);
     }
 
+    /// The most mutating calls that were being answered at once.
+    pub(crate) fn max_mutations_in_flight(&self) -> u32 {
+        self.world().max_mutations_in_flight
+    }
+
     /// Answers 403 `rateLimitExceeded` to the next `n` calls of `operation`
     /// (`compute.instances.bulkInsert`).
     pub(crate) fn throttle_next(&self, operation: &str, n: u32) {
@@ -364,12 +372,20 @@ async fn handle(
             .entry(route.operation().to_string())
             .or_default() += 1;
         world.call_number += 1;
+        if route.is_mutation() {
+            world.mutations_in_flight += 1;
+            world.max_mutations_in_flight =
+                world.max_mutations_in_flight.max(world.mutations_in_flight);
+        }
         world.knobs.latency
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
     let mut world = world.lock().expect("world lock");
+    if route.is_mutation() {
+        world.mutations_in_flight -= 1;
+    }
     let named = match world.knobs.throttle_next.get_mut(route.operation()) {
         Some(left) if *left > 0 => {
             *left -= 1;

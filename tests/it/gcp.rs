@@ -855,3 +855,27 @@ fn a_network_and_a_shared_vpc_subnetwork_are_set_and_kept() {
         "a fleet-file change is not drift"
     );
 }
+
+#[test]
+fn mutating_calls_in_flight_stay_within_the_project_limit() {
+    let server = GceServer::start(PROJECT);
+    let env = Env::new();
+    let file = env.write("gcp-builders.yaml", POOL_FLEET);
+    converge(&env, &server, &file);
+    // Shrinking to 20 is 100 independent deletions; each call takes 30 ms so they overlap.
+    server.set_latency(Duration::from_millis(30));
+    let shrunk = env.write("shrunk.yaml", &POOL_FLEET.replace("size: 120", "size: 20"));
+    let apply = live(
+        &env,
+        &server,
+        &["apply", &shrunk, "--auto-approve", "--concurrency", "32"],
+    )
+    .ok();
+    assert_eq!(api_calls(&apply)["compute.instances.delete"], 100);
+    let most = server.max_mutations_in_flight();
+    assert!(
+        (2..=8).contains(&most),
+        "{most} mutating calls at once; the per-project limit is 8"
+    );
+    assert_eq!(instance_names(&server).len(), 20);
+}
