@@ -7,7 +7,6 @@
 //! and so on. Every call is counted by action, faulted or not.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::body::Body;
@@ -16,6 +15,8 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+
+use crate::loopback::Loopback;
 
 /// An error EC2 answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,10 +77,8 @@ struct Rules {
 
 /// The proxy, serving on its own thread until dropped.
 pub(crate) struct FaultProxy {
-    address: SocketAddr,
+    server: Loopback,
     rules: Arc<Mutex<Rules>>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl FaultProxy {
@@ -94,42 +93,18 @@ impl FaultProxy {
             upstream,
             ..Rules::default()
         }));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-        let shared = rules.clone();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("proxy runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind 127.0.0.1");
-                ready_tx
-                    .send(listener.local_addr().expect("local address"))
-                    .expect("report address");
-                let app = axum::Router::new().fallback(handle).with_state(shared);
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = shutdown_rx.await;
-                    })
-                    .await
-                    .expect("serve");
-            });
-        });
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(rules.clone());
         FaultProxy {
-            address: ready_rx.recv().expect("proxy address"),
+            server: Loopback::serve(app),
             rules,
-            shutdown: Some(shutdown_tx),
-            thread: Some(thread),
         }
     }
 
     /// `http://127.0.0.1:PORT`, for `AWS_ENDPOINT_URL`.
     pub(crate) fn url(&self) -> String {
-        format!("http://{}", self.address)
+        self.server.url()
     }
 
     fn rules(&self) -> MutexGuard<'_, Rules> {
@@ -167,17 +142,6 @@ impl FaultProxy {
     /// The most mutating calls that were in flight at once.
     pub(crate) fn max_in_flight(&self) -> u32 {
         self.rules().max_in_flight
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

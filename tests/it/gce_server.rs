@@ -19,7 +19,6 @@
 //! those live on the disk resource, which this server does not serve.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -33,6 +32,8 @@ use google_cloud_compute_v1::model::{
     InstancesScopedList, InstancesSetLabelsRequest, Metadata, NetworkInterface, Operation,
 };
 use serde_json::{json, Value};
+
+use crate::loopback::Loopback;
 
 const BASE: &str = "https://www.googleapis.com/compute/v1";
 
@@ -150,10 +151,8 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiErro
 
 /// A running server. Dropping it stops it.
 pub(crate) struct GceServer {
-    address: SocketAddr,
+    server: Loopback,
     world: Arc<Mutex<World>>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl GceServer {
@@ -164,43 +163,18 @@ impl GceServer {
             next_id: 1_000_000,
             ..World::default()
         }));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-        let shared = world.clone();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("server runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind 127.0.0.1");
-                ready_tx
-                    .send(listener.local_addr().expect("local address"))
-                    .expect("report address");
-                let app = axum::Router::new().fallback(handle).with_state(shared);
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = shutdown_rx.await;
-                    })
-                    .await
-                    .expect("serve");
-            });
-        });
-        let address = ready_rx.recv().expect("server address");
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(world.clone());
         GceServer {
-            address,
+            server: Loopback::serve(app),
             world,
-            shutdown: Some(shutdown_tx),
-            thread: Some(thread),
         }
     }
 
     /// `http://127.0.0.1:PORT`, for `FLEET_GCP_ENDPOINT`.
     pub(crate) fn endpoint(&self) -> String {
-        format!("http://{}", self.address)
+        self.server.url()
     }
 
     fn world(&self) -> MutexGuard<'_, World> {
@@ -328,17 +302,6 @@ impl GceServer {
         world
             .instances
             .insert((zone.to_string(), name.to_string()), stored);
-    }
-}
-
-impl Drop for GceServer {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -8,6 +8,7 @@ mod fault_proxy;
 mod gce_server;
 mod gcp;
 mod golden;
+mod loopback;
 mod plan;
 mod support;
 mod validate;
