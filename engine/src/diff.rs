@@ -152,6 +152,11 @@ pub enum Reason {
         /// The secret's name.
         name: String,
     },
+    /// The old version is kept: machines in a zone that did not answer may still use it.
+    OldVersionKept {
+        /// The zones.
+        zones: Vec<String>,
+    },
 }
 
 impl Reason {
@@ -179,6 +184,7 @@ impl Reason {
                 "templates are immutable: {after} replaces {before}; users are repointed before {before} is removed"
             ),
             Reason::NameHeld => "GCE names are unique per zone: the old machine is removed before the new one takes its name".to_string(),
+            Reason::OldVersionKept { zones } => format!("the old version stays: machines in {}, which did not answer, may still use it", zones.join(", ")),
             Reason::SecretChanged { name } => format!("secret {name} changed: (sensitive)"),
         }
     }

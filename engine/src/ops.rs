@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crate::apply::{self, ApplyOptions, ApplyReport, Observer, Providers};
 use crate::desired::{Address, Desired};
-use crate::diff;
+use crate::diff::{self, Action};
 use crate::graph;
 use crate::plan::{self, Plan};
 use crate::provider::{Cloud, Discovery, LiveResource, ObjectKind, ProviderError};
@@ -311,13 +311,38 @@ fn plan_from_live(
         .cloned()
         .collect();
     let scope = target_scope(&scoped, &objects, &options.targets)?;
-    let diff = diff::diff(
+    let mut diff = diff::diff(
         &scoped,
         &objects,
         &live.holders,
         scope.as_ref(),
         &options.secret_values,
     );
+    // What a left-out machine uses is not retired: a template's new version is made, the old
+    // one stays until the zone answers (the next plan then removes it as a duplicate).
+    let mut still_used: BTreeMap<&Address, BTreeSet<String>> = BTreeMap::new();
+    for ((_, zone), addresses) in &unreachable {
+        for resource in addresses.iter().filter_map(|a| desired.resources.get(a)) {
+            for dependency in &resource.depends_on {
+                still_used
+                    .entry(dependency)
+                    .or_default()
+                    .insert(zone.clone());
+            }
+        }
+    }
+    for change in &mut diff.changes {
+        if change.action != Action::ReplaceCreateBeforeDestroy {
+            continue;
+        }
+        if let Some(zones) = still_used.get(&change.address) {
+            change.action = Action::Create;
+            change.before = None;
+            change.reasons.push(diff::Reason::OldVersionKept {
+                zones: zones.iter().cloned().collect(),
+            });
+        }
+    }
     let described: BTreeMap<Cloud, String> = clouds
         .iter()
         .filter_map(|cloud| providers.get(*cloud).map(|p| (*cloud, p.describe())))

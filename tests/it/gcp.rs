@@ -879,3 +879,55 @@ fn mutating_calls_in_flight_stay_within_the_project_limit() {
     );
     assert_eq!(instance_names(&server).len(), 20);
 }
+
+#[test]
+fn a_template_used_in_an_unreachable_zone_keeps_its_old_version() {
+    let server = GceServer::start(PROJECT);
+    let env = Env::new();
+    converge(&env, &server, FLEET);
+    let old_templates = template_names(&server);
+    server.set_unreachable(&["us-east1-d"]);
+    // A new machine type for the autoscaled machines of both zones.
+    let text = std::fs::read_to_string(env.path().join(FLEET)).unwrap();
+    let changed = text.replacen(
+        "    machine_type: n1-standard-2\n",
+        "    machine_type: n1-standard-4\n",
+        1,
+    );
+    assert_ne!(text, changed, "the fleet file changed shape");
+    let file = env.write("changed.yaml", &changed);
+    let plan = live(&env, &server, &["plan", &file, "--format", "json"])
+        .ok()
+        .json();
+    assert_eq!(
+        actions_of(&plan, "template.autoscaled-us-east1-c"),
+        ["create", "delete"]
+    );
+    // The managers of us-east1-d cannot be repointed, so their template's old version stays.
+    assert_eq!(
+        actions_of(&plan, "template.autoscaled-us-east1-d"),
+        ["create"],
+        "{plan:#}"
+    );
+    assert!(reasons_of(&plan, "template.autoscaled-us-east1-d")
+        .contains(&"old_version_kept".to_string()));
+    live(&env, &server, &["apply", &file, "--auto-approve"]).ok();
+    let templates = template_names(&server);
+    let old_d = old_templates
+        .iter()
+        .find(|name| name.starts_with("autoscaled-us-east1-d-"))
+        .unwrap();
+    let old_c = old_templates
+        .iter()
+        .find(|name| name.starts_with("autoscaled-us-east1-c-"))
+        .unwrap();
+    assert!(templates.contains(old_d), "{templates:?}");
+    assert!(!templates.contains(old_c), "{templates:?}");
+    assert_eq!(templates.len(), 3, "{templates:?}");
+
+    // Once the zone answers, its managers move to the new version and the old one goes.
+    server.set_unreachable(&[]);
+    converge(&env, &server, &file);
+    assert_eq!(template_names(&server).len(), 2);
+    assert_no_changes(&env, &server, &file);
+}
