@@ -84,6 +84,18 @@ impl Observer for Progress {
                     ));
                 }
             }
+            ApplyEvent::Replanned {
+                plan_id,
+                summary,
+                changes,
+            } => {
+                self.permanent(&format!(
+                    "The cloud changed between the plan and the lock; planned again under the lock (plan {plan_id}): {summary}"
+                ));
+                for change in changes {
+                    self.permanent(&format!("  {change}"));
+                }
+            }
             ApplyEvent::Retrying {
                 address,
                 step,

@@ -63,6 +63,9 @@ pub struct ApplyOptions {
     pub retry: RetryPolicy,
     /// Secret values, delivered to the machines that reference them (`fleet-secrets`).
     pub secret_values: BTreeMap<String, String>,
+    /// When the cloud changed between the plan and the lock: plan again under the lock and
+    /// apply that (`true`), or refuse as stale (`false`, for saved and reviewed plans).
+    pub replan_when_changed: bool,
 }
 
 impl Default for ApplyOptions {
@@ -71,6 +74,7 @@ impl Default for ApplyOptions {
             concurrency: 16,
             retry: RetryPolicy::default(),
             secret_values: BTreeMap::new(),
+            replan_when_changed: false,
         }
     }
 }
@@ -96,6 +100,16 @@ fn with_secrets(
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ApplyEvent {
+    /// The cloud changed between the plan and the lock, and the plan was made again (only
+    /// where the caller allowed it: an auto-approved apply of a fleet file).
+    Replanned {
+        /// The new plan's id.
+        plan_id: String,
+        /// Its one-line summary.
+        summary: String,
+        /// `symbol address` of each change.
+        changes: Vec<String>,
+    },
     /// A step began.
     Started {
         /// Its address.

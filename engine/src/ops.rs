@@ -43,12 +43,10 @@ pub enum OpError {
         cloud: Cloud,
     },
     /// A saved plan no longer matches the cloud.
-    #[error(
-        "the saved plan is stale: the live state of fleet `{fleet}` changed since it was made"
-    )]
+    #[error("the plan is stale: the live state of fleet `{fleet}` changed since it was made")]
     #[diagnostic(
         code(fleet::apply::stale_plan),
-        help("run `fleet plan … -o PLAN` again, review it, and apply the new plan")
+        help("plan again (`fleet plan … -o PLAN`, or `fleet apply FLEET_FILE`), review it, and apply the new plan; `fleet apply FLEET_FILE --auto-approve` plans again by itself")
     )]
     StalePlan {
         /// The fleet.
@@ -418,15 +416,6 @@ pub async fn apply(
     let lock = store.lock(&plan.fleet, me)?;
     let took_over_from = lock.took_over_from().cloned();
     let live = discover(desired, providers, &plan.scope_clouds, options.retry).await?;
-    if live.fingerprint() != plan.live_fingerprint {
-        return Err(OpError::StalePlan {
-            fleet: plan.fleet.clone(),
-        });
-    }
-    let journal = journal_observer(store.journal(&plan.fleet)?);
-    let observer: Arc<dyn Observer> = Arc::new(Both(observer, journal));
-    let steps = graph::build(plan);
-    let report = apply::execute(plan, &steps, providers, options, observer).await;
     let plan_options = PlanOptions {
         targets: plan.targets.clone(),
         only_cloud: (plan.scope_clouds.len() == 1 && desired.clouds.len() > 1)
@@ -434,6 +423,46 @@ pub async fn apply(
         retry: options.retry,
         secret_values: options.secret_values.clone(),
     };
+    let replanned;
+    let plan = if live.fingerprint() == plan.live_fingerprint {
+        plan
+    } else if options.replan_when_changed {
+        // E.g. machines a killed apply had asked for came up meanwhile: plan what is
+        // needed now, under the lock, so nothing is made twice.
+        replanned = plan_from_live(desired, providers, &plan_options, &plan.scope_clouds, &live)?;
+        if !replanned.blocked.is_empty() {
+            return Err(OpError::Blocked {
+                count: replanned.blocked.len(),
+                addresses: replanned
+                    .blocked
+                    .iter()
+                    .map(|b| b.address.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        observer.event(
+            &apply::ApplyEvent::Replanned {
+                plan_id: replanned.plan_id.clone(),
+                summary: crate::plan::display::summary_line(&replanned),
+                changes: replanned
+                    .actionable()
+                    .map(|change| format!("{} {}", change.action.symbol(), change.address))
+                    .collect(),
+            },
+            0,
+            0,
+        );
+        &replanned
+    } else {
+        return Err(OpError::StalePlan {
+            fleet: plan.fleet.clone(),
+        });
+    };
+    let journal = journal_observer(store.journal(&plan.fleet)?);
+    let observer: Arc<dyn Observer> = Arc::new(Both(observer, journal));
+    let steps = graph::build(plan);
+    let report = apply::execute(plan, &steps, providers, options, observer).await;
     let verification = match discover(desired, providers, &plan.scope_clouds, options.retry).await {
         Ok(after) => Some(plan_from_live(
             desired,

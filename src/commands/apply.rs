@@ -44,7 +44,9 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
         .into_diagnostic()
         .wrap_err_with(|| format!("cannot read {}", args.file.display()))?;
     let color = output::color();
-    let (plan, desired, clouds) = match read_saved_plan(&text) {
+    let saved = read_saved_plan(&text);
+    let from_file = saved.is_none();
+    let (plan, desired, clouds) = match saved {
         Some(saved) => {
             let plan = saved?;
             if plan.content_hash() != plan.plan_id {
@@ -132,6 +134,9 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
         concurrency: args.concurrency.max(1),
         secret_values,
         retry: clouds::retry_policy(global),
+        // A fleet file applied without review is planned again if the cloud moved; a saved
+        // or just-confirmed plan is applied exactly as seen, or not at all.
+        replan_when_changed: from_file && args.auto_approve,
     };
     output::line("");
     let plan_id = plan.plan_id.clone();

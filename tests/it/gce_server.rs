@@ -61,6 +61,9 @@ struct Knobs {
     unreachable: Vec<String>,
     /// Largest page served, whatever `maxResults` asks.
     page_cap: Option<usize>,
+    /// After this many more aggregated lists, this instance stops (TERMINATED): the cloud
+    /// changing between two looks.
+    stop_after_lists: Option<(u32, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -230,6 +233,11 @@ impl GceServer {
     /// Answers 403 `rateLimitExceeded` to every `n`th call; `None` stops it.
     pub(crate) fn throttle_every(&self, n: Option<u64>) {
         self.world().knobs.throttle_every = n.filter(|n| *n > 0);
+    }
+
+    /// Stops instance `name` once `lists` more aggregated lists have been answered.
+    pub(crate) fn stop_after_lists(&self, lists: u32, name: &str) {
+        self.world().knobs.stop_after_lists = Some((lists, name.to_string()));
     }
 
     /// The most mutating calls that were being answered at once.
@@ -605,7 +613,20 @@ impl World {
             }
         }
         let answer = match *route {
-            Route::AggregatedInstances(_) => self.aggregated_list(query),
+            Route::AggregatedInstances(_) => {
+                let answer = self.aggregated_list(query);
+                if let Some((left, name)) = self.knobs.stop_after_lists.take() {
+                    if left <= 1 {
+                        let instance = self.instances.iter_mut().find(|(key, _)| key.1 == name);
+                        if let Some((_, instance)) = instance {
+                            instance.status = Some(instance::Status::Terminated);
+                        }
+                    } else {
+                        self.knobs.stop_after_lists = Some((left - 1, name));
+                    }
+                }
+                answer
+            }
             Route::ListInstances(_, zone) => self.list_instances(zone, query),
             Route::InsertInstance(_, zone) => self.insert_instance(zone, parse_body(body)?),
             Route::BulkInsert(_, zone) => self.bulk_insert(zone, parse_body(body)?),

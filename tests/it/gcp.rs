@@ -931,3 +931,44 @@ fn a_template_used_in_an_unreachable_zone_keeps_its_old_version() {
     assert_eq!(template_names(&server).len(), 2);
     assert_no_changes(&env, &server, &file);
 }
+
+#[test]
+fn an_auto_approved_apply_plans_again_if_the_cloud_moved_before_the_lock() {
+    let server = GceServer::start(PROJECT);
+    let env = Env::new();
+    converge(&env, &server, FLEET);
+    // A change to apply, and a helper that stops right after the plan looked at it.
+    let text = std::fs::read_to_string(env.path().join(FLEET)).unwrap();
+    let file = env.write(
+        "changed.yaml",
+        &text.replace("scrape_interval: 15s", "scrape_interval: 30s"),
+    );
+    assert!(
+        text.contains("scrape_interval: 15s"),
+        "the fleet file changed shape"
+    );
+    server.stop_after_lists(1, "prometheus-01-us-east1-c");
+    let apply = live(&env, &server, &["apply", &file, "--auto-approve"]).ok();
+    assert!(
+        apply
+            .stdout
+            .contains("The cloud changed between the plan and the lock; planned again"),
+        "{}",
+        apply.stdout
+    );
+    assert!(
+        apply.stdout.contains("  ∓ helper.prometheus-01-us-east1-c"),
+        "{}",
+        apply.stdout
+    );
+    assert!(
+        apply
+            .stdout
+            .contains("Verified: the live fleet matches the plan"),
+        "{}",
+        apply.stdout
+    );
+    let helper = server.instance("prometheus-01-us-east1-c").unwrap();
+    assert_eq!(helper.status, Some(instance::Status::Running));
+    assert_no_changes(&env, &server, &file);
+}
