@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Fleet files (YAML) describe runner managers, helpers, fixed-size pools and autoscale
 /// templates. `fleet plan` diffs them against the live cloud and shows what would change;
 /// `fleet apply` makes it so. Every object fleet creates carries labels (`fleet`,
-/// `fleet-kind`, `fleet-resource`, `fleet-spec`), which is how live state is discovered:
-/// there is no state file.
+/// `fleet-kind`, `fleet-spec`, and `fleet-resource` or, on pool members, `fleet-pool`),
+/// which is how live state is discovered: there is no state file.
 ///
 /// Quick start on the embedded simulated cloud (no account needed):
 ///
@@ -219,7 +219,8 @@ pub(crate) struct PlanArgs {
     /// Save the plan (JSON) for `fleet apply PLAN`.
     #[arg(short = 'o', long = "out")]
     pub(crate) out: Option<PathBuf>,
-    /// Exit 0 when there are no changes, 2 when there are, 1 on error.
+    /// Exit 0 when there are no changes, 2 when there are (or when a zone did not answer, so
+    /// part of the fleet could not be compared), 1 on error.
     #[arg(long)]
     pub(crate) detailed_exitcode: bool,
     /// Limit the plan to addresses matching PATTERN (`*` wildcards) and what they depend on.

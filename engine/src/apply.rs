@@ -570,10 +570,14 @@ async fn run_batch(
             }
             lane.provider.create_batch(&requests).await
         };
-        let call_failed = results.iter().all(|result| {
-            result
-                .as_ref()
-                .is_err_and(|error| error.kind.is_retryable())
+        // The call as a whole was refused when every member has the same retryable error;
+        // members failing each in their own way (EC2 tagging) go on alone below.
+        let first = results.first().and_then(|result| result.as_ref().err());
+        let call_failed = first.is_some_and(|first| {
+            first.kind.is_retryable()
+                && results
+                    .iter()
+                    .all(|result| result.as_ref().err() == Some(first))
         });
         let delay = call_failed
             .then(|| retry.delay(batch_attempts, started.elapsed()))
@@ -603,7 +607,9 @@ async fn run_batch(
         tokio::time::sleep(delay).await;
     };
     let mut outcomes = Vec::with_capacity(steps.len());
-    for ((node, step), result) in steps.iter().zip(results) {
+    for (index, ((node, step), result)) in steps.iter().zip(results).enumerate() {
+        // The batch's attempts count once, on its first member: one call, not one per member.
+        let batch_attempts = if index == 0 { batch_attempts } else { 1 };
         match result {
             Ok(live) => outcomes.push((*node, batch_attempts, Ok(live.id))),
             // What failed alone in a call that otherwise worked goes on alone, with the usual

@@ -282,6 +282,8 @@ fn plan_from_live(
     scoped
         .resources
         .retain(|_, resource| clouds.contains(&resource.cloud));
+    // `--target` may name what is left out below: the plan then says why it is not planned.
+    let scope = target_scope(&scoped, &live.objects, &options.targets)?;
     // Machines in a zone that did not answer are left alone: what is there is unknown, so
     // creating could duplicate and nothing there can be deleted.
     let mut unreachable: BTreeMap<(Cloud, String), Vec<Address>> = BTreeMap::new();
@@ -308,7 +310,6 @@ fn plan_from_live(
         .filter(|object| diff::live_address(object).is_none_or(|a| !not_planned.contains(&a)))
         .cloned()
         .collect();
-    let scope = target_scope(&scoped, &objects, &options.targets)?;
     let mut diff = diff::diff(
         &scoped,
         &objects,
@@ -316,29 +317,35 @@ fn plan_from_live(
         scope.as_ref(),
         &options.secret_values,
     );
-    // What a left-out machine uses is not retired: a template's new version is made, the old
-    // one stays until the zone answers (the next plan then removes it as a duplicate).
-    let mut still_used: BTreeMap<&Address, BTreeSet<String>> = BTreeMap::new();
-    for ((_, zone), addresses) in &unreachable {
-        for resource in addresses.iter().filter_map(|a| desired.resources.get(a)) {
-            for dependency in &resource.depends_on {
-                still_used
-                    .entry(dependency)
-                    .or_default()
-                    .insert(zone.clone());
-            }
-        }
-    }
+    // Templates are global, and the machines of a zone that does not answer may use any of
+    // them: while it does not, no template of that cloud is retired. A new version is made,
+    // the old one stays (a later plan removes it as a duplicate or an orphan).
     for change in &mut diff.changes {
-        if change.action != Action::ReplaceCreateBeforeDestroy {
+        let Some(zones) = live.unreachable.get(&change.cloud) else {
+            continue;
+        };
+        let object = match (&change.after, &change.before) {
+            (Some(after), _) => after.object,
+            (None, Some(before)) => before.kind,
+            (None, None) => continue,
+        };
+        if object != ObjectKind::InstanceTemplate {
             continue;
         }
-        if let Some(zones) = still_used.get(&change.address) {
-            change.action = Action::Create;
-            change.before = None;
-            change.reasons.push(diff::Reason::OldVersionKept {
-                zones: zones.iter().cloned().collect(),
-            });
+        let kept = diff::Reason::OldVersionKept {
+            zones: zones.iter().cloned().collect(),
+        };
+        match change.action {
+            Action::ReplaceCreateBeforeDestroy => {
+                change.action = Action::Create;
+                change.before = None;
+                change.reasons.push(kept);
+            }
+            Action::Delete => {
+                change.action = Action::NoOp;
+                change.reasons.push(kept);
+            }
+            _ => {}
         }
     }
     let described: BTreeMap<Cloud, String> = clouds

@@ -53,7 +53,19 @@ pub(crate) async fn run(global: &Global, args: &PlanArgs) -> Result<u8> {
         ));
         return Ok(1);
     }
-    Ok(if args.detailed_exitcode && plan.summary.has_changes() {
+    if !plan.unreachable.is_empty() {
+        let zones: Vec<String> = plan
+            .unreachable
+            .iter()
+            .map(|zone| format!("{} {}", zone.cloud, zone.zone))
+            .collect();
+        output::warn(&format!(
+            "warning: not compared, as these zones did not answer: {}",
+            zones.join(", ")
+        ));
+    }
+    let differs = plan.summary.has_changes() || !plan.unreachable.is_empty();
+    Ok(if args.detailed_exitcode && differs {
         2
     } else {
         0

@@ -57,6 +57,8 @@ struct Knobs {
     operations_hang: bool,
     /// Names whose insert operation ends in an error instead of a machine.
     failing_names: Vec<String>,
+    /// The next N `bulkInsert` operations end in `RATE_LIMIT_EXCEEDED`, making nothing.
+    rate_limited_bulk_operations: u32,
     /// Zones reported as unreachable by aggregated lists.
     unreachable: Vec<String>,
     /// Largest page served, whatever `maxResults` asks.
@@ -273,6 +275,12 @@ impl GceServer {
     /// (`ZONE_RESOURCE_POOL_EXHAUSTED`).
     pub(crate) fn fail_operations_for(&self, name: &str) {
         self.world().knobs.failing_names.push(name.to_string());
+    }
+
+    /// The next `n` `bulkInsert` calls are accepted, but their operations end in
+    /// `RATE_LIMIT_EXCEEDED` and make nothing.
+    pub(crate) fn rate_limit_bulk_operations(&self, n: u32) {
+        self.world().knobs.rate_limited_bulk_operations = n;
     }
 
     /// Aggregated lists report these zones as unreachable.
@@ -832,16 +840,30 @@ impl World {
                 listed.name = Some(format!("nic{index}"));
                 // As GCE: references become URLs, and an auto-mode network's machine gets
                 // the region's subnetwork of the same name.
-                let network = interface
-                    .network
-                    .unwrap_or_else(|| "global/networks/default".into());
+                // With only a subnetwork, the network is the subnetwork's (this server has no
+                // network model: it names it after the subnetwork, in its project).
                 let region = zone.rsplit_once('-').map_or(zone, |(region, _)| region);
-                let subnet = interface.subnetwork.unwrap_or_else(|| {
-                    let short = network.rsplit('/').next().unwrap_or("default");
-                    format!("regions/{region}/subnetworks/{short}")
+                let subnet_url = interface
+                    .subnetwork
+                    .as_deref()
+                    .map(|subnet| resource_url(&project_url, subnet));
+                let network_url = match (&interface.network, &subnet_url) {
+                    (Some(network), _) => resource_url(&project_url, network),
+                    (None, Some(subnet)) => {
+                        let (project, name) = subnet
+                            .split_once("/regions/")
+                            .map(|(project, rest)| (project, rest.rsplit('/').next().unwrap_or("")))
+                            .unwrap_or((&project_url, "default"));
+                        format!("{project}/global/networks/{name}")
+                    }
+                    (None, None) => format!("{project_url}/global/networks/default"),
+                };
+                let subnet_url = subnet_url.unwrap_or_else(|| {
+                    let short = network_url.rsplit('/').next().unwrap_or("default");
+                    format!("{project_url}/regions/{region}/subnetworks/{short}")
                 });
-                listed.network = Some(resource_url(&project_url, &network));
-                listed.subnetwork = Some(resource_url(&project_url, &subnet));
+                listed.network = Some(network_url);
+                listed.subnetwork = Some(subnet_url);
                 listed.network_ip = Some(format!("10.142.{}.{}", (id / 250) % 250, id % 250));
                 listed
             })
@@ -849,9 +871,32 @@ impl World {
         body
     }
 
+    /// As GCE: a subnetwork must belong to the network given with it (here: be in the same
+    /// project, the one thing a reference tells).
+    fn check_interfaces(&self, interfaces: &[NetworkInterface]) -> Result<(), ApiError> {
+        let project_of = |reference: &str| -> String {
+            reference
+                .find("projects/")
+                .and_then(|at| reference[at + "projects/".len()..].split('/').next())
+                .unwrap_or(&self.project)
+                .to_string()
+        };
+        for interface in interfaces {
+            if let (Some(network), Some(subnet)) = (&interface.network, &interface.subnetwork) {
+                if project_of(network) != project_of(subnet) {
+                    return Err(ApiError::invalid(format!(
+                        "Invalid value for field 'resource.networkInterfaces[0].subnetwork': '{subnet}'. Subnetwork should belong to network '{network}'"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn insert_instance(&mut self, zone: &str, body: Instance) -> Answer {
         let name = body.name.clone().unwrap_or_default();
         check_name(&name)?;
+        self.check_interfaces(&body.network_interfaces)?;
         check_labels(&body.labels)?;
         check_metadata(body.metadata.as_ref())?;
         if let Some(machine_type) = &body.machine_type {
@@ -908,6 +953,21 @@ impl World {
         }
         check_labels(&properties.labels)?;
         check_metadata(properties.metadata.as_ref())?;
+        self.check_interfaces(&properties.network_interfaces)?;
+        let target = format!("projects/{}/zones/{zone}/instances", self.project);
+        if self.knobs.rate_limited_bulk_operations > 0 {
+            self.knobs.rate_limited_bulk_operations -= 1;
+            return Ok(self.new_operation(
+                Some(zone),
+                "bulkInsert",
+                target,
+                Some((
+                    "RATE_LIMIT_EXCEEDED",
+                    "Rate limit exceeded for the zone's instance creations".to_string(),
+                )),
+                Vec::new(),
+            ));
+        }
         for name in &names {
             check_name(name)?;
             if self
@@ -942,7 +1002,6 @@ impl World {
             self.instances.insert(key.clone(), stored);
             starts.push(key);
         }
-        let target = format!("projects/{}/zones/{zone}/instances", self.project);
         Ok(self.new_operation(Some(zone), "bulkInsert", target, None, starts))
     }
 
@@ -1010,6 +1069,7 @@ impl World {
             .ok_or_else(|| ApiError::invalid("properties is required"))?;
         check_labels(&properties.labels)?;
         check_metadata(properties.metadata.as_ref())?;
+        self.check_interfaces(&properties.network_interfaces)?;
         let path = self.template_path(&name);
         if self.templates.contains_key(&name) {
             return Err(ApiError::new(

@@ -523,7 +523,33 @@ fn an_unreachable_zone_is_left_alone_and_the_rest_is_planned() {
         "{}",
         text.stdout
     );
-    live(&env, &server, &["plan", FLEET, "-o", "partial.json"]).ok();
+    // A CI drift check does not pass over a zone it could not compare.
+    let check = live(&env, &server, &["plan", FLEET, "--detailed-exitcode"]);
+    assert_eq!(check.code, 2, "{}", check.stderr);
+    assert!(
+        check
+            .stderr
+            .contains("not compared, as these zones did not answer: gcp us-east1-d"),
+        "{}",
+        check.stderr
+    );
+    // A target in the zone is known, and left out with the rest of it.
+    let targeted = live(
+        &env,
+        &server,
+        &[
+            "plan",
+            FLEET,
+            "--target",
+            "manager.shared-runners-manager-2",
+        ],
+    )
+    .ok();
+    assert!(
+        targeted.stdout.contains("manager.shared-runners-manager-2"),
+        "{}",
+        targeted.stdout
+    );
 
     let apply = live(&env, &server, &["apply", FLEET, "--auto-approve"]).ok();
     assert!(
@@ -534,15 +560,16 @@ fn an_unreachable_zone_is_left_alone_and_the_rest_is_planned() {
     );
     assert_eq!(instance_names(&server), before, "nothing was made twice");
 
-    // The zone answers again: the plan made without it is stale, and all is well.
+    // A plan made while a zone without fleet machines did not answer is stale once it does:
+    // nothing else changed in between, the zone is in the live fingerprint.
+    server.set_unreachable(&["us-east1-b"]);
+    server.set_status("prometheus-01-us-east1-c", instance::Status::Terminated);
+    live(&env, &server, &["plan", FLEET, "-o", "partial.json"]).ok();
     server.set_unreachable(&[]);
     let stale = live(&env, &server, &["apply", "partial.json", "--auto-approve"]);
     assert_ne!(stale.code, 0);
-    assert!(
-        stale.stderr.contains("stale") || stale.stderr.contains("changed since"),
-        "{}",
-        stale.stderr
-    );
+    assert!(stale.stderr.contains("stale"), "{}", stale.stderr);
+    converge(&env, &server, FLEET);
     let after: Vec<Option<u64>> = before
         .iter()
         .filter(|name| name.ends_with("-2") || name.ends_with("us-east1-d"))
@@ -633,6 +660,41 @@ fn a_throttled_bulk_insert_is_repeated_whole() {
         apply.stdout,
         apply.stderr
     );
+    assert_eq!(instance_names(&server).len(), 120);
+    assert_no_changes(&env, &server, &file);
+}
+
+#[test]
+fn a_bulk_insert_whose_answer_was_lost_is_repeated_with_the_same_request_id() {
+    let server = GceServer::start(PROJECT);
+    // The first mutation, a bulkInsert of 100, is carried out but answered 503.
+    server.lose_answers(1);
+    let env = Env::new();
+    let file = env.write("gcp-builders.yaml", POOL_FLEET);
+    let calls = api_calls(&converge(&env, &server, &file));
+    // Repeated whole with the same requestId, GCE answered with the first call's operation:
+    // no alreadyExists, so no fallback to one insert per member, and no second machine.
+    assert_eq!(calls["compute.instances.bulkInsert"], 2 + 1, "{calls:?}");
+    assert!(!calls.contains_key("compute.instances.insert"), "{calls:?}");
+    assert_eq!(instance_names(&server).len(), 120);
+}
+
+#[test]
+fn a_failed_bulk_insert_operation_is_retried_under_a_new_request_id() {
+    let server = GceServer::start(PROJECT);
+    // The first bulkInsert is accepted but its operation fails and makes nothing: repeating
+    // its requestId would only fetch that failed operation again.
+    server.rate_limit_bulk_operations(1);
+    let env = Env::new();
+    let file = env.write("gcp-builders.yaml", POOL_FLEET);
+    let apply = converge(&env, &server, &file);
+    assert!(
+        apply.stdout.contains("RATE_LIMIT_EXCEEDED"),
+        "{}",
+        apply.stdout
+    );
+    let calls = api_calls(&apply);
+    assert_eq!(calls["compute.instances.bulkInsert"], 2 + 1, "{calls:?}");
     assert_eq!(instance_names(&server).len(), 120);
     assert_no_changes(&env, &server, &file);
 }
@@ -811,9 +873,10 @@ fn model_types_round_trip_the_rest_json() {
 fn a_network_and_a_shared_vpc_subnetwork_are_set_and_kept() {
     let server = GceServer::start(PROJECT);
     let env = Env::new();
+    // A shared VPC's subnetwork alone: GCE takes its network.
     let text = POOL_FLEET.replace("size: 120", "size: 3").replace(
         "    role: builder\n",
-        "    role: builder\n    network: projects/net-host/global/networks/ci\n    subnet: projects/net-host/regions/us-east1/subnetworks/runners\n",
+        "    role: builder\n    subnet: projects/net-host/regions/us-east1/subnetworks/runners\n",
     );
     let file = env.write("gcp-builders.yaml", &text);
     let plan = live(&env, &server, &["plan", &file]).ok();
@@ -832,7 +895,7 @@ fn a_network_and_a_shared_vpc_subnetwork_are_set_and_kept() {
     );
     assert_eq!(
         interface.network.as_deref(),
-        Some("https://www.googleapis.com/compute/v1/projects/net-host/global/networks/ci")
+        Some("https://www.googleapis.com/compute/v1/projects/net-host/global/networks/runners")
     );
     // GCE answers with URLs; fleet compares them with what the file says.
     assert_no_changes(&env, &server, &file);
@@ -854,6 +917,24 @@ fn a_network_and_a_shared_vpc_subnetwork_are_set_and_kept() {
         !reasons_of(&plan, "pool.amd64-builder-1").contains(&"drift".to_string()),
         "a fleet-file change is not drift"
     );
+
+    // A network of the fleet's own project, by name or by path, is the same network.
+    let own = POOL_FLEET.replace("size: 120", "size: 2").replace(
+        "    role: builder\n",
+        "    role: builder\n    network: projects/gitlab-ci-runners/global/networks/ci\n    subnet: ci-us-east1\n",
+    );
+    let server = GceServer::start(PROJECT);
+    let own = env.write("own.yaml", &own);
+    converge(&env, &server, &own);
+    let interface = &server
+        .instance("amd64-builder-1")
+        .unwrap()
+        .network_interfaces[0];
+    assert_eq!(
+        interface.subnetwork.as_deref(),
+        Some("https://www.googleapis.com/compute/v1/projects/gitlab-ci-runners/regions/us-east1/subnetworks/ci-us-east1")
+    );
+    assert_no_changes(&env, &server, &own);
 }
 
 #[test]
@@ -899,31 +980,32 @@ fn a_template_used_in_an_unreachable_zone_keeps_its_old_version() {
     let plan = live(&env, &server, &["plan", &file, "--format", "json"])
         .ok()
         .json();
-    assert_eq!(
-        actions_of(&plan, "template.autoscaled-us-east1-c"),
-        ["create", "delete"]
+    // Templates are global and the managers of us-east1-d cannot be repointed: new versions
+    // are made, no old one is retired while the zone does not answer.
+    for template in [
+        "template.autoscaled-us-east1-c",
+        "template.autoscaled-us-east1-d",
+    ] {
+        assert_eq!(actions_of(&plan, template), ["create"], "{plan:#}");
+        assert!(reasons_of(&plan, template).contains(&"old_version_kept".to_string()));
+    }
+    let apply = live(&env, &server, &["apply", &file, "--auto-approve"]).ok();
+    assert!(
+        apply.stdout.contains("Verified where fleet could see"),
+        "{}",
+        apply.stdout
     );
-    // The managers of us-east1-d cannot be repointed, so their template's old version stays.
-    assert_eq!(
-        actions_of(&plan, "template.autoscaled-us-east1-d"),
-        ["create"],
-        "{plan:#}"
-    );
-    assert!(reasons_of(&plan, "template.autoscaled-us-east1-d")
-        .contains(&"old_version_kept".to_string()));
-    live(&env, &server, &["apply", &file, "--auto-approve"]).ok();
     let templates = template_names(&server);
-    let old_d = old_templates
-        .iter()
-        .find(|name| name.starts_with("autoscaled-us-east1-d-"))
-        .unwrap();
-    let old_c = old_templates
-        .iter()
-        .find(|name| name.starts_with("autoscaled-us-east1-c-"))
-        .unwrap();
-    assert!(templates.contains(old_d), "{templates:?}");
-    assert!(!templates.contains(old_c), "{templates:?}");
-    assert_eq!(templates.len(), 3, "{templates:?}");
+    assert!(
+        old_templates.iter().all(|old| templates.contains(old)),
+        "{templates:?}"
+    );
+    assert_eq!(templates.len(), 4, "{templates:?}");
+    // Planning again while the zone is still down retires nothing either.
+    let again = live(&env, &server, &["plan", &file, "--format", "json"])
+        .ok()
+        .json();
+    assert_eq!(again["summary"]["delete"], 0, "{}", again["summary"]);
 
     // Once the zone answers, its managers move to the new version and the old one goes.
     server.set_unreachable(&[]);

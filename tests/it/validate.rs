@@ -264,6 +264,12 @@ fn networking_keys_are_checked_per_cloud() {
     network: default
     subnet: my-subnet
     security_groups: [sg-0123456789abcdef0, runners]
+  r-1:
+    cloud: gcp
+    subnet: projects/h/regions/us-central1/subnetworks/x
+  u-1:
+    cloud: aws
+    security_groups: [sg-0123456789ABCDEF0]
 "
     ));
     let code = "fleet::spec::invalid_value";
@@ -279,7 +285,19 @@ fn networking_keys_are_checked_per_cloud() {
     );
     // The shared-VPC subnetwork and the well-formed group id are fine.
     assert!(!stderr.contains("is not a subnetwork"), "{stderr}");
-    assert!(stderr.contains("5 problems"), "{stderr}");
+    expect(
+        &stderr,
+        code,
+        "21:13",
+        "is in region us-central1, not the machine's",
+    );
+    expect(
+        &stderr,
+        code,
+        "24:23",
+        "`sg-0123456789ABCDEF0` is not a security group id",
+    );
+    assert!(stderr.contains("7 problems"), "{stderr}");
     assert!(
         !stderr.contains("`sg-0123456789abcdef0` is not"),
         "{stderr}"

@@ -16,7 +16,7 @@ use crate::diff::{Action, Blocked, Change, Diff};
 use crate::provider::{Cloud, LiveResource};
 
 /// The JSON format version of saved plans and `--format json`.
-pub const FORMAT_VERSION: &str = "1.0";
+pub const FORMAT_VERSION: &str = "1.1";
 
 /// Counts of changes by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

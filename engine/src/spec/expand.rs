@@ -467,7 +467,12 @@ impl Expander<'_> {
             .as_ref()
             .or(defaults.disk_size_gb.as_ref())
             .map_or(20, |size| size.value);
-        let networking = self.networking(decl, defaults, cloud, vars);
+        let project = clouds.get(&Cloud::Gcp).and_then(|t| t.project.as_deref());
+        let zone_region = zone
+            .as_ref()
+            .and_then(|(zone, _)| catalog::zone(zone))
+            .map(|(_, region)| region);
+        let networking = self.networking(decl, defaults, (cloud, project, zone_region), vars);
 
         // Catalog facts.
         let mut region = None;
@@ -1216,7 +1221,7 @@ impl Expander<'_> {
         &mut self,
         decl: &ResourceDecl,
         defaults: &MachineDefaults,
-        cloud: Cloud,
+        (cloud, project, region): (Cloud, Option<&str>, Option<&str>),
         vars: &BTreeMap<String, String>,
     ) -> Networking {
         let network = decl.network.as_ref().or(defaults.network.as_ref());
@@ -1236,8 +1241,13 @@ impl Expander<'_> {
                     self.problem(problem);
                 }
                 Cloud::Gcp => {
-                    self.check_gce_path(&value, network.span, "network", &["global", "networks"]);
-                    out.network = Some(value);
+                    let place = GcePlace {
+                        what: "network",
+                        collection: &["global", "networks"],
+                        project,
+                        region,
+                    };
+                    out.network = Some(self.gce_reference(&value, network.span, &place));
                 }
             }
         }
@@ -1247,19 +1257,22 @@ impl Expander<'_> {
                 Cloud::Aws => {
                     if !is_aws_id(&value, "subnet-") {
                         let problem = self
-                            .new_problem(ProblemKind::InvalidValue, subnet.span, format!("`{value}` is not a subnet id"), "expected `subnet-` and hex digits")
+                            .new_problem(ProblemKind::InvalidValue, subnet.span, format!("`{value}` is not a subnet id"), "expected `subnet-` and lowercase hex digits")
                             .with_help("use the subnet's id, e.g. `subnet-0a1b2c3d4e5f60718` (`aws ec2 describe-subnets`)");
                         self.problem(problem);
                     }
+                    out.subnet = Some(value);
                 }
-                Cloud::Gcp => self.check_gce_path(
-                    &value,
-                    subnet.span,
-                    "subnetwork",
-                    &["regions", "*", "subnetworks"],
-                ),
+                Cloud::Gcp => {
+                    let place = GcePlace {
+                        what: "subnetwork",
+                        collection: &["regions", "*", "subnetworks"],
+                        project,
+                        region,
+                    };
+                    out.subnet = Some(self.gce_reference(&value, subnet.span, &place));
+                }
             }
-            out.subnet = Some(value);
         }
         if let Some(groups) = groups {
             if cloud == Cloud::Gcp {
@@ -1274,7 +1287,7 @@ impl Expander<'_> {
                     let value = self.interpolate(group, vars);
                     if !is_aws_id(&value, "sg-") {
                         let problem = self
-                            .new_problem(ProblemKind::InvalidValue, group.span, format!("`{value}` is not a security group id"), "expected `sg-` and hex digits")
+                            .new_problem(ProblemKind::InvalidValue, group.span, format!("`{value}` is not a security group id"), "expected `sg-` and lowercase hex digits")
                             .with_help("use the group's id, e.g. `sg-0123456789abcdef0` (`aws ec2 describe-security-groups`); names are not accepted because they are ambiguous outside the default VPC");
                         self.problem(problem);
                     }
@@ -1288,30 +1301,49 @@ impl Expander<'_> {
     }
 
     /// A GCE network or subnetwork: a name in the project, or a shared-VPC path
-    /// `projects/HOST/<kind path>/NAME`.
-    fn check_gce_path(&mut self, value: &str, span: SourceSpan, what: &str, kind_path: &[&str]) {
+    /// `projects/HOST/<collection>/NAME`. A path into the fleet's own project becomes the
+    /// bare name, as discovery reports it; a subnetwork's region must be the machine's.
+    fn gce_reference(&mut self, value: &str, span: SourceSpan, place: &GcePlace<'_>) -> String {
+        let what = place.what;
         let parts: Vec<&str> = value.split('/').collect();
-        let valid = match parts.as_slice() {
-            [name] => valid_gce_name(name),
-            ["projects", project, rest @ ..] if rest.len() == kind_path.len() + 1 => {
-                !project.is_empty()
+        let example = format!(
+            "projects/HOST/{}/NAME",
+            place.collection.join("/").replace('*', "REGION")
+        );
+        let path = match parts.as_slice() {
+            [name] if valid_gce_name(name) => return value.to_string(),
+            ["projects", project, rest @ ..]
+                if !project.is_empty()
+                    && rest.len() == place.collection.len() + 1
                     && rest
                         .iter()
-                        .zip(kind_path)
-                        .all(|(part, want)| *want == "*" && !part.is_empty() || part == want)
-                    && valid_gce_name(rest[rest.len() - 1])
+                        .zip(place.collection)
+                        .all(|(part, want)| (*want == "*" && !part.is_empty()) || part == want)
+                    && valid_gce_name(rest[rest.len() - 1]) =>
+            {
+                (*project, rest.to_vec())
             }
-            _ => false,
+            _ => {
+                let problem = self
+                    .new_problem(ProblemKind::InvalidValue, span, format!("`{value}` is not a {what}"), format!("expected a {what} name or `{example}`"))
+                    .with_help(format!("name a {what} of the fleet's project (lowercase letters, digits and `-`), or one of a shared VPC's host project as `{example}`"));
+                self.problem(problem);
+                return value.to_string();
+            }
         };
-        if !valid {
-            let example = format!(
-                "projects/HOST/{}/NAME",
-                kind_path.join("/").replace('*', "REGION")
-            );
-            let problem = self
-                .new_problem(ProblemKind::InvalidValue, span, format!("`{value}` is not a {what}"), format!("expected a {what} name or `{example}`"))
-                .with_help(format!("name a {what} of the fleet's project (lowercase letters, digits and `-`), or one of a shared VPC's host project as `{example}`"));
-            self.problem(problem);
+        let (project, rest) = path;
+        if let (["regions", subnet_region, ..], Some(region)) = (rest.as_slice(), place.region) {
+            if *subnet_region != region {
+                let problem = self
+                    .new_problem(ProblemKind::InvalidValue, span, format!("`{value}` is in region {subnet_region}, not the machine's region {region}"), "a machine can only use a subnetwork of its own region")
+                    .with_help(format!("use a subnetwork of {region}, or move the machine to a zone of {subnet_region}"));
+                self.problem(problem);
+            }
+        }
+        if Some(project) == place.project {
+            rest[rest.len() - 1].to_string()
+        } else {
+            value.to_string()
         }
     }
 
@@ -1583,9 +1615,24 @@ fn valid_gce_name(name: &str) -> bool {
     valid_cloud_name(name, 63)
 }
 
-/// An EC2 id: `prefix` then 8 or 17 hex digits.
+/// An EC2 id: `prefix` then 8 or 17 lowercase hex digits, as EC2 writes them.
 fn is_aws_id(text: &str, prefix: &str) -> bool {
     text.strip_prefix(prefix).is_some_and(|hex| {
-        matches!(hex.len(), 8 | 17) && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        matches!(hex.len(), 8 | 17)
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
+}
+
+/// Where a GCE network reference points, for [`Expander::gce_reference`].
+struct GcePlace<'a> {
+    /// `network` or `subnetwork`, for messages.
+    what: &'a str,
+    /// The path between the project and the name (`*` for any one part).
+    collection: &'a [&'a str],
+    /// The fleet's GCP project.
+    project: Option<&'a str>,
+    /// The machine's region.
+    region: Option<&'a str>,
 }

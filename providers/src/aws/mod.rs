@@ -608,7 +608,16 @@ impl AwsEc2 {
                     continue;
                 }
             };
-            let own = convert::instance_tags(&request.name, &request.spec.labels);
+            // Only what the launch tags do not already say: the name, and for machines
+            // outside pools their own labels.
+            let own_labels: BTreeMap<String, String> = request
+                .spec
+                .labels
+                .iter()
+                .filter(|(key, value)| shared.get(*key) != Some(*value))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect();
+            let own = convert::instance_tags(&request.name, &own_labels);
             match self.tag_with_retry(&live.id, own, &request.name).await {
                 Ok(()) => results.push(Ok(live)),
                 Err(error) => {

@@ -214,14 +214,17 @@ fn boot_disk(spec: &MachineSpec, disk_type: String) -> AttachedDisk {
     disk
 }
 
-/// The machine's one interface: the spec's network and subnetwork, or `default_network`.
+/// The machine's one interface: the spec's network and subnetwork. Without either,
+/// `default_network`; with only a subnetwork, no network (GCE takes the subnetwork's, which
+/// for a shared VPC is the host project's).
 fn network_interface(spec: &MachineSpec, default_network: &str) -> NetworkInterface {
     let networking = &spec.networking;
     let mut interface = NetworkInterface::default();
-    interface.network = Some(match &networking.network {
-        Some(network) => reference(network, "global/networks"),
-        None => default_network.to_string(),
-    });
+    interface.network = match (&networking.network, &networking.subnet) {
+        (Some(network), _) => Some(reference(network, "global/networks")),
+        (None, Some(_)) => None,
+        (None, None) => Some(default_network.to_string()),
+    };
     interface.subnetwork = networking.subnet.as_ref().map(|subnet| {
         let region = spec.zone.rsplit_once('-').map_or("", |(region, _)| region);
         reference(subnet, &format!("regions/{region}/subnetworks"))

@@ -150,6 +150,10 @@ pub struct GcpProvider {
     /// Labels, metadata and their fingerprints as last seen, by instance id, so an update
     /// needs no GET.
     seen: Mutex<HashMap<String, Instance>>,
+    /// Creations whose operation finished with an error, by requestId key, with how many
+    /// times. GCE answers a repeated `requestId` with the same operation, failed included; a
+    /// failed operation made nothing, so the next attempt gets a new one.
+    failed_creations: Mutex<HashMap<String, u32>>,
 }
 
 impl std::fmt::Debug for GcpProvider {
@@ -204,6 +208,7 @@ impl GcpProvider {
             global_operations,
             calls: Mutex::new(BTreeMap::new()),
             seen: Mutex::new(HashMap::new()),
+            failed_creations: Mutex::new(HashMap::new()),
         })
     }
 
@@ -307,6 +312,49 @@ impl GcpProvider {
                 None => return Ok(found),
             }
         }
+    }
+
+    /// The `requestId` of a creation keyed `key` (a token, or a batch's tokens): derived from
+    /// the key, and from how often an operation under it failed.
+    fn creation_request_id(&self, key: &str, call: &str) -> String {
+        let failures = self
+            .failed_creations
+            .lock()
+            .expect("failed creations lock")
+            .get(key)
+            .copied()
+            .unwrap_or(0);
+        if failures == 0 {
+            convert::request_id(key, call)
+        } else {
+            convert::request_id(&format!("{key}#{failures}"), call)
+        }
+    }
+
+    /// [`GcpProvider::wait`] for a creation: an operation that finished with an error moves
+    /// the key on to a new `requestId` (a timeout or a lost poll does not: that operation may
+    /// still succeed, and its requestId finds it).
+    async fn wait_creation(
+        &self,
+        key: &str,
+        scope: Scope<'_>,
+        current: Operation,
+        operation: &str,
+        resource: &str,
+    ) -> Result<Operation, ProviderError> {
+        let name = current.name.clone();
+        let result = self.wait(scope, current, operation, resource).await;
+        if let (Err(error), Some(name)) = (&result, &name) {
+            if error.message.contains(&format!("operation {name} failed")) {
+                *self
+                    .failed_creations
+                    .lock()
+                    .expect("failed creations lock")
+                    .entry(key.to_string())
+                    .or_default() += 1;
+            }
+        }
+        result
     }
 
     /// Follows an operation until it is done; its error, if any, becomes the result.
@@ -432,7 +480,7 @@ impl GcpProvider {
             .insert()
             .set_project(&self.config.project)
             .set_zone(zone)
-            .set_request_id(convert::request_id(&request.idempotency_token, "insert"))
+            .set_request_id(self.creation_request_id(&request.idempotency_token, "insert"))
             .set_body(convert::instance_body(request, &self.config.network))
             .send()
             .await;
@@ -443,7 +491,8 @@ impl GcpProvider {
                 return self.created_already(request, failure).await;
             }
         };
-        self.wait(Scope::Zone(zone), operation, OPERATION, &id)
+        let key = &request.idempotency_token;
+        self.wait_creation(key, Scope::Zone(zone), operation, OPERATION, &id)
             .await?;
         Ok(created(request, id))
     }
@@ -460,7 +509,7 @@ impl GcpProvider {
             .templates
             .insert()
             .set_project(&self.config.project)
-            .set_request_id(convert::request_id(&request.idempotency_token, "insert"))
+            .set_request_id(self.creation_request_id(&request.idempotency_token, "insert"))
             .set_body(convert::template_body(request, &self.config.network))
             .send()
             .await;
@@ -471,7 +520,14 @@ impl GcpProvider {
                 return self.created_already(request, failure).await;
             }
         };
-        self.wait(Scope::Global, operation, OPERATION, &id).await?;
+        self.wait_creation(
+            &request.idempotency_token,
+            Scope::Global,
+            operation,
+            OPERATION,
+            &id,
+        )
+        .await?;
         Ok(created(request, id))
     }
 
@@ -500,18 +556,19 @@ impl GcpProvider {
             .iter()
             .map(|request| request.idempotency_token.as_str())
             .collect();
+        let key = tokens.join(",");
         self.count(OPERATION);
         let operation = self
             .instances
             .bulk_insert()
             .set_project(&self.config.project)
             .set_zone(zone)
-            .set_request_id(convert::request_id(&tokens.join(","), "bulkInsert"))
+            .set_request_id(self.creation_request_id(&key, "bulkInsert"))
             .set_body(convert::bulk_body(group, &self.config.network))
             .send()
             .await
             .map_err(|failure| error::from_gax(OPERATION, &resource, &failure))?;
-        self.wait(Scope::Zone(zone), operation, OPERATION, &resource)
+        self.wait_creation(&key, Scope::Zone(zone), operation, OPERATION, &resource)
             .await
             .map(|_| ())
     }
@@ -693,13 +750,13 @@ async fn application_default(config: &GcpConfig) -> Result<Credentials, ConnectE
     }
 }
 
-/// A shape of instance request that `bulkInsert` can create together: everything but the
-/// name.
 /// `us-east1-d` for the aggregated-list scope `zones/us-east1-d` (or its URL).
 fn short_scope(scope: &str) -> String {
     scope.rsplit('/').next().unwrap_or(scope).to_string()
 }
 
+/// A shape of instance request that `bulkInsert` can create together: everything but the
+/// name.
 fn bulk_key(request: &CreateRequest) -> Option<String> {
     (request.kind == ObjectKind::Instance)
         .then(|| serde_json::to_string(&request.spec).expect("a spec serializes"))
