@@ -400,15 +400,7 @@ pub async fn apply(
     journal_observer: impl FnOnce(Box<dyn crate::state::Journal>) -> Arc<dyn Observer>,
 ) -> Result<ApplyOutcome, OpError> {
     if !plan.blocked.is_empty() {
-        return Err(OpError::Blocked {
-            count: plan.blocked.len(),
-            addresses: plan
-                .blocked
-                .iter()
-                .map(|b| b.address.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
+        return Err(blocked(plan));
     }
     let missing: Vec<String> = secret_references(plan)
         .into_iter()
@@ -438,15 +430,7 @@ pub async fn apply(
         // needed now, under the lock, so nothing is made twice.
         replanned = plan_from_live(desired, providers, &plan_options, &plan.scope_clouds, &live)?;
         if !replanned.blocked.is_empty() {
-            return Err(OpError::Blocked {
-                count: replanned.blocked.len(),
-                addresses: replanned
-                    .blocked
-                    .iter()
-                    .map(|b| b.address.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
+            return Err(blocked(&replanned));
         }
         observer.event(
             &apply::ApplyEvent::Replanned {
@@ -486,6 +470,19 @@ pub async fn apply(
         verification,
         took_over_from,
     })
+}
+
+/// The refusal of a plan with blocked resources.
+fn blocked(plan: &Plan) -> OpError {
+    OpError::Blocked {
+        count: plan.blocked.len(),
+        addresses: plan
+            .blocked
+            .iter()
+            .map(|b| b.address.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 struct Both(Arc<dyn Observer>, Arc<dyn Observer>);

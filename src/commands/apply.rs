@@ -191,15 +191,10 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
             ))
         }
         Some(after) if !after.summary.has_changes() => {
-            let zones: Vec<String> = after
-                .unreachable
-                .iter()
-                .map(|zone| format!("{} {}", zone.cloud, zone.zone))
-                .collect();
             output::line(&format!(
                 "Verified where fleet could see ({} resources re-discovered); not answering: {}. Apply again when they answer.",
                 after.resource_changes.len(),
-                zones.join(", ")
+                after.unreachable_zones()
             ))
         }
         Some(after) => output::line(&format!(

@@ -54,14 +54,9 @@ pub(crate) async fn run(global: &Global, args: &PlanArgs) -> Result<u8> {
         return Ok(1);
     }
     if !plan.unreachable.is_empty() {
-        let zones: Vec<String> = plan
-            .unreachable
-            .iter()
-            .map(|zone| format!("{} {}", zone.cloud, zone.zone))
-            .collect();
         output::warn(&format!(
             "warning: not compared, as these zones did not answer: {}",
-            zones.join(", ")
+            plan.unreachable_zones()
         ));
     }
     let differs = plan.summary.has_changes() || !plan.unreachable.is_empty();

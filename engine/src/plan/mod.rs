@@ -131,6 +131,15 @@ impl Plan {
         plan
     }
 
+    /// The zones that did not answer, `gcp us-east1-d, …`; empty when all did.
+    pub fn unreachable_zones(&self) -> String {
+        self.unreachable
+            .iter()
+            .map(|zone| format!("{} {}", zone.cloud, zone.zone))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The hash of the plan's content, without its id.
     pub fn content_hash(&self) -> String {
         let mut copy = self.clone();
