@@ -56,7 +56,10 @@ use google_cloud_auth::credentials::Credentials;
 use google_cloud_compute_v1::client::{
     GlobalOperations, InstanceTemplates, Instances, ZoneOperations,
 };
-use google_cloud_compute_v1::model::{operation, Instance, InstancesSetLabelsRequest, Operation};
+use google_cloud_compute_v1::model::{
+    operation, Instance, InstanceAggregatedList, InstanceTemplateList, InstancesSetLabelsRequest,
+    Operation,
+};
 use google_cloud_gax::retry_policy::NeverRetry;
 use rand::Rng;
 
@@ -237,6 +240,34 @@ impl GcpProvider {
         self.seen.lock().expect("seen lock").remove(id);
     }
 
+    /// Follows a list call's pages: `fetch` is given the page token and answers the page and
+    /// the next token; `each` takes every page. One call counted per page.
+    async fn every_page<P, F, Fut>(
+        &self,
+        operation: &str,
+        mut fetch: F,
+        mut each: impl FnMut(P),
+    ) -> Result<(), ProviderError>
+    where
+        F: FnMut(Option<String>) -> Fut,
+        Fut: std::future::Future<
+            Output = Result<(P, Option<String>), google_cloud_gax::error::Error>,
+        >,
+    {
+        let mut page_token: Option<String> = None;
+        loop {
+            self.count(operation);
+            let (page, next) = fetch(page_token.take())
+                .await
+                .map_err(|error| error::from_gax(operation, "", &error))?;
+            each(page);
+            match next.filter(|token| !token.is_empty()) {
+                Some(token) => page_token = Some(token),
+                None => return Ok(()),
+            }
+        }
+    }
+
     /// Lists instances, all pages, with `filter`: what the zones that answered hold, and the
     /// zones GCE reported as unreachable (in `unreachables` or as an `UNREACHABLE` scope
     /// warning), sorted.
@@ -244,22 +275,22 @@ impl GcpProvider {
         &self,
         filter: &str,
     ) -> Result<(Vec<LiveResource>, Vec<String>), ProviderError> {
-        const OPERATION: &str = "compute.instances.aggregatedList";
         let mut found = Vec::new();
         let mut unreachable: Vec<String> = Vec::new();
-        let mut page_token: Option<String> = None;
-        loop {
-            self.count(OPERATION);
+        let fetch = |token: Option<String>| async move {
             let page = self
                 .instances
                 .aggregated_list()
                 .set_project(&self.config.project)
                 .set_filter(filter)
                 .set_max_results(PAGE_SIZE)
-                .set_or_clear_page_token(page_token.take())
+                .set_or_clear_page_token(token)
                 .send()
-                .await
-                .map_err(|error| error::from_gax(OPERATION, "", &error))?;
+                .await?;
+            let next = page.next_page_token.clone();
+            Ok((page, next))
+        };
+        let each = |page: InstanceAggregatedList| {
             unreachable.extend(page.unreachables.iter().map(|scope| short_scope(scope)));
             for (scope, list) in &page.items {
                 if warning_code(&list.warning).as_deref() == Some("UNREACHABLE") {
@@ -274,44 +305,40 @@ impl GcpProvider {
                     }
                 }
             }
-            match page.next_page_token.filter(|token| !token.is_empty()) {
-                Some(token) => page_token = Some(token),
-                None => {
-                    unreachable.sort();
-                    unreachable.dedup();
-                    return Ok((found, unreachable));
-                }
-            }
-        }
+        };
+        self.every_page("compute.instances.aggregatedList", fetch, each)
+            .await?;
+        unreachable.sort();
+        unreachable.dedup();
+        Ok((found, unreachable))
     }
 
     /// Lists instance templates, all pages, with `filter`.
     async fn list_templates(&self, filter: &str) -> Result<Vec<LiveResource>, ProviderError> {
-        const OPERATION: &str = "compute.instanceTemplates.list";
         let mut found = Vec::new();
-        let mut page_token: Option<String> = None;
-        loop {
-            self.count(OPERATION);
+        let fetch = |token: Option<String>| async move {
             let page = self
                 .templates
                 .list()
                 .set_project(&self.config.project)
                 .set_filter(filter)
                 .set_max_results(PAGE_SIZE)
-                .set_or_clear_page_token(page_token.take())
+                .set_or_clear_page_token(token)
                 .send()
-                .await
-                .map_err(|error| error::from_gax(OPERATION, "", &error))?;
+                .await?;
+            let next = page.next_page_token.clone();
+            Ok((page, next))
+        };
+        let each = |page: InstanceTemplateList| {
             found.extend(
                 page.items
                     .iter()
                     .filter_map(|template| convert::live_template(template, &self.config.project)),
             );
-            match page.next_page_token.filter(|token| !token.is_empty()) {
-                Some(token) => page_token = Some(token),
-                None => return Ok(found),
-            }
-        }
+        };
+        self.every_page("compute.instanceTemplates.list", fetch, each)
+            .await?;
+        Ok(found)
     }
 
     /// The `requestId` of a creation keyed `key` (a token, or a batch's tokens): derived from
