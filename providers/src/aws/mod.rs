@@ -37,7 +37,7 @@ use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, Instance, InstanceType,
     LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest,
     LaunchTemplateInstanceNetworkInterfaceSpecificationRequest, LaunchTemplatePlacementRequest,
-    Placement, RequestLaunchTemplateData, ResourceType, Tag, VolumeType,
+    LaunchTemplateVersion, Placement, RequestLaunchTemplateData, ResourceType, Tag, VolumeType,
 };
 use aws_sdk_ec2::Client;
 use fleet_engine::provider::{
@@ -360,16 +360,15 @@ impl AwsEc2 {
         Ok(tags)
     }
 
-    /// The versions of one launch template fleet has stamped, one call per page.
-    async fn list_versions(
+    /// Every version of one launch template, one `DescribeLaunchTemplateVersions` per page.
+    async fn versions(
         &self,
         template_id: &str,
-        template_tags: &BTreeMap<String, String>,
-    ) -> Result<Vec<LiveResource>, ProviderError> {
+    ) -> Result<Vec<LaunchTemplateVersion>, ProviderError> {
         let mut found = Vec::new();
         let mut next_token: Option<String> = None;
         loop {
-            let result = self
+            let page = self
                 .client
                 .describe_launch_template_versions()
                 .launch_template_id(template_id)
@@ -377,24 +376,30 @@ impl AwsEc2 {
                 .set_next_token(next_token.take())
                 .send()
                 .await
-                .map_err(|e| sdk_error("ec2:DescribeLaunchTemplateVersions", e));
-            let page = match result {
-                Ok(page) => page,
-                // Deleted between the two list calls.
-                Err(error) if error.kind == ErrorKind::NotFound => return Ok(found),
-                Err(error) => return Err(about(error, template_id)),
-            };
-            found.extend(
-                page.launch_template_versions()
-                    .iter()
-                    .filter_map(|v| convert::version_resource(template_id, template_tags, v)),
-            );
+                .map_err(|e| sdk_error("ec2:DescribeLaunchTemplateVersions", e))?;
+            found.extend(page.launch_template_versions().iter().cloned());
             match page.next_token() {
                 Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
-                _ => break,
+                _ => return Ok(found),
             }
         }
-        Ok(found)
+    }
+
+    /// The versions of one launch template fleet has stamped.
+    async fn list_versions(
+        &self,
+        template_id: &str,
+        template_tags: &BTreeMap<String, String>,
+    ) -> Result<Vec<LiveResource>, ProviderError> {
+        match self.versions(template_id).await {
+            Ok(versions) => Ok(versions
+                .iter()
+                .filter_map(|v| convert::version_resource(template_id, template_tags, v))
+                .collect()),
+            // Deleted between the two list calls.
+            Err(error) if error.kind == ErrorKind::NotFound => Ok(Vec::new()),
+            Err(error) => Err(about(error, template_id)),
+        }
     }
 
     // ---- instances ----
@@ -931,30 +936,17 @@ impl AwsEc2 {
         &self,
         template_id: &str,
     ) -> Result<Vec<(i64, String)>, ProviderError> {
-        let mut found = Vec::new();
-        let mut next_token: Option<String> = None;
-        loop {
-            let page = self
-                .client
-                .describe_launch_template_versions()
-                .launch_template_id(template_id)
-                .max_results(TEMPLATE_PAGE)
-                .set_next_token(next_token.take())
-                .send()
-                .await
-                .map_err(|e| sdk_error("ec2:DescribeLaunchTemplateVersions", e))?;
-            found.extend(page.launch_template_versions().iter().filter_map(|v| {
+        Ok(self
+            .versions(template_id)
+            .await?
+            .iter()
+            .filter_map(|v| {
                 Some((
                     v.version_number()?,
                     v.version_description().unwrap_or_default().to_string(),
                 ))
-            }));
-            match page.next_token() {
-                Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
-                _ => break,
-            }
-        }
-        Ok(found)
+            })
+            .collect())
     }
 
     /// The default version and tags of one launch template by id; `None` when it is gone.
