@@ -9,7 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::provider::{labels, Cloud, MachineSpec, ObjectKind};
+use crate::provider::{labels, Cloud, MachineSpec, Networking, ObjectKind};
 use crate::spec::model::ResourceKind;
 
 /// A stable resource address: `manager.runners-manager-distribution-com-blue-1`,
@@ -136,6 +136,16 @@ pub struct Desired {
 /// A hash of what an object is, ignoring its own spec-hash label, so the same spec always
 /// hashes the same whether it comes from a fleet file or from the cloud.
 pub fn spec_hash(cloud: Cloud, object: ObjectKind, spec: &MachineSpec) -> String {
+    spec_hash_with(cloud, object, spec, &spec.networking)
+}
+
+/// [`spec_hash`] of `spec` as if its networking were `networking` (no copy of the spec).
+pub fn spec_hash_with(
+    cloud: Cloud,
+    object: ObjectKind,
+    spec: &MachineSpec,
+    networking: &Networking,
+) -> String {
     let mut hasher = Sha256::new();
     let mut feed = |part: &str| {
         hasher.update(part.as_bytes());
@@ -158,7 +168,6 @@ pub fn spec_hash(cloud: Cloud, object: ObjectKind, spec: &MachineSpec) -> String
         }
     }
     // Only what is set, so a spec without networking hashes as it did before it existed.
-    let networking = &spec.networking;
     for (part, value) in [
         ("network", networking.network.as_deref()),
         ("subnet", networking.subnet.as_deref()),

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::desired::{metadata_hash, spec_hash, Address, Desired, DesiredResource};
+use crate::desired::{metadata_hash, spec_hash_with, Address, Desired, DesiredResource};
 use crate::provider::{
     labels, Cloud, InstanceStatus, LiveResource, MachineSpec, Networking, ObjectKind,
 };
@@ -644,22 +644,8 @@ fn compare(
     }
     let stamped = live.label(labels::SPEC_HASH);
     // The stamp hashes only the networking the fleet file set, then or now.
-    let observed = spec_hash(
-        live.cloud,
-        live.kind,
-        &MachineSpec {
-            networking: have_net.clone(),
-            ..live.spec.clone()
-        },
-    );
-    let observed_bare = spec_hash(
-        live.cloud,
-        live.kind,
-        &MachineSpec {
-            networking: Networking::default(),
-            ..live.spec.clone()
-        },
-    );
+    let observed = spec_hash_with(live.cloud, live.kind, &live.spec, &have_net);
+    let observed_bare = spec_hash_with(live.cloud, live.kind, &live.spec, &Networking::default());
     let metadata_edited = metadata_observed
         && !have.metadata.is_empty()
         && have.labels.get(labels::CONFIG_HASH).map(String::as_str)

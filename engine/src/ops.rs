@@ -367,15 +367,18 @@ fn plan_from_live(
         live.fingerprint(),
         diff,
     );
-    plan.unreachable = unreachable
-        .into_iter()
-        .map(|((cloud, zone), addresses)| plan::UnreachableZone {
-            cloud,
-            zone,
-            not_planned: addresses,
-        })
-        .collect();
-    plan.plan_id = plan.content_hash();
+    if !unreachable.is_empty() {
+        plan.unreachable = unreachable
+            .into_iter()
+            .map(|((cloud, zone), addresses)| plan::UnreachableZone {
+                cloud,
+                zone,
+                not_planned: addresses,
+            })
+            .collect();
+        // The id covers the whole plan (hashing it is not free at 10,000 resources).
+        plan.plan_id = plan.content_hash();
+    }
     Ok(plan)
 }
 
