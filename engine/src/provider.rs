@@ -386,6 +386,33 @@ pub trait Provider: Send + Sync {
     async fn delete(&self, request: &DeleteRequest) -> Result<(), ProviderError>;
 }
 
+/// How a provider splits one [`Provider::create_batch`] into calls: instance requests of the
+/// same `shape` go together, at most `max` a call; templates and requests without a shape
+/// are calls of one. Calls come in the order of their first request; a call of one index is
+/// meant for [`Provider::create`].
+pub fn batch_calls<'a, K: Ord>(
+    requests: &'a [CreateRequest],
+    max: usize,
+    shape: impl Fn(&'a CreateRequest) -> Option<K>,
+) -> Vec<Vec<usize>> {
+    let mut groups: BTreeMap<K, Vec<usize>> = BTreeMap::new();
+    let mut calls: Vec<Vec<usize>> = Vec::new();
+    for (index, request) in requests.iter().enumerate() {
+        let key = (request.kind == ObjectKind::Instance)
+            .then(|| shape(request))
+            .flatten();
+        match key {
+            Some(key) => groups.entry(key).or_default().push(index),
+            None => calls.push(vec![index]),
+        }
+    }
+    for members in groups.into_values() {
+        calls.extend(members.chunks(max.max(1)).map(<[usize]>::to_vec));
+    }
+    calls.sort_by_key(|members| members[0]);
+    calls
+}
+
 /// The labels (GCE) or tags (EC2) fleet puts on everything it creates. Discovery filters on
 /// [`labels::FLEET`]; the address of a live object is rebuilt from [`labels::KIND`] and
 /// [`labels::RESOURCE`] (pool members: their name), so no state file is needed.

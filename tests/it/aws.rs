@@ -113,28 +113,13 @@ fn plan_json(env: &Env, file: &str) -> serde_json::Value {
 /// Applies and asserts that fleet verified the result.
 #[track_caller]
 fn converge(env: &Env, file: &str) -> Run {
-    let run = live(env, &["apply", file, "--auto-approve"]).ok();
-    assert!(
-        run.stdout
-            .contains("Verified: the live fleet matches the plan"),
-        "{}\n{}",
-        run.stdout,
-        run.stderr
-    );
-    run
+    live(env, &["apply", file, "--auto-approve"]).verified()
 }
 
 /// Asserts that a plan finds nothing to do.
 #[track_caller]
 fn assert_no_changes(env: &Env, file: &str) -> Run {
-    let run = live(env, &["plan", file, "--detailed-exitcode"]);
-    assert_eq!(
-        run.code, 0,
-        "expected no changes\n{}\n{}",
-        run.stdout, run.stderr
-    );
-    assert!(run.stdout.contains("No changes"), "{}", run.stdout);
-    run
+    live(env, &["plan", file, "--detailed-exitcode"]).unchanged()
 }
 
 /// The `API calls: {…}` that `--stats` printed.

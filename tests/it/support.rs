@@ -77,6 +77,28 @@ impl Run {
         self.code(0)
     }
 
+    /// Asserts an apply that succeeded and verified the live fleet against its plan.
+    #[track_caller]
+    pub(crate) fn verified(self) -> Run {
+        let run = self.ok();
+        assert!(
+            run.stdout
+                .contains("Verified: the live fleet matches the plan"),
+            "{}\n{}",
+            run.stdout,
+            run.stderr
+        );
+        run
+    }
+
+    /// Asserts a `plan --detailed-exitcode` that found nothing to do.
+    #[track_caller]
+    pub(crate) fn unchanged(self) -> Run {
+        let run = self.ok();
+        assert!(run.stdout.contains("No changes"), "{}", run.stdout);
+        run
+    }
+
     pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
             panic!(
@@ -202,14 +224,7 @@ impl Env {
     /// Applies a fleet file and asserts it converged.
     #[track_caller]
     pub(crate) fn converge(&self, file: &str) -> Run {
-        let run = self.fleet(&["apply", file, "--auto-approve"]).ok();
-        assert!(
-            run.stdout
-                .contains("Verified: the live fleet matches the plan"),
-            "{}",
-            run.stdout
-        );
-        run
+        self.fleet(&["apply", file, "--auto-approve"]).verified()
     }
 }
 

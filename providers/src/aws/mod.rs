@@ -41,8 +41,8 @@ use aws_sdk_ec2::types::{
 };
 use aws_sdk_ec2::Client;
 use fleet_engine::provider::{
-    labels, Cloud, CreateRequest, DeleteRequest, ErrorKind, InstanceStatus, LiveResource,
-    Networking, ObjectKind, Provider, ProviderError, ProviderLimits, UpdateRequest,
+    batch_calls, labels, Cloud, CreateRequest, DeleteRequest, ErrorKind, InstanceStatus,
+    LiveResource, Networking, ObjectKind, Provider, ProviderError, ProviderLimits, UpdateRequest,
 };
 use fleet_engine::retry::RetryPolicy;
 use sha2::{Digest, Sha256};
@@ -1249,50 +1249,29 @@ impl Provider for AwsEc2 {
         &self,
         requests: &[CreateRequest],
     ) -> Vec<Result<LiveResource, ProviderError>> {
-        type Shape<'a> = (
-            &'a str,
-            &'a str,
-            &'a str,
-            &'a str,
-            u32,
-            Option<String>,
-            &'a Networking,
-        );
-        let mut groups: BTreeMap<Shape<'_>, Vec<usize>> = BTreeMap::new();
-        let mut singles = Vec::new();
-        for (index, request) in requests.iter().enumerate() {
-            if request.kind != ObjectKind::Instance {
-                singles.push(index);
-                continue;
-            }
+        let calls = batch_calls(requests, usize::MAX, |request| {
             let spec = &request.spec;
-            groups
-                .entry((
-                    spec.machine_type.as_str(),
-                    spec.zone.as_str(),
-                    spec.image.as_str(),
-                    spec.disk_type.as_str(),
-                    spec.disk_size_gb,
-                    convert::user_data(&spec.metadata),
-                    &spec.networking,
-                ))
-                .or_default()
-                .push(index);
-        }
+            Some((
+                spec.machine_type.as_str(),
+                spec.zone.as_str(),
+                spec.image.as_str(),
+                spec.disk_type.as_str(),
+                spec.disk_size_gb,
+                convert::user_data(&spec.metadata),
+                &spec.networking,
+            ))
+        });
         let mut results: Vec<Option<Result<LiveResource, ProviderError>>> =
             (0..requests.len()).map(|_| None).collect();
-        for members in groups.into_values() {
+        for members in calls {
             if let [index] = members[..] {
-                singles.push(index);
+                results[index] = Some(self.create(&requests[index]).await);
                 continue;
             }
             let group: Vec<&CreateRequest> = members.iter().map(|&i| &requests[i]).collect();
             for (index, result) in members.iter().zip(self.create_group(&group).await) {
                 results[*index] = Some(result);
             }
-        }
-        for index in singles {
-            results[index] = Some(self.create(&requests[index]).await);
         }
         results
             .into_iter()

@@ -49,8 +49,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use fleet_engine::provider::{
-    labels, Cloud, CreateRequest, DeleteRequest, Discovery, ErrorKind, LiveResource, ObjectKind,
-    Provider, ProviderError, ProviderLimits, UpdateRequest,
+    batch_calls, labels, Cloud, CreateRequest, DeleteRequest, Discovery, ErrorKind, LiveResource,
+    ObjectKind, Provider, ProviderError, ProviderLimits, UpdateRequest,
 };
 use google_cloud_auth::credentials::Credentials;
 use google_cloud_compute_v1::client::{
@@ -784,9 +784,8 @@ fn short_scope(scope: &str) -> String {
 
 /// A shape of instance request that `bulkInsert` can create together: everything but the
 /// name.
-fn bulk_key(request: &CreateRequest) -> Option<String> {
-    (request.kind == ObjectKind::Instance)
-        .then(|| serde_json::to_string(&request.spec).expect("a spec serializes"))
+fn bulk_key(request: &CreateRequest) -> String {
+    serde_json::to_string(&request.spec).expect("a spec serializes")
 }
 
 #[async_trait::async_trait]
@@ -903,22 +902,7 @@ impl Provider for GcpProvider {
         &self,
         requests: &[CreateRequest],
     ) -> Vec<Result<LiveResource, ProviderError>> {
-        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        let mut calls: Vec<Vec<usize>> = Vec::new();
-        for (index, request) in requests.iter().enumerate() {
-            match bulk_key(request) {
-                Some(key) => groups.entry(key).or_default().push(index),
-                None => calls.push(vec![index]),
-            }
-        }
-        for members in groups.into_values() {
-            if members.len() == 1 {
-                calls.push(members);
-            } else {
-                calls.extend(members.chunks(100).map(<[usize]>::to_vec));
-            }
-        }
-        calls.sort_by_key(|members| members[0]);
+        let calls = batch_calls(requests, 100, |request| Some(bulk_key(request)));
         let mut results: Vec<Option<Result<LiveResource, ProviderError>>> =
             (0..requests.len()).map(|_| None).collect();
         for members in calls {

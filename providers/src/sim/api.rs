@@ -6,12 +6,12 @@
 //! Each API call passes the [`Gate`](super::calls::Gate) (count, rate limit, latency,
 //! faults) and then changes the state in one store transaction.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use fleet_engine::provider::{
-    Cloud, CreateRequest, DeleteRequest, ErrorKind, InstanceStatus, LiveResource, ObjectKind,
-    Provider, ProviderError, ProviderLimits, UpdateRequest,
+    batch_calls, Cloud, CreateRequest, DeleteRequest, ErrorKind, InstanceStatus, LiveResource,
+    ObjectKind, Provider, ProviderError, ProviderLimits, UpdateRequest,
 };
 
 use super::calls::{transient, Outcome};
@@ -320,16 +320,6 @@ enum UpdatePart {
     Metadata,
 }
 
-/// Shape shared by requests that one bulk call can create.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct BatchShape {
-    machine_type: String,
-    zone: String,
-    image: String,
-    disk_type: String,
-    disk_size_gb: u32,
-}
-
 /// One simulated cloud's API.
 pub(crate) struct SimProvider {
     cloud: Cloud,
@@ -612,34 +602,16 @@ impl Provider for SimProvider {
         &self,
         requests: &[CreateRequest],
     ) -> Vec<Result<LiveResource, ProviderError>> {
-        let mut groups: BTreeMap<BatchShape, Vec<usize>> = BTreeMap::new();
-        let mut singles = Vec::new();
-        for (index, request) in requests.iter().enumerate() {
-            if request.kind != ObjectKind::Instance {
-                singles.push(index);
-                continue;
-            }
+        let calls = batch_calls(requests, usize::MAX, |request| {
             let spec = &request.spec;
-            let shape = BatchShape {
-                machine_type: spec.machine_type.clone(),
-                zone: spec.zone.clone(),
-                image: spec.image.clone(),
-                disk_type: spec.disk_type.clone(),
-                disk_size_gb: spec.disk_size_gb,
-            };
-            groups.entry(shape).or_default().push(index);
-        }
-        let mut calls: Vec<Vec<usize>> = Vec::new();
-        for members in groups.into_values() {
-            if members.len() == 1 {
-                singles.extend(members);
-            } else {
-                calls.push(members);
-            }
-        }
-        calls.extend(singles.into_iter().map(|index| vec![index]));
-        // Call in the order the first member of each call was requested.
-        calls.sort_by_key(|members| members[0]);
+            Some((
+                &spec.machine_type,
+                &spec.zone,
+                &spec.image,
+                &spec.disk_type,
+                spec.disk_size_gb,
+            ))
+        });
         let mut results: Vec<Option<Result<LiveResource, ProviderError>>> =
             (0..requests.len()).map(|_| None).collect();
         for members in calls {
