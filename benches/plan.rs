@@ -87,7 +87,7 @@ async fn plan_once(text: &str, providers: &Providers) -> Measure {
     // timing discovery alone.
     let list_started = Instant::now();
     let clouds = ops::scope_clouds(&desired, None);
-    ops::discover(&desired, providers, &clouds, Default::default())
+    ops::discover(&desired, providers, &clouds)
         .await
         .expect("discover");
     let discovery = list_started.elapsed();

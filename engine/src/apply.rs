@@ -16,7 +16,8 @@ use serde::Serialize;
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::desired::{short_hash, Address};
+use crate::desired::{short_hash, Address, DesiredResource};
+use crate::diff::Change;
 use crate::graph::{ApplyGraph, Step, StepKind};
 use crate::plan::Plan;
 use crate::provider::{
@@ -554,7 +555,7 @@ async fn run_batch(
                 metadata: with_secrets(&plan.fleet, &after.spec.metadata, secrets),
                 ..after.spec.clone()
             },
-            idempotency_token: idempotency_token(&plan.plan_id, step, ""),
+            idempotency_token: creation_token(&plan.fleet, change, after),
         });
     }
     // A batch call that failed as a whole in a retryable way (throttled, 5xx) is repeated as
@@ -626,8 +627,34 @@ async fn run_batch(
     outcomes
 }
 
-/// The idempotency token of one step of one plan: the same plan and step always give the
-/// same token, so a retried or resumed apply never creates twice.
+/// The idempotency token of a creation, from what any apply of the same change sees: the
+/// fleet, the address, the cloud name and desired spec, and the live state of the address
+/// (the machine a replacement replaces, the ids of machines there that are going away). Not
+/// from the plan id: two applies from two machines that plan the same change at once send the
+/// same token, so the cloud makes one machine; a re-create after a deletion sees a different
+/// live state and is a new creation.
+pub fn creation_token(fleet: &str, change: &Change, after: &DesiredResource) -> String {
+    let spec = after
+        .spec
+        .labels
+        .get(crate::provider::labels::SPEC_HASH)
+        .map(String::as_str)
+        .unwrap_or("");
+    let mut parts = vec![
+        change.address.as_str(),
+        after.cloud_name.as_str(),
+        spec,
+        change
+            .before
+            .as_ref()
+            .map_or("absent", |before| before.id.as_str()),
+    ];
+    parts.extend(change.gone.iter().map(String::as_str));
+    crate::provider::creation_token(fleet, &parts)
+}
+
+/// The idempotency token of an update or a deletion of one plan: the same plan and step
+/// always give the same token, so a retried or resumed apply never repeats it differently.
 pub fn idempotency_token(plan_id: &str, step: &Step, extra: &str) -> String {
     short_hash(&[plan_id, step.address.as_str(), step.kind.verb(), extra])
 }
@@ -699,7 +726,7 @@ async fn call(
                     metadata: with_secrets(&plan.fleet, &after.spec.metadata, secrets),
                     ..after.spec.clone()
                 },
-                idempotency_token: idempotency_token(&plan.plan_id, step, ""),
+                idempotency_token: creation_token(&plan.fleet, change, after),
             };
             provider
                 .create(&request)

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::desired::{metadata_hash, spec_hash_with, Address, Desired, DesiredResource};
 use crate::provider::{
-    labels, Cloud, InstanceStatus, LiveResource, MachineSpec, Networking, ObjectKind,
+    is_fleet_token, labels, Cloud, InstanceStatus, LiveResource, MachineSpec, Networking,
+    ObjectKind,
 };
 use crate::spec::model::ResourceKind;
 use crate::{render, secrets};
@@ -157,6 +158,12 @@ pub enum Reason {
         /// The zones.
         zones: Vec<String>,
     },
+    /// An object with this fleet's labels that fleet did not make (its creation token is not
+    /// one of this fleet's): a copy made by hand or by another tool. Fleet leaves it alone.
+    MadeOutsideFleet {
+        /// Its cloud id.
+        id: String,
+    },
 }
 
 impl Reason {
@@ -186,6 +193,9 @@ impl Reason {
             Reason::NameHeld => "GCE names are unique per zone: the old machine is removed before the new one takes its name".to_string(),
             Reason::OldVersionKept { zones } => format!("the old version stays: machines in {}, which did not answer, may still use it", zones.join(", ")),
             Reason::SecretChanged { name } => format!("secret {name} changed: (sensitive)"),
+            Reason::MadeOutsideFleet { id } => format!(
+                "{id} carries this fleet's labels but was made outside fleet: left alone (delete it, or remove its fleet labels)"
+            ),
         }
     }
 }
@@ -224,6 +234,11 @@ pub struct Change {
     /// For machines that run gitlab-runner: what the change does to the runner process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub impact: Option<Impact>,
+    /// Ids of objects at this address that are going away ([`InstanceStatus::Deleting`]).
+    /// They enter the creation token, so a machine made again after a deletion is a new
+    /// creation to the cloud rather than a repeat of the one that made the deleted machine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gone: Vec<String>,
 }
 
 /// The diff of one delivered file.
@@ -329,14 +344,28 @@ pub fn diff(
 ) -> Diff {
     let in_scope = |address: &Address| scope.is_none_or(|scope| scope.contains(address));
     let mut by_address: BTreeMap<Address, Vec<&LiveResource>> = BTreeMap::new();
+    let mut gone: BTreeMap<Address, Vec<String>> = BTreeMap::new();
+    let mut outside: Vec<(Address, &LiveResource)> = Vec::new();
     for object in live {
         if object.label(labels::FLEET) != Some(desired.fleet.as_str()) {
             continue;
         }
-        if let Some(address) = live_address(object) {
+        let Some(address) = live_address(object) else {
+            continue;
+        };
+        if object.status == InstanceStatus::Deleting {
+            gone.entry(address).or_default().push(object.id.clone());
+        } else if object
+            .creation_token
+            .as_deref()
+            .is_some_and(|token| !is_fleet_token(&desired.fleet, token))
+        {
+            outside.push((address, object));
+        } else {
             by_address.entry(address).or_default().push(object);
         }
     }
+    gone.values_mut().for_each(|ids| ids.sort());
     let mut out = Diff::default();
     for (address, want) in &desired.resources {
         if !in_scope(address) {
@@ -370,11 +399,15 @@ pub fn diff(
                 after: Some(want.clone()),
                 files: Vec::new(),
                 impact: None,
+                gone: gone.get(address).cloned().unwrap_or_default(),
             });
             continue;
         };
-        out.changes
-            .push(compare(&desired.fleet, want, primary, secret_values));
+        let mut change = compare(&desired.fleet, want, primary, secret_values);
+        if change.action.is_replace() {
+            change.gone = gone.get(address).cloned().unwrap_or_default();
+        }
+        out.changes.push(change);
         for duplicate in extra {
             let reason = if want.object == ObjectKind::InstanceTemplate {
                 Reason::NewVersion {
@@ -399,6 +432,26 @@ pub fn diff(
                 .push(deletion(address.clone(), object, Reason::Orphan));
         }
     }
+    // Fleet's labels on an object fleet did not make: shown, never kept, changed or deleted.
+    for (address, object) in outside {
+        if !in_scope(&address) {
+            continue;
+        }
+        out.changes.push(Change {
+            kind: address.kind(),
+            address,
+            cloud: object.cloud,
+            action: Action::NoOp,
+            reasons: vec![Reason::MadeOutsideFleet {
+                id: object.id.clone(),
+            }],
+            before: Some(object.clone()),
+            after: None,
+            files: Vec::new(),
+            impact: None,
+            gone: Vec::new(),
+        });
+    }
     out.changes.sort_by(|a, b| {
         (&a.address, a.before.as_ref().map(|o| &o.id))
             .cmp(&(&b.address, b.before.as_ref().map(|o| &o.id)))
@@ -418,6 +471,7 @@ fn deletion(address: Address, object: &LiveResource, reason: Reason) -> Change {
         after: None,
         files: Vec::new(),
         impact: None,
+        gone: Vec::new(),
     }
 }
 
@@ -701,6 +755,7 @@ fn compare(
         after: Some(want.clone()),
         files,
         impact,
+        gone: Vec::new(),
     }
 }
 

@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::apply::{self, ApplyOptions, ApplyReport, Observer, Providers};
 use crate::desired::{Address, Desired};
@@ -113,8 +112,16 @@ pub struct Live {
 
 impl Live {
     /// The fingerprint a saved plan records.
+    ///
+    /// Objects going away ([`crate::provider::InstanceStatus::Deleting`]) are left out: an
+    /// EC2 instance that finishes shutting down between plan and apply changes nothing.
     pub fn fingerprint(&self) -> String {
-        let mut all = self.objects.clone();
+        let mut all: Vec<LiveResource> = self
+            .objects
+            .iter()
+            .filter(|object| object.status != crate::provider::InstanceStatus::Deleting)
+            .cloned()
+            .collect();
         all.extend(self.holders.iter().cloned());
         all.sort_by(|a, b| (a.cloud, &a.id).cmp(&(b.cloud, &b.id)));
         all.dedup_by(|a, b| a.cloud == b.cloud && a.id == b.id);
@@ -132,28 +139,6 @@ impl Live {
     }
 }
 
-async fn with_retry<T, F, Fut>(retry: RetryPolicy, mut call: F) -> Result<T, ProviderError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ProviderError>>,
-{
-    let started = Instant::now();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match call().await {
-            Ok(value) => return Ok(value),
-            Err(error) if error.kind.is_retryable() => {
-                match retry.delay(attempt, started.elapsed()) {
-                    Some(delay) => tokio::time::sleep(delay).await,
-                    None => return Err(error),
-                }
-            }
-            Err(error) => return Err(error),
-        }
-    }
-}
-
 /// The clouds a run covers.
 pub fn scope_clouds(desired: &Desired, only: Option<Cloud>) -> Vec<Cloud> {
     desired
@@ -164,7 +149,8 @@ pub fn scope_clouds(desired: &Desired, only: Option<Cloud>) -> Vec<Cloud> {
         .collect()
 }
 
-/// Discovers the fleet's objects in the clouds in scope.
+/// Discovers the fleet's objects in the clouds in scope. Providers retry each list page under
+/// the retry policy they were built with; a failure here has used that budget already.
 ///
 /// # Errors
 /// [`OpError::Discover`] when a list call fails after retries; [`OpError::NoProvider`].
@@ -172,7 +158,6 @@ pub async fn discover(
     desired: &Desired,
     providers: &Providers,
     clouds: &[Cloud],
-    retry: RetryPolicy,
 ) -> Result<Live, OpError> {
     let mut live = Live::default();
     for &cloud in clouds {
@@ -180,9 +165,13 @@ pub async fn discover(
         let Discovery {
             mut objects,
             unreachable_zones,
-        } = with_retry(retry, || provider.discover_reachable(&desired.fleet))
+        } = provider
+            .discover_reachable(&desired.fleet)
             .await
             .map_err(|source| OpError::Discover { cloud, source })?;
+        // Only fleet's own objects: autoscaled build machines carry `fleet=` too (Prometheus
+        // finds them by it) but no `fleet-kind`; they come and go without making plans stale.
+        objects.retain(|object| object.label(crate::provider::labels::KIND).is_some());
         if !unreachable_zones.is_empty() {
             live.unreachable
                 .entry(cloud)
@@ -203,7 +192,8 @@ pub async fn discover(
         let holders = if names.is_empty() {
             Vec::new()
         } else {
-            with_retry(retry, || provider.find_by_names(&names))
+            provider
+                .find_by_names(&names)
                 .await
                 .map_err(|source| OpError::Discover { cloud, source })?
         };
@@ -266,7 +256,7 @@ pub async fn plan(
     options: &PlanOptions,
 ) -> Result<(Plan, Live), OpError> {
     let clouds = scope_clouds(desired, options.only_cloud);
-    let live = discover(desired, providers, &clouds, options.retry).await?;
+    let live = discover(desired, providers, &clouds).await?;
     let plan = plan_from_live(desired, providers, options, &clouds, &live)?;
     Ok((plan, live))
 }
@@ -424,7 +414,7 @@ pub async fn apply(
     }
     let lock = store.lock(&plan.fleet, me)?;
     let took_over_from = lock.took_over_from().cloned();
-    let live = discover(desired, providers, &plan.scope_clouds, options.retry).await?;
+    let live = discover(desired, providers, &plan.scope_clouds).await?;
     let plan_options = PlanOptions {
         targets: plan.targets.clone(),
         only_cloud: (plan.scope_clouds.len() == 1 && desired.clouds.len() > 1)
@@ -464,7 +454,7 @@ pub async fn apply(
     let observer: Arc<dyn Observer> = Arc::new(Both(observer, journal));
     let steps = graph::build(plan);
     let report = apply::execute(plan, &steps, providers, options, observer).await;
-    let verification = match discover(desired, providers, &plan.scope_clouds, options.retry).await {
+    let verification = match discover(desired, providers, &plan.scope_clouds).await {
         Ok(after) => Some(plan_from_live(
             desired,
             providers,

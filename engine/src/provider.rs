@@ -69,8 +69,14 @@ pub enum InstanceStatus {
     Stopping,
     /// Stopped; still counts against quotas and caps (EC2 stopped, GCE SUSPENDED).
     Stopped,
-    /// GCE TERMINATED (a stopped VM) or EC2 shutting-down.
+    /// GCE TERMINATED (a stopped VM).
     Terminated,
+    /// Going away: EC2 `shutting-down` and `terminated` (listed for a while after), a VM
+    /// whose deletion has begun. Such an object is no longer a machine of the fleet: it is
+    /// never matched to a desired resource, never an orphan to delete, and not part of the
+    /// live fingerprint; its id only makes a re-create's idempotency token differ from the
+    /// token that made it.
+    Deleting,
     /// Templates have no run state.
     Available,
 }
@@ -92,6 +98,7 @@ impl InstanceStatus {
             InstanceStatus::Stopping => "stopping",
             InstanceStatus::Stopped => "stopped",
             InstanceStatus::Terminated => "terminated",
+            InstanceStatus::Deleting => "deleting",
             InstanceStatus::Available => "available",
         }
     }
@@ -164,6 +171,32 @@ pub struct LiveResource {
     pub status: InstanceStatus,
     /// What the machine or template is.
     pub spec: MachineSpec,
+    /// The idempotency token the object was made with, where the cloud reports one (EC2
+    /// `ClientToken`; `Some("")` for an instance launched without one), `None` where the cloud
+    /// keeps no such record (GCE). An object carrying fleet's labels whose token is not one of
+    /// this fleet's ([`is_fleet_token`]) was made outside fleet, e.g. a hand-made copy of a
+    /// member with its tags: fleet neither keeps it as the member nor deletes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_token: Option<String>,
+}
+
+/// The idempotency token of a creation: 8 hex digits that stand for the fleet, then 24 that
+/// stand for `parts` (what is made and what was there before). Two applies that see the same
+/// cloud and want the same thing send the same token, so the cloud makes one object; EC2
+/// `ClientToken` takes it as it is (64 characters at most), GCE turns it into a UUID.
+pub fn creation_token(fleet: &str, parts: &[&str]) -> String {
+    let mut token = fleet_token_prefix(fleet);
+    token.push_str(&crate::desired::short_hash(parts)[..24]);
+    token
+}
+
+/// Whether `token` was made by [`creation_token`] for `fleet`.
+pub fn is_fleet_token(fleet: &str, token: &str) -> bool {
+    token.len() == 32 && token.starts_with(&fleet_token_prefix(fleet))
+}
+
+fn fleet_token_prefix(fleet: &str) -> String {
+    crate::desired::short_hash(&["fleet-token", fleet])[..8].to_string()
 }
 
 impl LiveResource {

@@ -106,7 +106,11 @@ pub(crate) fn status(state: Option<&InstanceStateName>) -> Option<InstanceStatus
         InstanceStateName::Running => Some(InstanceStatus::Running),
         InstanceStateName::Stopping => Some(InstanceStatus::Stopping),
         InstanceStateName::Stopped => Some(InstanceStatus::Stopped),
-        InstanceStateName::ShuttingDown => Some(InstanceStatus::Terminated),
+        // Going away: never matched to a member, never deleted again; only its id counts, so
+        // that a member made again after a deletion gets a new ClientToken.
+        InstanceStateName::ShuttingDown | InstanceStateName::Terminated => {
+            Some(InstanceStatus::Deleting)
+        }
         _ => None,
     }
 }
@@ -156,6 +160,7 @@ pub(crate) fn instance_resource(
         .cloned()
         .unwrap_or_default();
     Some(LiveResource {
+        creation_token: Some(instance.client_token().unwrap_or_default().to_string()),
         cloud: Cloud::Aws,
         kind: ObjectKind::Instance,
         id,
@@ -233,6 +238,7 @@ pub(crate) fn version_resource(
         .and_then(|d| d.block_device_mappings().first())
         .and_then(|m| m.ebs());
     Some(LiveResource {
+        creation_token: None,
         cloud: Cloud::Aws,
         kind: ObjectKind::InstanceTemplate,
         id: version_id(template_id, number),

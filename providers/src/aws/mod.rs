@@ -45,7 +45,6 @@ use fleet_engine::provider::{
     LiveResource, Networking, ObjectKind, Provider, ProviderError, ProviderLimits, UpdateRequest,
 };
 use fleet_engine::retry::RetryPolicy;
-use sha2::{Digest, Sha256};
 
 use self::calls::CallCounter;
 use self::convert::{Disk, NAME_TAG};
@@ -510,6 +509,7 @@ impl AwsEc2 {
             )
         })?;
         Ok(LiveResource {
+            creation_token: None,
             cloud: Cloud::Aws,
             kind: ObjectKind::Instance,
             id: id.to_string(),
@@ -555,15 +555,17 @@ impl AwsEc2 {
         requests: &[&CreateRequest],
     ) -> Vec<Result<LiveResource, ProviderError>> {
         let first = requests[0];
-        let mut token = Sha256::new();
-        for request in requests {
-            token.update(request.idempotency_token.as_bytes());
-            token.update([0]);
-        }
-        let token: String = token.finalize()[..16]
+        // A fleet token like each member's, so discovery knows the members as fleet's own.
+        let member_tokens: Vec<&str> = requests
             .iter()
-            .map(|b| format!("{b:02x}"))
+            .map(|request| request.idempotency_token.as_str())
             .collect();
+        let fleet = first
+            .spec
+            .labels
+            .get(labels::FLEET)
+            .map_or("", String::as_str);
+        let token = fleet_engine::provider::creation_token(fleet, &member_tokens);
         let mut shared: BTreeMap<String, String> = first.spec.labels.clone();
         shared.retain(|key, value| {
             requests
@@ -919,6 +921,7 @@ impl AwsEc2 {
             }
         };
         Ok(LiveResource {
+            creation_token: None,
             cloud: Cloud::Aws,
             kind: ObjectKind::InstanceTemplate,
             id: convert::version_id(&template_id, version),
@@ -1206,6 +1209,7 @@ impl Provider for AwsEc2 {
                             .collect()
                     });
                     found.push(LiveResource {
+                        creation_token: None,
                         cloud: Cloud::Aws,
                         kind: ObjectKind::InstanceTemplate,
                         id: convert::version_id(&template_id, number),

@@ -364,6 +364,7 @@ pub(crate) fn live_instance(
         .and_then(|size| u32::try_from(size).ok())
         .unwrap_or(record.disk_size_gb);
     Some(LiveResource {
+        creation_token: None,
         cloud: Cloud::Gcp,
         kind: ObjectKind::Instance,
         id: instance_id(&zone, &name),
@@ -399,6 +400,7 @@ pub(crate) fn live_template(template: &InstanceTemplate, project: &str) -> Optio
         .or(properties.disks.first());
     let params = boot.and_then(|disk| disk.initialize_params.as_ref());
     Some(LiveResource {
+        creation_token: None,
         cloud: Cloud::Gcp,
         kind: ObjectKind::InstanceTemplate,
         id: template_id(&name),

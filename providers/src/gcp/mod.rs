@@ -714,6 +714,7 @@ impl Part {
 /// What a successful create reports: the request as the cloud now holds it.
 fn created(request: &CreateRequest, id: String) -> LiveResource {
     LiveResource {
+        creation_token: None,
         cloud: Cloud::Gcp,
         kind: request.kind,
         id,

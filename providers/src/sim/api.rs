@@ -286,6 +286,7 @@ fn commit_create(
         return Err(already_exists(cloud, operation, &existing).into());
     }
     let resource = LiveResource {
+        creation_token: None,
         cloud,
         kind: request.kind,
         id: id.clone(),

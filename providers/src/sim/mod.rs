@@ -442,6 +442,7 @@ impl SimCloud {
                 });
             }
             let resource = LiveResource {
+                creation_token: None,
                 cloud,
                 kind: ObjectKind::Instance,
                 id,
