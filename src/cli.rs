@@ -82,14 +82,13 @@ pub(crate) struct Global {
     #[arg(long, global = true, value_enum)]
     pub(crate) only_cloud: Option<OnlyCloud>,
 
-    /// EC2 endpoint for `--cloud live`, e.g. an emulator on loopback. Wins over
-    /// `clouds.aws.endpoint`, which wins over the SDK's own settings (`AWS_ENDPOINT_URL`, the
-    /// profile's `endpoint_url`).
+    /// EC2 endpoint for `--cloud live`, e.g. an emulator on loopback. Wins over the SDK's own
+    /// settings (`AWS_ENDPOINT_URL`, the profile's `endpoint_url`). Fleet files cannot set one.
     #[arg(long, global = true, value_name = "URL")]
     pub(crate) aws_endpoint: Option<String>,
 
-    /// Compute Engine endpoint for `--cloud live`, e.g. a test server on loopback. Wins over
-    /// `clouds.gcp.endpoint`.
+    /// Compute Engine endpoint for `--cloud live`, e.g. a test server on loopback. Fleet files
+    /// cannot set one.
     #[arg(long, global = true, value_name = "URL", env = "FLEET_GCP_ENDPOINT")]
     pub(crate) gcp_endpoint: Option<String>,
 

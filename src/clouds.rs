@@ -128,19 +128,19 @@ pub(crate) async fn connect(global: &Global, desired: &Desired) -> Result<Clouds
 
 /// The live AWS provider for `clouds.aws` of a fleet file.
 async fn aws_provider(global: &Global, target: &CloudTarget) -> Result<Arc<dyn Provider>> {
-    // `--aws-endpoint`, then the fleet file's endpoint; otherwise the SDK's own chain applies
-    // (AWS_ENDPOINT_URL, the profile's endpoint_url). Credentials come from the standard chain
+    // `--aws-endpoint`; otherwise the SDK's own chain applies (AWS_ENDPOINT_URL, the
+    // profile's endpoint_url). Never the fleet file: it may come from a merge request. Credentials come from the standard chain
     // and are checked here, before anything is planned or changed.
     let mut options = AwsOptions::new(target.region.clone());
-    options.endpoint = given(&global.aws_endpoint).or_else(|| target.endpoint.clone());
+    options.endpoint = given(&global.aws_endpoint);
     let provider = AwsEc2::connect(options).await?;
     Ok(Arc::new(provider))
 }
 
 /// The live GCP provider for `clouds.gcp` of a fleet file.
 ///
-/// The endpoint is `--gcp-endpoint` (or `FLEET_GCP_ENDPOINT`) if set, else
-/// `clouds.gcp.endpoint`, else Compute Engine itself; `FLEET_GCP_ANONYMOUS=1` skips authentication (for a local test server),
+/// The endpoint is `--gcp-endpoint` (or `FLEET_GCP_ENDPOINT`) if set, else Compute Engine
+/// itself (never the fleet file, which may come from a merge request); `FLEET_GCP_ANONYMOUS=1` skips authentication (for a local test server),
 /// otherwise Application Default Credentials are required and checked before anything runs.
 async fn gcp_provider(global: &Global, target: &CloudTarget) -> Result<Arc<dyn Provider>> {
     use fleet_providers::gcp::{GcpAuth, GcpConfig, GcpProvider};
@@ -153,7 +153,7 @@ async fn gcp_provider(global: &Global, target: &CloudTarget) -> Result<Arc<dyn P
         ));
     };
     let mut config = GcpConfig::new(project, target.region.clone());
-    config.endpoint = given(&global.gcp_endpoint).or_else(|| target.endpoint.clone());
+    config.endpoint = given(&global.gcp_endpoint);
     if std::env::var("FLEET_GCP_ANONYMOUS").is_ok_and(|value| value == "1" || value == "true") {
         config.auth = GcpAuth::Anonymous;
     }

@@ -89,9 +89,6 @@ pub struct CloudTarget {
     pub project: Option<String>,
     /// Region (AWS: the one region every call goes to; GCP: the default region).
     pub region: String,
-    /// API endpoint override, for emulators and test servers.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub endpoint: Option<String>,
 }
 
 /// One object the fleet wants.

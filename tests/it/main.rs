@@ -11,4 +11,5 @@ mod golden;
 mod loopback;
 mod plan;
 mod support;
+mod untrusted;
 mod validate;

@@ -78,6 +78,17 @@ pub fn summary_line(plan: &Plan) -> String {
     line
 }
 
+/// Objects with the fleet's labels that fleet did not make, which it leaves alone: said
+/// wherever the plan is shown, though nothing is done to them.
+fn made_outside(plan: &Plan) -> impl Iterator<Item = (&Change, String)> {
+    plan.resource_changes.iter().flat_map(|change| {
+        change.reasons.iter().filter_map(move |reason| {
+            matches!(reason, crate::diff::Reason::MadeOutsideFleet { .. })
+                .then(|| (change, reason.message()))
+        })
+    })
+}
+
 /// What an unreachable zone means for the plan, in one sentence.
 fn unreachable_note(zone: &crate::plan::UnreachableZone) -> String {
     let listed: Vec<&str> = zone.not_planned.iter().map(|a| a.as_str()).collect();
@@ -114,6 +125,15 @@ pub fn text(plan: &Plan, options: TextOptions) -> String {
             zone.cloud,
             zone.zone,
             unreachable_note(zone)
+        );
+    }
+    for (change, note) in made_outside(plan) {
+        let _ = writeln!(
+            out,
+            "\n{} {}: {}",
+            paint.wrap("33;1", "!"),
+            change.address,
+            note
         );
     }
     let total = plan.resource_changes.len() + plan.blocked.len();
@@ -304,6 +324,9 @@ pub fn markdown(plan: &Plan) -> String {
             zone.zone,
             unreachable_note(zone)
         );
+    }
+    for (change, note) in made_outside(plan) {
+        let _ = writeln!(out, "\n> **Note:** `{}`: {}", change.address, note);
     }
     let _ = writeln!(out, "\n**{}**\n", summary_line(plan));
     let actionable: Vec<&Change> = plan.actionable().collect();

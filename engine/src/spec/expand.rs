@@ -112,6 +112,23 @@ struct Expander<'f> {
 }
 
 impl Expander<'_> {
+    /// A fleet file comes from a merge request as often as not: if it could name the API
+    /// endpoint, the pipeline's `fleet plan` would send its bearer token or signed requests
+    /// wherever the request's author liked. Endpoints come from flags and the environment only.
+    fn refuse_endpoint(&mut self, span: SourceSpan, instead: &str) {
+        let problem = self
+            .new_problem(
+                ProblemKind::InvalidValue,
+                span,
+                "An API endpoint cannot be set in a fleet file".to_string(),
+                "fleet files may not choose where the cloud's credentials are sent",
+            )
+            .with_help(format!(
+                "remove this key and give the endpoint as {instead} when you run fleet"
+            ));
+        self.problem(problem);
+    }
+
     fn problem(&mut self, problem: Problem) {
         self.problems.push(problem);
     }
@@ -143,12 +160,14 @@ impl Expander<'_> {
                     .with_help(format!("known GCP regions: {}", known.join(", ")));
                 self.problem(problem);
             }
+            if let Some(endpoint) = &gcp.endpoint {
+                self.refuse_endpoint(endpoint.span, "--gcp-endpoint URL or FLEET_GCP_ENDPOINT");
+            }
             clouds.insert(
                 Cloud::Gcp,
                 CloudTarget {
                     project: Some(gcp.project.value.clone()),
                     region: gcp.region.value.clone(),
-                    endpoint: gcp.endpoint.as_ref().map(|e| e.value.clone()),
                 },
             );
         }
@@ -165,12 +184,14 @@ impl Expander<'_> {
                     .with_help(format!("known AWS regions: {}", known.join(", ")));
                 self.problem(problem);
             }
+            if let Some(endpoint) = &aws.endpoint {
+                self.refuse_endpoint(endpoint.span, "--aws-endpoint URL or AWS_ENDPOINT_URL");
+            }
             clouds.insert(
                 Cloud::Aws,
                 CloudTarget {
                     project: None,
                     region: aws.region.value.clone(),
-                    endpoint: aws.endpoint.as_ref().map(|e| e.value.clone()),
                 },
             );
         }
