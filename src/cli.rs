@@ -181,12 +181,23 @@ pub(crate) enum Command {
     Plan(PlanArgs),
     /// Make the cloud match a fleet file, or apply a plan saved with `fleet plan -o`.
     ///
-    /// A saved plan is applied exactly as it is, and refused if the live state changed since
-    /// it was made. Only one apply per fleet runs at a time.
+    /// A saved plan is applied exactly as it is, without asking (it is the approval), and
+    /// refused if the live state changed since it was made. A fleet file is planned and
+    /// applied after you confirm (or with --auto-approve). Only one apply per fleet runs at a
+    /// time.
     Apply(ApplyArgs),
     /// Write every file fleet delivers to each machine (config.toml, prometheus.yml, the
     /// bootstrap), as Chef laid them down: for review, or for hosts fleet does not create.
     Render(RenderArgs),
+    /// List the secrets a fleet file needs (`${secret:NAME}`), where each is read from and
+    /// whether it is set, and which machines use it. Never prints a value.
+    ///
+    /// On the simulated cloud a secret with no value gets a placeholder; live clouds need
+    /// every one before apply changes anything.
+    Secrets {
+        /// Fleet file.
+        file: PathBuf,
+    },
     /// Print the plan's dependency graph as Graphviz DOT.
     Graph {
         /// Fleet file.
@@ -231,7 +242,7 @@ pub(crate) struct PlanArgs {
 pub(crate) struct ApplyArgs {
     /// Fleet file, or a plan saved with `fleet plan -o`.
     pub(crate) file: PathBuf,
-    /// Apply without asking.
+    /// Apply a fleet file's plan without asking. A saved plan never asks.
     #[arg(long)]
     pub(crate) auto_approve: bool,
     /// Limit to addresses matching PATTERN and what they depend on (fleet files only).
@@ -297,4 +308,54 @@ pub(crate) enum SimCommand {
         #[arg(long)]
         machine_type: String,
     },
+}
+
+impl Global {
+    /// The options that say where a run points (cloud, simulator and state directories, one
+    /// cloud, endpoints, secrets file), as they would be typed, so that a command printed for
+    /// the user to run next (`fleet apply PLAN` after `fleet plan -o PLAN`) works as printed.
+    pub(crate) fn where_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut push = |flag: &str, value: String| {
+            args.push(flag.to_string());
+            args.push(shell_word(&value));
+        };
+        match self.cloud {
+            CloudMode::Sim => {
+                if self.sim_dir != std::path::Path::new(".fleet/sim") {
+                    push("--sim-dir", self.sim_dir.display().to_string());
+                }
+            }
+            CloudMode::Live => push("--cloud", "live".to_string()),
+        }
+        if let Some(dir) = &self.state_dir {
+            push("--state-dir", dir.display().to_string());
+        }
+        if let Some(only) = self.only_cloud.and_then(|only| only.to_possible_value()) {
+            push("--only-cloud", only.get_name().to_string());
+        }
+        if let Some(url) = &self.aws_endpoint {
+            push("--aws-endpoint", url.clone());
+        }
+        if let Some(url) = &self.gcp_endpoint {
+            push("--gcp-endpoint", url.clone());
+        }
+        if let Some(file) = &self.secrets_file {
+            push("--secrets-file", file.display().to_string());
+        }
+        args
+    }
+}
+
+/// A word as a POSIX shell reads it: as it is when it is plain, else in single quotes.
+pub(crate) fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }

@@ -1,8 +1,11 @@
 //! Where secret values come from: `FLEET_SECRET_<NAME>` environment variables, then the
-//! `--secrets-file` (`NAME=value` lines; `#` comments).
+//! `--secrets-file` (`NAME=value` lines; `#` comments). On the simulated cloud, a secret with
+//! neither gets a placeholder, so the quick start needs no set-up; live clouds never do.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use fleet_engine::secrets::SecretSource;
 use miette::{miette, Result};
@@ -11,7 +14,20 @@ use miette::{miette, Result};
 pub(crate) struct Secrets {
     file: BTreeMap<String, String>,
     file_name: Option<String>,
+    /// Whether a missing secret gets a placeholder (the simulated cloud only).
+    placeholders: bool,
+    /// The names that got one, to say so.
+    placeheld: Mutex<BTreeSet<String>>,
 }
+
+/// The value a secret with no value has on the simulated cloud. Not a secret: it is printed
+/// as it is, and machines on the simulator never run anything with it.
+pub(crate) fn placeholder(name: &str) -> String {
+    format!("sim-placeholder-{name}")
+}
+
+/// Whether the placeholder note was printed in this process already.
+static ANNOUNCED: AtomicBool = AtomicBool::new(false);
 
 /// `FLEET_SECRET_` and the name upper-cased, other characters as `_`.
 fn variable(name: &str) -> String {
@@ -61,15 +77,51 @@ impl Secrets {
         Ok(Secrets {
             file: values,
             file_name: file.map(|p| p.display().to_string()),
+            placeholders: false,
+            placeheld: Mutex::new(BTreeSet::new()),
         })
+    }
+
+    /// The run's secrets for `--cloud`: on the simulated cloud a secret without a value gets
+    /// [`placeholder`]; on live clouds a missing secret stays an error before any change.
+    pub(crate) fn for_run(global: &crate::cli::Global) -> Result<Secrets> {
+        let mut secrets = Secrets::load(global.secrets_file.as_deref())?;
+        secrets.placeholders = global.cloud == crate::cli::CloudMode::Sim;
+        Ok(secrets)
+    }
+
+    /// Says once per process which secrets got a placeholder, if any did.
+    pub(crate) fn announce_placeholders(&self) {
+        let names = self
+            .placeheld
+            .lock()
+            .map(|names| names.clone())
+            .unwrap_or_default();
+        if names.is_empty() || ANNOUNCED.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let names: Vec<String> = names.into_iter().collect();
+        crate::output::warn(&format!(
+            "note: simulated cloud: {} secret(s) have no value and get a placeholder (sim-placeholder-<NAME>): {}. \
+             Live clouds need real values: `fleet secrets FILE` lists them and where each is read from.",
+            names.len(),
+            names.join(", ")
+        ));
     }
 }
 
 impl SecretSource for Secrets {
     fn get(&self, name: &str) -> Option<String> {
-        std::env::var(variable(name))
+        let found = std::env::var(variable(name))
             .ok()
-            .or_else(|| self.file.get(name).cloned())
+            .or_else(|| self.file.get(name).cloned());
+        if found.is_some() || !self.placeholders {
+            return found;
+        }
+        if let Ok(mut names) = self.placeheld.lock() {
+            names.insert(name.to_string());
+        }
+        Some(placeholder(name))
     }
 
     fn looked_for(&self, name: &str) -> String {
@@ -92,4 +144,24 @@ pub(crate) fn available(
         .into_iter()
         .filter_map(|name| source.get(&name).map(|value| (name, value)))
         .collect()
+}
+
+/// Where a secret would be read from, and whether it is there: one line of `fleet secrets`.
+/// Never the value.
+pub(crate) fn describe(source: &Secrets, name: &str) -> String {
+    let variable = variable(name);
+    let from = if std::env::var_os(&variable).is_some() {
+        format!("set in {variable}")
+    } else if source.file.contains_key(name) {
+        format!(
+            "set in {}",
+            source.file_name.as_deref().unwrap_or("the secrets file")
+        )
+    } else {
+        match &source.file_name {
+            Some(file) => format!("not set: {variable} or `{name}=…` in {file}"),
+            None => format!("not set: {variable} or `{name}=…` in --secrets-file FILE"),
+        }
+    };
+    format!("{name}\t{from}")
 }

@@ -84,7 +84,7 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
         None => {
             let desired = super::compile(&args.file)?;
             let clouds = clouds::connect(global, &desired).await?;
-            let source = crate::secrets::Secrets::load(global.secrets_file.as_deref())?;
+            let source = crate::secrets::Secrets::for_run(global)?;
             let names = fleet_engine::secrets::references(
                 desired
                     .resources
@@ -97,6 +97,7 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
                 secret_values: crate::secrets::available(&source, names),
                 retry: clouds::retry_policy(global),
             };
+            source.announce_placeholders();
             let (plan, _) = ops::plan(&desired, &clouds.providers, &options).await?;
             output::out(&display::text(&plan, TextOptions { color }));
             (plan, desired, clouds)
@@ -106,9 +107,11 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
         return Ok(0);
     }
     // Every secret the changes need, before anything changes.
-    let source = crate::secrets::Secrets::load(global.secrets_file.as_deref())?;
+    let source = crate::secrets::Secrets::for_run(global)?;
     let secret_values = fleet_engine::secrets::resolve(&ops::secret_references(&plan), &source)?;
-    if !args.auto_approve && plan.blocked.is_empty() {
+    source.announce_placeholders();
+    // A saved plan is the approval: it was reviewed as it is, and is refused if it is stale.
+    if from_file && !args.auto_approve && plan.blocked.is_empty() {
         if !std::io::stdin().is_terminal() {
             return Err(miette!(
                 code = "fleet::apply::confirm",

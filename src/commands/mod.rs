@@ -4,6 +4,7 @@ mod apply;
 mod graph;
 mod plan;
 mod render;
+mod secrets;
 mod sim;
 mod validate;
 
@@ -21,6 +22,7 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
         Command::Plan(args) => plan::run(&cli.global, &args).await,
         Command::Apply(args) => apply::run(&cli.global, &args).await,
         Command::Render(args) => render::run(&args, cli.global.secrets_file.as_deref()),
+        Command::Secrets { file } => secrets::run(&cli.global, &file),
         Command::Graph { file } => graph::run(&cli.global, &file).await,
         Command::Sim(command) => sim::run(&cli.global, command),
     }

@@ -10,7 +10,7 @@ use crate::{clouds, output};
 pub(crate) async fn run(global: &Global, args: &PlanArgs) -> Result<u8> {
     let desired = super::compile(&args.file)?;
     let clouds = clouds::connect(global, &desired).await?;
-    let source = crate::secrets::Secrets::load(global.secrets_file.as_deref())?;
+    let source = crate::secrets::Secrets::for_run(global)?;
     let names = fleet_engine::secrets::references(
         desired
             .resources
@@ -23,6 +23,7 @@ pub(crate) async fn run(global: &Global, args: &PlanArgs) -> Result<u8> {
         secret_values: crate::secrets::available(&source, names),
         retry: clouds::retry_policy(global),
     };
+    source.announce_placeholders();
     let (plan, _) = ops::plan(&desired, &clouds.providers, &options).await?;
     match args.format {
         Format::Text => output::out(&display::text(
@@ -39,10 +40,14 @@ pub(crate) async fn run(global: &Global, args: &PlanArgs) -> Result<u8> {
             .into_diagnostic()
             .wrap_err_with(|| format!("cannot write the plan to {}", path.display()))?;
         if args.format == Format::Text {
+            let mut command = vec!["fleet".to_string()];
+            command.extend(global.where_args());
+            command.push("apply".to_string());
+            command.push(crate::cli::shell_word(&path.display().to_string()));
             output::line(&format!(
-                "\nSaved the plan to {}. Apply exactly this plan with:\n  fleet apply {}",
+                "\nSaved the plan to {}. Apply exactly this plan with:\n  {}",
                 path.display(),
-                path.display()
+                command.join(" ")
             ));
         }
     }

@@ -10,6 +10,7 @@ mod gcp;
 mod golden;
 mod loopback;
 mod plan;
+mod quickstart;
 mod support;
 mod untrusted;
 mod validate;

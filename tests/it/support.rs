@@ -61,6 +61,16 @@ pub(crate) struct Run {
 }
 
 impl Run {
+    /// The outcome of a finished `fleet` process run with `args`.
+    pub(crate) fn from_output(output: &std::process::Output, args: &str) -> Run {
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            args: args.to_string(),
+        }
+    }
+
     /// Asserts the exit status, showing the output when it differs.
     #[track_caller]
     pub(crate) fn code(self, expected: i32) -> Run {
@@ -188,12 +198,7 @@ impl Env {
     /// Runs with extra environment variables.
     pub(crate) fn fleet_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
         let output = self.command(args, envs).output().expect("run fleet");
-        Run {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-            args: args.join(" "),
-        }
+        Run::from_output(&output, &args.join(" "))
     }
 
     /// Starts a run in the background.

@@ -53,7 +53,10 @@ impl Trap {
 #[test]
 fn an_endpoint_in_a_fleet_file_is_refused_at_its_line_with_the_flag_to_use() {
     let env = Env::new();
-    let file = env.write("hostile.yaml", &fleet_naming("http://attacker.example:8080"));
+    let file = env.write(
+        "hostile.yaml",
+        &fleet_naming("http://attacker.example:8080"),
+    );
     let run = env.fleet(&["validate", &file]).code(1);
     for (line, flag) in [("3:", "--gcp-endpoint"), ("4:", "--aws-endpoint")] {
         assert!(
@@ -61,10 +64,15 @@ fn an_endpoint_in_a_fleet_file_is_refused_at_its_line_with_the_flag_to_use() {
             "no diagnostic on line {line}:\n{}",
             run.stderr
         );
-        assert!(run.stderr.contains(flag), "the help names {flag}:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains(flag),
+            "the help names {flag}:\n{}",
+            run.stderr
+        );
     }
     assert!(
-        run.stderr.contains("An API endpoint cannot be set in a fleet file"),
+        run.stderr
+            .contains("An API endpoint cannot be set in a fleet file"),
         "{}",
         run.stderr
     );
@@ -94,7 +102,8 @@ fn a_fleet_file_cannot_make_fleet_contact_a_host_it_names() {
         );
         assert_ne!(run.code, 0, "{command} must refuse:\n{}", run.stderr);
         assert!(
-            run.stderr.contains("An API endpoint cannot be set in a fleet file"),
+            run.stderr
+                .contains("An API endpoint cannot be set in a fleet file"),
             "{command}:\n{}",
             run.stderr
         );

@@ -82,10 +82,11 @@ pub fn summary_line(plan: &Plan) -> String {
 /// wherever the plan is shown, though nothing is done to them.
 fn made_outside(plan: &Plan) -> impl Iterator<Item = (&Change, String)> {
     plan.resource_changes.iter().flat_map(|change| {
-        change.reasons.iter().filter_map(move |reason| {
-            matches!(reason, crate::diff::Reason::MadeOutsideFleet { .. })
-                .then(|| (change, reason.message()))
-        })
+        change
+            .reasons
+            .iter()
+            .filter(|reason| matches!(reason, crate::diff::Reason::MadeOutsideFleet { .. }))
+            .map(move |reason| (change, reason.message()))
     })
 }
 

@@ -1,0 +1,35 @@
+//! `fleet secrets`
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use miette::Result;
+
+use crate::cli::Global;
+use crate::output;
+use crate::secrets::Secrets;
+
+pub(crate) fn run(global: &Global, file: &Path) -> Result<u8> {
+    let desired = super::compile(file)?;
+    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for resource in desired.resources.values() {
+        for name in fleet_engine::secrets::references(resource.spec.metadata.values()) {
+            users
+                .entry(name)
+                .or_default()
+                .push(resource.address.to_string());
+        }
+    }
+    if users.is_empty() {
+        output::out(&format!("{}: no secrets.\n", desired.fleet));
+        return Ok(0);
+    }
+    let source = Secrets::load(global.secrets_file.as_deref())?;
+    let mut text = String::new();
+    for (name, addresses) in &users {
+        text.push_str(&crate::secrets::describe(&source, name));
+        text.push_str(&format!("\tused by {}\n", addresses.join(", ")));
+    }
+    output::out(&text);
+    Ok(0)
+}
