@@ -875,13 +875,14 @@ impl Expander<'_> {
     /// wrote it.
     fn report_config_problems(&mut self, rendered: &render::RenderedConfig, fallback: SourceSpan) {
         for found in &rendered.problems {
+            // A value shared through a YAML alias or a matrix is one line of the fleet file:
+            // one problem there, not one per runner or machine that uses it.
+            let span = found.span.unwrap_or(fallback);
+            if (self.problems.iter()).any(|p| p.span == span && p.message == found.message) {
+                continue;
+            }
             let mut problem = self
-                .new_problem(
-                    found.kind,
-                    found.span.unwrap_or(fallback),
-                    found.message.clone(),
-                    found.label.clone(),
-                )
+                .new_problem(found.kind, span, found.message.clone(), found.label.clone())
                 .with_help(found.help.clone());
             if let Some((span, label)) = &found.secondary {
                 problem = problem.with_secondary(*span, label.clone());
