@@ -605,7 +605,7 @@ fn check_value(
     match (kind, value) {
         (Kind::Int { min }, toml::Value::Integer(number)) if *number < min => {
             let help = if key == "concurrent" {
-                format!("gitlab-runner exits with a fatal error when `concurrent` is below 1; set it to how many jobs this machine may run at once, e.g. `concurrent: 10`")
+                "gitlab-runner exits with a fatal error when `concurrent` is below 1; set it to how many jobs this machine may run at once, e.g. `concurrent: 10`".to_string()
             } else {
                 format!("`{key}` is at least {min}")
             };
@@ -1170,6 +1170,37 @@ mod tests {
         assert!(
             text.starts_with("#cloud-config\n# Bootstrap of every runner-manager machine - evil ")
         );
+    }
+
+    #[test]
+    fn a_value_with_a_quote_lands_escaped_in_config_toml() {
+        let name = "odd \"runner\"\n[[runners]]";
+        let input = ManagerInput {
+            fleet: "f".into(),
+            source: "f.yaml".into(),
+            machine: "m\nconcurrent = 0".into(),
+            global: vec![("concurrent".into(), None, Value::Int(2))],
+            runners: vec![RunnerInput {
+                name: name.into(),
+                name_span: SourceSpan::from(0..1),
+                executor: "shell".into(),
+                executor_span: None,
+                template: None,
+                config: vec![(
+                    "environment".into(),
+                    None,
+                    Value::Array(vec![Value::Str("A='b c'\\".into())]),
+                )],
+            }],
+        };
+        let rendered = config_toml(&input).unwrap();
+        assert_eq!(rendered.problems, []);
+        let parsed: toml::Table = toml::from_str(&rendered.text).unwrap();
+        assert_eq!(parsed["concurrent"].as_integer(), Some(2));
+        let runners = parsed["runners"].as_array().unwrap();
+        assert_eq!(runners.len(), 1);
+        assert_eq!(runners[0]["name"].as_str(), Some(name));
+        assert_eq!(runners[0]["environment"][0].as_str(), Some("A='b c'\\"));
     }
 
     #[test]
