@@ -754,3 +754,31 @@ fn a_scrape_pattern_naming_one_manager_scrapes_exactly_that_one() {
         String::from_utf8_lossy(&result.stderr)
     );
 }
+
+#[test]
+fn a_bad_value_in_the_second_runner_points_at_its_own_line() {
+    // The first runner's `limit: 15` is fine; the diagnostic is at the second runner's line.
+    refused_at_its_line(
+        "distribution",
+        "        limit: 10",
+        "        limit: -5",
+        &[
+            "Invalid config.toml value for `limit` in [[runners]]",
+            "`-5` is below 0",
+        ],
+    );
+}
+
+#[test]
+fn a_machine_name_without_its_placeholder_is_refused_at_its_line() {
+    refused_at_its_line(
+        "distribution",
+        "          MaxGrowthRate: 5\n",
+        "          MaxGrowthRate: 5\n          MachineName: build\n",
+        &[
+            "Invalid config.toml value for `MachineName` in [runners.machine]",
+            "`build` has no `%s`",
+            "MachineName: \"build-%s\"",
+        ],
+    );
+}

@@ -307,6 +307,8 @@ pub(crate) enum Kind {
     StrList,
     /// One of these strings, or a list of them.
     EnumOrList(&'static [&'static str]),
+    /// A string holding `%s`, where docker-machine puts each machine's unique part.
+    MachineName,
 }
 
 /// Executors gitlab-runner has.
@@ -448,7 +450,8 @@ pub(crate) fn kind(path: &str, key: &str) -> Option<Kind> {
         ("runners.machine" | "runners.machine.autoscaling", "IdleScaleFactor") => Float,
         ("runners.machine", "MachineOptions" | "OffPeakPeriods") => StrList,
         ("runners.machine.autoscaling", "Periods") => StrList,
-        ("runners.machine", "MachineDriver" | "MachineName" | "OffPeakTimezone") => Str,
+        ("runners.machine", "MachineName") => MachineName,
+        ("runners.machine", "MachineDriver" | "OffPeakTimezone") => Str,
         ("runners.machine.autoscaling", "Timezone") => Str,
         (
             "runners.autoscaler",

@@ -637,6 +637,15 @@ fn check_value(
             };
             Some(wrong_type("a boolean", help))
         }
+        (Kind::MachineName, toml::Value::String(text)) if text.contains("%s") => None,
+        (Kind::MachineName, toml::Value::String(text)) => Some(invalid(
+            format!("`{text}` has no `%s`"),
+            format!("gitlab-runner names each autoscaled machine from `MachineName` with `%s` replaced by its unique part, so every name would be the same; write e.g. `MachineName: \"{text}-%s\"`"),
+        )),
+        (Kind::MachineName, _) => Some(wrong_type(
+            "a string",
+            format!("write `MachineName` as a string holding `%s`, e.g. `MachineName: \"runner-%s\"`; {refuses}"),
+        )),
         (Kind::Str | Kind::Url | Kind::Duration | Kind::Enum(_), toml::Value::String(text))
             if is_secret(text) =>
         {
