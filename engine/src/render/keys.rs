@@ -1,8 +1,10 @@
-//! gitlab-runner's config.toml keys, by section, so a misspelt key is an error instead of a
-//! line the runner silently ignores.
+//! gitlab-runner's config.toml keys, by section, and how it reads their values, so a misspelt
+//! key is an error instead of a line the runner silently ignores, and a wrong value an error
+//! instead of a runner that refuses its config or exits.
 //!
-//! In: a section path (`runners.docker`) and a key. Out: whether gitlab-runner knows it, and
-//! the closest key it does know. Source: gitlab-runner's advanced-configuration reference
+//! In: a section path (`runners.docker`) and a key. Out: whether gitlab-runner knows it, the
+//! closest key it does know, and the value's [`Kind`] (integer with its minimum, boolean,
+//! Go duration, enum, URL, …). Source: gitlab-runner's advanced-configuration reference
 //! (global section, `[session_server]`, `[[runners]]`, `[runners.docker]`, `[runners.cache]`,
 //! `[runners.machine]`, `[runners.autoscaler]`). Sections whose keys are free-form (plugin
 //! configuration, sysctls, feature flags) or that fleet does not model (kubernetes, custom)

@@ -3,8 +3,11 @@
 //!
 //! In: per-machine render inputs built by `spec::expand`. Out: file contents by metadata key
 //! (`gitlab-runner-config`, `prometheus-config`, `user-data`, …), and for config.toml every
-//! key gitlab-runner does not know, with the fleet-file span it came from. Templates render
-//! in strict mode: a missing variable is an error, never an empty string.
+//! problem gitlab-runner would have with it (an unknown key, a value of the wrong type or out
+//! of range, two runners of one name), with the fleet-file span it came from. Templates render
+//! in strict mode: a missing variable is an error, never an empty string. No value is pasted
+//! in raw: the templates quote each one for where it lands (`yaml`, `sh`, `comment` helpers),
+//! and `toml_doc` quotes TOML strings.
 
 mod keys;
 pub mod toml_doc;
