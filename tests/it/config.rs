@@ -465,3 +465,320 @@ fn each_impact_class_is_shown_with_its_procedure_and_diff() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Every fleet file in `fleets/`, by name.
+fn every_fleet() -> Vec<String> {
+    let mut fleets: Vec<String> = std::fs::read_dir(repo().join("fleets"))
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".yaml").map(str::to_string)
+        })
+        .collect();
+    fleets.sort();
+    fleets
+}
+
+/// The `#cloud-config` documents of a user-data file: the file itself, or each such part of a
+/// MIME multi-part one (`cloud-init schema` reads one document).
+fn cloud_config_documents(text: &str) -> Vec<String> {
+    let boundary = text
+        .lines()
+        .take_while(|line| !line.is_empty())
+        .find_map(|line| {
+            let (_, rest) = line.split_once("boundary=")?;
+            Some(rest.trim_matches('"').to_string())
+        });
+    let Some(boundary) = boundary else {
+        return vec![text.to_string()];
+    };
+    text.split(&format!("--{boundary}"))
+        .filter_map(|part| {
+            let (_, body) = part.split_once("\n\n")?;
+            body.starts_with("#cloud-config").then(|| body.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn cloud_init_accepts_every_rendered_bootstrap() {
+    let cloud_init = Command::new("cloud-init").arg("--version").output();
+    assert!(
+        cloud_init.is_ok_and(|o| o.status.success()),
+        "cloud-init is not installed: `apt-get install cloud-init` (CI's .ci/run does)"
+    );
+    let env = Env::new();
+    let mut checked = Vec::new();
+    let mut failures = Vec::new();
+    for fleet in every_fleet() {
+        let out = render_to(
+            &env,
+            &format!("fleets/{fleet}.yaml"),
+            &format!("out-{fleet}"),
+        );
+        for file in files_under(&out)
+            .into_iter()
+            .filter(|f| f.ends_with("var/lib/cloud/user-data.yaml"))
+        {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (index, document) in cloud_config_documents(&text).into_iter().enumerate() {
+                let part = out.join(format!("part-{}-{index}.yaml", checked.len()));
+                std::fs::write(&part, &document).unwrap();
+                let result = Command::new("cloud-init")
+                    .args(["schema", "--config-file"])
+                    .arg(&part)
+                    .output()
+                    .unwrap();
+                if !result.status.success() {
+                    failures.push(format!(
+                        "cloud-init rejects {}:\n{}{}",
+                        file.display(),
+                        String::from_utf8_lossy(&result.stdout),
+                        String::from_utf8_lossy(&result.stderr)
+                    ));
+                }
+                checked.push(file.display().to_string());
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // One bootstrap per machine: 4 builders, 6 managers and 2 helpers, 2 managers, 1 host.
+    assert_eq!(checked.len(), 15, "{checked:#?}");
+}
+
+/// Edits one line of a fleet file and asserts that `fleet validate` refuses it with a
+/// diagnostic at that line saying each of `expected`.
+fn refused_at_its_line(fleet: &str, from: &str, to: &str, expected: &[&str]) {
+    let env = Env::new();
+    let text = std::fs::read_to_string(env.path().join(format!("fleets/{fleet}.yaml"))).unwrap();
+    let edited = text.replacen(from, to, 1);
+    assert_ne!(text, edited, "the edit `{to}` did not apply");
+    let file = env.write("edited.yaml", &edited);
+    // The edited line: the first that differs from the original.
+    let line = (text.lines().zip(edited.lines()))
+        .position(|(before, after)| before != after)
+        .unwrap()
+        + 1;
+    let first_line = edited.lines().nth(line - 1).unwrap().trim();
+    let run = env.fleet(&["validate", &file]).code(1);
+    let stderr = &run.stderr;
+    assert!(
+        stderr.contains(&format!("[edited.yaml:{line}:")),
+        "not located at line {line} (`{first_line}`):\n{stderr}"
+    );
+    for needle in expected {
+        assert!(stderr.contains(needle), "missing `{needle}`:\n{stderr}");
+    }
+    // Rendering refuses it too: no file is written for a value its consumer would refuse.
+    env.fleet(&["render", &file]).code(1);
+}
+
+#[test]
+fn a_scrape_interval_prometheus_cannot_read_is_refused_at_its_line() {
+    refused_at_its_line(
+        "ci-shared-runners",
+        "scrape_interval: 15s",
+        "scrape_interval: every 15 seconds",
+        &[
+            "Invalid scrape interval `every 15 seconds`",
+            "write a Prometheus duration",
+        ],
+    );
+}
+
+#[test]
+fn a_shutdown_timeout_that_is_not_seconds_is_refused_at_its_line() {
+    refused_at_its_line(
+        "distribution",
+        "shutdown_timeout: 432000",
+        "shutdown_timeout: \"forever\"",
+        &[
+            "Wrong type for config.toml key `shutdown_timeout` in the global section",
+            "the string `\"forever\"` where gitlab-runner reads a whole number of seconds",
+        ],
+    );
+}
+
+#[test]
+fn a_negative_concurrent_is_refused_at_its_line() {
+    refused_at_its_line(
+        "distribution",
+        "concurrent: 30",
+        "concurrent: -1",
+        &[
+            "Invalid config.toml value for `concurrent` in the global section",
+            "`-1` is below 1",
+            "gitlab-runner exits with a fatal error when `concurrent` is below 1",
+        ],
+    );
+}
+
+#[test]
+fn a_zero_concurrent_is_refused_at_its_line() {
+    refused_at_its_line(
+        "mdis-wb31",
+        "concurrent: 4",
+        "concurrent: 0",
+        &[
+            "Invalid config.toml value for `concurrent` in the global section",
+            "`0` is below 1",
+        ],
+    );
+}
+
+#[test]
+fn privileged_yes_is_a_string_and_refused_at_its_line() {
+    refused_at_its_line(
+        "distribution",
+        "privileged: true",
+        "privileged: yes",
+        &[
+            "Wrong type for config.toml key `privileged` in [runners.docker]",
+            "the string `\"yes\"` where gitlab-runner reads a boolean",
+            "write `privileged: true` or `privileged: false` without quotes",
+        ],
+    );
+}
+
+#[test]
+fn a_misspelt_executor_is_refused_at_its_line_with_the_right_one() {
+    refused_at_its_line(
+        "mdis-wb31",
+        "executor: shell",
+        "executor: shel",
+        &[
+            "Invalid config.toml value for `executor` in [[runners]]",
+            "`shel` is not one of gitlab-runner's `executor` values",
+            "did you mean `shell`?",
+        ],
+    );
+}
+
+#[test]
+fn a_url_without_a_scheme_is_refused_at_its_line() {
+    refused_at_its_line(
+        "mdis-wb31",
+        "        url: https://codebase.helmholtz.cloud/",
+        "        url: git.gfz.de",
+        &[
+            "Invalid config.toml value for `url` in [[runners]]",
+            "`git.gfz.de` is not a URL with a scheme and a host",
+            "write `url: https://git.gfz.de`",
+        ],
+    );
+}
+
+#[test]
+fn two_runners_of_one_name_are_refused_at_the_second() {
+    refused_at_its_line(
+        "mdis-wb31",
+        "      - name: wb31-mdis-blank-volume",
+        "      - name: wb31-mdis-docker",
+        &[
+            "Duplicate runner name `wb31-mdis-docker`",
+            "the first runner of this name",
+        ],
+    );
+}
+
+#[test]
+fn a_federate_target_with_a_quote_lands_quoted_and_prometheus_reads_it() {
+    let env = Env::new();
+    let text = std::fs::read_to_string(env.path().join("fleets/ci-shared-runners.yaml"))
+        .unwrap()
+        .replace(
+            "      scrape_interval: 15s\n",
+            "      scrape_interval: 15s\n      federate: ['a\"b:9090']\n",
+        );
+    let file = env.write("quoted.yaml", &text);
+    let out = render_to(&env, &file, "out-quoted");
+    let config = out.join("prometheus-01-us-east1-c/etc/prometheus/prometheus.yml");
+    let rendered = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        rendered.contains("          - \"a\\\"b:9090\"\n"),
+        "{rendered}"
+    );
+    let result = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "promtool rejects the quoted target:\n{}{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
+
+#[test]
+fn a_scrape_pattern_naming_one_manager_scrapes_exactly_that_one() {
+    let env = Env::new();
+    let text = std::fs::read_to_string(env.path().join("fleets/ci-shared-runners.yaml"))
+        .unwrap()
+        .replace(
+            "      - manager.*-runners-manager-{index}\n",
+            "      - manager.shared-runners-manager-{index}\n",
+        );
+    let file = env.write("narrow.yaml", &text);
+    let wide = render_to(&env, "fleets/ci-shared-runners.yaml", "out-wide");
+    let narrow = render_to(&env, &file, "out-narrow");
+    let path = "prometheus-01-us-east1-c/etc/prometheus/prometheus.yml";
+    let wide = std::fs::read_to_string(wide.join(path)).unwrap();
+    let config = narrow.join(path);
+    let narrow = std::fs::read_to_string(&config).unwrap();
+    assert_ne!(wide, narrow, "narrowing `scrape:` changed nothing");
+    // The runner-manager job keeps exactly that manager; the node job that manager and the
+    // autoscaled machines of its template.
+    assert!(
+        narrow.contains("        regex: \"(shared-runners-manager-1)\"\n"),
+        "{narrow}"
+    );
+    for other in [
+        "gitlab-shared-runners-manager-1",
+        "private-runners-manager-1",
+        "shared-runners-manager-2",
+    ] {
+        assert!(!narrow.contains(other), "{other} is scraped:\n{narrow}");
+        assert!(wide.contains(other) || other.ends_with("-2"), "{wide}");
+    }
+    let result = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
+
+#[test]
+fn a_bad_value_in_the_second_runner_points_at_its_own_line() {
+    // The first runner's `limit: 15` is fine; the diagnostic is at the second runner's line.
+    refused_at_its_line(
+        "distribution",
+        "        limit: 10",
+        "        limit: -5",
+        &[
+            "Invalid config.toml value for `limit` in [[runners]]",
+            "`-5` is below 0",
+        ],
+    );
+}
+
+#[test]
+fn a_machine_name_without_its_placeholder_is_refused_at_its_line() {
+    refused_at_its_line(
+        "distribution",
+        "          MaxGrowthRate: 5\n",
+        "          MaxGrowthRate: 5\n          MachineName: build\n",
+        &[
+            "Invalid config.toml value for `MachineName` in [runners.machine]",
+            "`build` has no `%s`",
+            "MachineName: \"build-%s\"",
+        ],
+    );
+}

@@ -43,7 +43,8 @@ pub(crate) struct Block {
     pub(crate) entries: Vec<Entry>,
 }
 
-/// Where one key came from.
+/// Where one key came from. `path` names the exact table, with the index of each item of an
+/// array of tables (`runners[1].docker`), so the second runner's key points at its own line.
 #[derive(Debug, Clone)]
 pub(crate) struct Origin {
     pub(crate) path: String,
@@ -59,10 +60,12 @@ pub(crate) struct Doc {
 }
 
 impl Doc {
-    /// Lays out `table` at `path` (`""` for the root).
+    /// Lays out `table` at section `path` (`""` for the root; `runners.docker`), whose exact
+    /// place is `at` (`runners[1].docker`).
     pub(crate) fn add_table(
         &mut self,
         path: &str,
+        at: &str,
         header: Option<String>,
         depth: usize,
         table: &Table,
@@ -77,7 +80,7 @@ impl Doc {
         let mut arrays: Vec<(&String, Vec<&Table>)> = Vec::new();
         for (key, span, value) in table {
             self.origins.push(Origin {
-                path: path.to_string(),
+                path: at.to_string(),
                 key: key.clone(),
                 span: *span,
             });
@@ -104,21 +107,36 @@ impl Doc {
         self.blocks.push(block);
         for (key, inner) in tables {
             let child = join(path, key);
-            self.add_table(&child, Some(format!("[{child}]")), depth + 1, inner);
+            let child_at = join(at, key);
+            self.add_table(
+                &child,
+                &child_at,
+                Some(format!("[{child}]")),
+                depth + 1,
+                inner,
+            );
         }
         for (key, items) in arrays {
             let child = join(path, key);
-            for inner in items {
-                self.add_table(&child, Some(format!("[[{child}]]")), depth + 1, inner);
+            let child_at = join(at, key);
+            for (index, inner) in items.into_iter().enumerate() {
+                self.add_table(
+                    &child,
+                    &format!("{child_at}[{index}]"),
+                    Some(format!("[[{child}]]")),
+                    depth + 1,
+                    inner,
+                );
             }
         }
     }
 
-    /// The span of `key` in section `path`, if the fleet file wrote it.
-    pub(crate) fn origin(&self, path: &str, key: &str) -> Option<SourceSpan> {
+    /// The span of `key` in the table at `at` (`runners[1].docker`), if the fleet file wrote
+    /// it.
+    pub(crate) fn origin(&self, at: &str, key: &str) -> Option<SourceSpan> {
         self.origins
             .iter()
-            .find(|origin| origin.path == path && origin.key == key)
+            .find(|origin| origin.path == at && origin.key == key)
             .and_then(|origin| origin.span)
     }
 }

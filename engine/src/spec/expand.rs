@@ -37,6 +37,7 @@ struct Runner {
     template: Option<Spanned<String>>,
     arch: Option<Spanned<String>>,
     executor: String,
+    executor_span: Option<SourceSpan>,
     config: render::Table,
 }
 
@@ -47,6 +48,7 @@ impl Runner {
             name: self.name.clone(),
             name_span: self.name_span,
             executor: self.executor.clone(),
+            executor_span: self.executor_span,
             template,
             config: self.config.clone(),
         }
@@ -726,6 +728,7 @@ impl Expander<'_> {
                     .as_ref()
                     .map(|t| Spanned::new(self.interpolate(t, vars), t.span)),
                 arch: runner.arch.clone(),
+                executor_span: runner.executor.as_ref().map(|e| e.span),
                 executor: runner.executor.as_ref().map_or_else(
                     || {
                         if runner.template.is_some() {
@@ -773,6 +776,9 @@ impl Expander<'_> {
             runners,
             runner: decl.runner.as_ref().map(|r| self.runner_settings(r, vars)),
             prometheus: decl.prometheus.as_ref().map(|p| {
+                if let Some(interval) = &p.scrape_interval {
+                    self.check_scrape_interval(interval);
+                }
                 (
                     p.scrape_interval
                         .as_ref()
@@ -784,6 +790,21 @@ impl Expander<'_> {
                 )
             }),
         })
+    }
+
+    /// A scrape interval Prometheus would refuse is a problem at its line.
+    fn check_scrape_interval(&mut self, interval: &Spanned<String>) {
+        if let Err(help) = render::check_prometheus_duration(&interval.value) {
+            let problem = self
+                .new_problem(
+                    ProblemKind::InvalidValue,
+                    interval.span,
+                    format!("Invalid scrape interval `{}`", interval.value),
+                    "not a Prometheus duration",
+                )
+                .with_help(help);
+            self.problem(problem);
+        }
     }
 
     /// Converts fleet-file config values to render values, substituting `{variables}`.
@@ -854,6 +875,7 @@ impl Expander<'_> {
                     name: self.interpolate(&runner.name, vars),
                     template: None,
                     arch: runner.arch.clone(),
+                    executor_span: runner.executor.as_ref().map(|e| e.span),
                     executor: runner.executor.as_ref().map_or_else(|| "docker".to_string(), |e| e.value.clone()),
                 }
             })
@@ -870,29 +892,22 @@ impl Expander<'_> {
         }
     }
 
-    /// Checks a rendered config.toml's keys and reports the unknown ones where the fleet file
-    /// wrote them.
-    fn report_unknown_keys(&mut self, rendered: &render::RenderedConfig, fallback: SourceSpan) {
-        for unknown in &rendered.unknown_keys {
-            let help = match unknown.suggestion {
-                Some(s) => format!("did you mean `{s}`? gitlab-runner ignores keys it does not know, so this line would do nothing"),
-                None => "gitlab-runner ignores keys it does not know, so this line would do nothing; check the spelling against gitlab-runner's config.toml reference".to_string(),
-            };
-            let label = match unknown.suggestion {
-                Some(s) => format!("not a key of {}; did you mean `{s}`?", unknown.section),
-                None => format!("not a key of {}", unknown.section),
-            };
-            let problem = self
-                .new_problem(
-                    ProblemKind::UnknownKey,
-                    unknown.span.unwrap_or(fallback),
-                    format!(
-                        "Unknown config.toml key `{}` in {}",
-                        unknown.key, unknown.section
-                    ),
-                    label,
-                )
-                .with_help(help);
+    /// Reports what gitlab-runner would make of a rendered config.toml where the fleet file
+    /// wrote it.
+    fn report_config_problems(&mut self, rendered: &render::RenderedConfig, fallback: SourceSpan) {
+        for found in &rendered.problems {
+            // A value shared through a YAML alias or a matrix is one line of the fleet file:
+            // one problem there, not one per runner or machine that uses it.
+            let span = found.span.unwrap_or(fallback);
+            if (self.problems.iter()).any(|p| p.span == span && p.message == found.message) {
+                continue;
+            }
+            let mut problem = self
+                .new_problem(found.kind, span, found.message.clone(), found.label.clone())
+                .with_help(found.help.clone());
+            if let Some((span, label)) = &found.secondary {
+                problem = problem.with_secondary(*span, label.clone());
+            }
             self.problem(problem);
         }
     }
@@ -914,7 +929,7 @@ impl Expander<'_> {
         };
         match render::config_toml(&input) {
             Ok(rendered) => {
-                self.report_unknown_keys(&rendered, fallback);
+                self.report_config_problems(&rendered, fallback);
                 Some(rendered.text)
             }
             Err(error) => {
@@ -1016,14 +1031,23 @@ impl Expander<'_> {
                 },
             );
         }
-        // Where the managers are, for the Prometheus helpers that scrape them.
-        let locations: BTreeMap<Address, (Cloud, String)> = expanded
+        // Every machine and the templates its runners use, for the Prometheus helpers that
+        // scrape them.
+        let locations: BTreeMap<Address, (render::ScrapeTarget, Vec<String>)> = expanded
             .iter()
             .map(|e| {
-                (
-                    e.resource.address.clone(),
-                    (e.resource.cloud, e.resource.spec.zone.clone()),
-                )
+                let target = clouds.get(&e.resource.cloud);
+                let location = render::ScrapeTarget {
+                    name: e.resource.cloud_name.clone(),
+                    cloud: e.resource.cloud,
+                    project: target.and_then(|t| t.project.clone()),
+                    zone: e.resource.spec.zone.clone(),
+                    region: target.map(|t| t.region.clone()).unwrap_or_default(),
+                };
+                let used = (e.runners.iter())
+                    .filter_map(|r| r.template.as_ref().map(|t| t.value.clone()))
+                    .collect();
+                (e.resource.address.clone(), (location, used))
             })
             .collect();
         for e in expanded.iter_mut() {
@@ -1074,31 +1098,28 @@ impl Expander<'_> {
                     .prometheus
                     .clone()
                     .unwrap_or_else(|| ("30s".to_string(), Vec::new()));
-                let mut gce = std::collections::BTreeSet::new();
-                let mut ec2 = std::collections::BTreeSet::new();
-                for dependency in &e.resource.depends_on {
-                    if dependency.kind() != ResourceKind::Manager {
+                // Exactly what the helper's `scrape:` patterns name, not everything near it.
+                let mut managers = BTreeSet::new();
+                let mut machines = BTreeSet::new();
+                let mut scraped_templates = BTreeSet::new();
+                for (address, (location, used)) in &locations {
+                    let named = *address != e.resource.address
+                        && e.scrape.iter().any(|p| address.matches(&p.value));
+                    if !named {
                         continue;
                     }
-                    match locations.get(dependency) {
-                        Some((Cloud::Gcp, zone)) => {
-                            gce.insert(render::GceTarget {
-                                project: clouds
-                                    .get(&Cloud::Gcp)
-                                    .and_then(|t| t.project.clone())
-                                    .unwrap_or_default(),
-                                zone: zone.clone(),
-                            });
+                    match address.kind() {
+                        ResourceKind::Template => {
+                            scraped_templates.insert(address.name().to_string());
                         }
-                        Some((Cloud::Aws, _)) => {
-                            ec2.insert(
-                                clouds
-                                    .get(&Cloud::Aws)
-                                    .map(|t| t.region.clone())
-                                    .unwrap_or_default(),
-                            );
+                        ResourceKind::Manager => {
+                            managers.insert(location.clone());
+                            machines.insert(location.clone());
+                            scraped_templates.extend(used.iter().cloned());
                         }
-                        None => {}
+                        _ => {
+                            machines.insert(location.clone());
+                        }
                     }
                 }
                 let input = render::PrometheusInput {
@@ -1106,8 +1127,14 @@ impl Expander<'_> {
                     source: source.clone(),
                     machine: machine.clone(),
                     scrape_interval,
-                    gce: gce.into_iter().collect(),
-                    ec2: ec2.into_iter().collect(),
+                    managers: managers.into_iter().collect(),
+                    machines: machines.into_iter().collect(),
+                    templates: (scraped_templates.into_iter())
+                        .filter_map(|name| {
+                            let info = templates.get(&name)?.clone();
+                            Some(render::ScrapedTemplate { name, info })
+                        })
+                        .collect(),
                     federate,
                 };
                 match render::prometheus_yml(&input) {
