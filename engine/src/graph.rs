@@ -3,8 +3,10 @@
 //! In: a [`Plan`]. Out: an [`ApplyGraph`] of [`Step`]s (create, update, delete) with edges
 //! "must finish before": dependencies are created first (templates before the managers whose
 //! runners use them, managers before the helpers that scrape them); create-before-destroy
-//! replacements remove the old object only after its dependents were repointed; deletions run
-//! in reverse order (helpers, then managers and pools, then templates).
+//! replacements remove the old object only after its dependents were repointed. Deletions wait
+//! only for what must happen before them, never for unrelated deletions: a template goes after
+//! the managers that may use it were repointed or removed, and a runner manager leaves only
+//! after the new manager serving its runners (the next colour) was created.
 
 use std::collections::BTreeMap;
 
@@ -24,8 +26,6 @@ pub enum StepKind {
     Update,
     /// Delete the live object.
     Delete,
-    /// A no-op that orders deletions of one rank before the next.
-    Barrier,
 }
 
 impl StepKind {
@@ -35,7 +35,6 @@ impl StepKind {
             StepKind::Create => "create",
             StepKind::Update => "update",
             StepKind::Delete => "delete",
-            StepKind::Barrier => "wait",
         }
     }
 }
@@ -43,7 +42,7 @@ impl StepKind {
 /// One step: an action on the object of one change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
-    /// Index into [`Plan::resource_changes`]; unused for barriers.
+    /// Index into [`Plan::resource_changes`].
     pub change: usize,
     /// What to do.
     pub kind: StepKind,
@@ -59,12 +58,9 @@ pub struct ApplyGraph {
 }
 
 impl ApplyGraph {
-    /// Steps that do something (barriers left out).
+    /// The number of steps.
     pub fn step_count(&self) -> usize {
-        self.graph
-            .node_weights()
-            .filter(|step| step.kind != StepKind::Barrier)
-            .count()
+        self.graph.node_count()
     }
 }
 
@@ -123,11 +119,6 @@ pub fn build(plan: &Plan) -> ApplyGraph {
     }
     // An old object goes only after what depended on it was repointed (not for ∓, whose
     // deletion must come first).
-    let manager_arrivals: Vec<NodeIndex> = arrival
-        .iter()
-        .filter(|(address, _)| address.kind() == ResourceKind::Manager)
-        .map(|(_, node)| *node)
-        .collect();
     for &(delete, index, after_dependents) in &deletes {
         if !after_dependents {
             continue;
@@ -136,35 +127,91 @@ pub fn build(plan: &Plan) -> ApplyGraph {
         for &node in dependents.get(&change.address).into_iter().flatten() {
             graph.add_edge(node, delete, ());
         }
-        if change.kind == ResourceKind::Template && change.after.is_none() {
-            for &node in &manager_arrivals {
-                graph.add_edge(node, delete, ());
+    }
+    // A template goes after every manager that may still use it moved off it: managers
+    // updated or replaced away from it, and managers deleted while pointing at it.
+    for &(delete, index, after_dependents) in &deletes {
+        let template = &plan.resource_changes[index];
+        let Some(old) = template.before.as_ref() else {
+            continue;
+        };
+        if !after_dependents || template.kind != ResourceKind::Template {
+            continue;
+        }
+        for (other_index, other) in plan.resource_changes.iter().enumerate() {
+            if other.kind != ResourceKind::Manager || !may_use(other.before.as_ref(), &old.name) {
+                continue;
+            }
+            // The manager's step that moves it off the template: its arrival, or its deletion
+            // when it is only deleted.
+            let arrival_node = arrival.get(&other.address).copied();
+            let leaving = deletes
+                .iter()
+                .find(|(_, i, after)| *i == other_index && *after)
+                .map(|(node, _, _)| *node);
+            for node in [arrival_node, leaving].into_iter().flatten() {
+                if node != delete {
+                    graph.add_edge(node, delete, ());
+                }
             }
         }
     }
-    // Deletions in reverse creation order: helpers, then managers and pools, then templates.
-    let mut by_rank: BTreeMap<u8, Vec<NodeIndex>> = BTreeMap::new();
-    for &(delete, index, after_dependents) in &deletes {
-        if after_dependents && plan.resource_changes[index].action == Action::Delete {
-            by_rank
-                .entry(plan.resource_changes[index].kind.rank())
-                .or_default()
-                .push(delete);
+    // Blue/green: a runner manager that leaves is drained only once the new manager taking
+    // over its runners exists.
+    for &(delete, index, _) in &deletes {
+        let old = &plan.resource_changes[index];
+        if old.kind != ResourceKind::Manager || old.action != Action::Delete {
+            continue;
         }
-    }
-    let ranks: Vec<u8> = by_rank.keys().rev().copied().collect();
-    for pair in ranks.windows(2) {
-        let barrier = graph.add_node(Step {
-            change: usize::MAX,
-            kind: StepKind::Barrier,
-            address: Address::new(ResourceKind::Helper, "deletions"),
-        });
-        for &node in &by_rank[&pair[0]] {
-            graph.add_edge(node, barrier, ());
-        }
-        for &node in &by_rank[&pair[1]] {
-            graph.add_edge(barrier, node, ());
+        let Some(before) = old.before.as_ref() else {
+            continue;
+        };
+        let served = runner_names(&before.spec.metadata);
+        for change in &plan.resource_changes {
+            if change.kind != ResourceKind::Manager || change.action != Action::Create {
+                continue;
+            }
+            let Some(after) = &change.after else { continue };
+            let Some(&create) = arrival.get(&change.address) else {
+                continue;
+            };
+            // Where the cloud does not show what the old manager served (EC2 user data), any
+            // new manager may be its successor.
+            let takes_over = served.is_none()
+                || served.as_ref().is_some_and(|served| {
+                    runner_names(&after.spec.metadata)
+                        .is_some_and(|new| new.iter().any(|name| served.contains(name)))
+                });
+            if takes_over {
+                graph.add_edge(create, delete, ());
+            }
         }
     }
     ApplyGraph { graph }
+}
+
+/// Whether a live manager may use the template named `name`: its delivered files name it, or
+/// the cloud does not show its files (EC2 user data), so it might.
+fn may_use(before: Option<&crate::provider::LiveResource>, name: &str) -> bool {
+    let Some(before) = before else {
+        return false;
+    };
+    before.spec.metadata.is_empty() || before.spec.metadata.values().any(|text| text.contains(name))
+}
+
+/// The `[[runners]]` names of a manager's config.toml, or `None` when the cloud does not show
+/// it.
+fn runner_names(metadata: &BTreeMap<String, String>) -> Option<Vec<String>> {
+    let config = metadata.get(crate::render::RUNNER_CONFIG)?;
+    let table = toml::from_str::<toml::Table>(config).ok()?;
+    Some(
+        table
+            .get("runners")
+            .and_then(toml::Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|runner| runner.get("name").and_then(toml::Value::as_str))
+            .map(str::to_string)
+            .collect(),
+    )
 }
