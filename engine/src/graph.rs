@@ -215,3 +215,156 @@ fn runner_names(metadata: &BTreeMap<String, String>) -> Option<Vec<String>> {
             .collect(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::MachineSpec;
+    use crate::test_support::{desired, desired_set, live, plan_of};
+    use petgraph::algo::{has_path_connecting, is_cyclic_directed};
+
+    fn step(graph: &ApplyGraph, kind: StepKind, address: &str) -> NodeIndex {
+        graph
+            .graph
+            .node_indices()
+            .find(|node| {
+                graph.graph[*node].kind == kind && graph.graph[*node].address.as_str() == address
+            })
+            .unwrap_or_else(|| panic!("no {} {address} in {:?}", kind.verb(), graph.graph))
+    }
+
+    fn path(graph: &ApplyGraph, from: NodeIndex, to: NodeIndex) -> bool {
+        has_path_connecting(&graph.graph, from, to, None)
+    }
+
+    /// A config.toml with one runner named `runner` using the template named `template`.
+    fn serve(spec: &mut MachineSpec, runner: &str, template: &str) {
+        spec.metadata.insert(
+            crate::render::RUNNER_CONFIG.to_string(),
+            format!(
+                "concurrent = 1\n\n[[runners]]\nname = \"{runner}\"\n[runners.autoscaler.plugin_config]\nname = \"{template}\"\n"
+            ),
+        );
+    }
+
+    #[test]
+    fn deletions_wait_only_for_what_must_go_first() {
+        let helper = desired(ResourceKind::Helper, "prometheus");
+        let mut user = desired(ResourceKind::Manager, "user");
+        serve(&mut user.spec, "r1", "old-template");
+        let mut unrelated = desired(ResourceKind::Manager, "unrelated");
+        serve(&mut unrelated.spec, "r2", "another-template");
+        let template = desired(ResourceKind::Template, "old-template");
+        let live_objects = [
+            live(&helper, "h"),
+            live(&user, "u"),
+            live(&unrelated, "x"),
+            live(&template, "t"),
+        ];
+        let plan = plan_of(&desired_set(Vec::new()), &live_objects);
+        let graph = build(&plan);
+        assert!(!is_cyclic_directed(&graph.graph));
+        assert_eq!(graph.step_count(), 4, "no barrier or other extra node");
+        let helper = step(&graph, StepKind::Delete, "helper.prometheus");
+        let user = step(&graph, StepKind::Delete, "manager.user");
+        let unrelated = step(&graph, StepKind::Delete, "manager.unrelated");
+        let template = step(&graph, StepKind::Delete, "template.old-template");
+        // The template goes after the manager that uses it.
+        assert!(graph.graph.contains_edge(user, template));
+        // Nothing else is ordered: a helper or an unrelated manager depends on nothing and
+        // nothing depends on them.
+        for node in [user, unrelated, template] {
+            assert!(!path(&graph, helper, node) && !path(&graph, node, helper));
+        }
+        assert!(!path(&graph, unrelated, template));
+        assert!(!path(&graph, unrelated, user) && !path(&graph, user, unrelated));
+    }
+
+    #[test]
+    fn a_manager_whose_files_the_cloud_hides_may_use_any_template() {
+        let user = desired(ResourceKind::Manager, "user");
+        let template = desired(ResourceKind::Template, "old-template");
+        // EC2 does not return user data: the live manager shows no files.
+        let live_objects = [live(&user, "u"), live(&template, "t")];
+        let plan = plan_of(&desired_set(Vec::new()), &live_objects);
+        let graph = build(&plan);
+        assert!(graph.graph.contains_edge(
+            step(&graph, StepKind::Delete, "manager.user"),
+            step(&graph, StepKind::Delete, "template.old-template")
+        ));
+    }
+
+    #[test]
+    fn replacements_create_before_they_delete_unless_the_name_must_be_freed() {
+        // A zone change: the new VM can exist beside the old one (±).
+        let moved_live = desired(ResourceKind::Manager, "moved");
+        let mut moved = moved_live.clone();
+        moved.spec.zone = "us-east1-d".to_string();
+        // A machine type change of a GCE VM staying in its zone: the name is freed first (∓).
+        let resized_live = desired(ResourceKind::Manager, "resized");
+        let mut resized = resized_live.clone();
+        resized.spec.machine_type = "n1-standard-8".to_string();
+        let plan = plan_of(
+            &desired_set(vec![moved, resized]),
+            &[live(&moved_live, "m"), live(&resized_live, "r")],
+        );
+        let graph = build(&plan);
+        assert!(!is_cyclic_directed(&graph.graph));
+        assert!(graph.graph.contains_edge(
+            step(&graph, StepKind::Create, "manager.moved"),
+            step(&graph, StepKind::Delete, "manager.moved")
+        ));
+        assert!(graph.graph.contains_edge(
+            step(&graph, StepKind::Delete, "manager.resized"),
+            step(&graph, StepKind::Create, "manager.resized")
+        ));
+    }
+
+    #[test]
+    fn a_template_version_goes_after_its_users_moved_to_the_new_one() {
+        let mut old_template = desired(ResourceKind::Template, "t");
+        old_template.cloud_name = "t-old".to_string();
+        let mut new_template = desired(ResourceKind::Template, "t");
+        new_template.cloud_name = "t-new".to_string();
+        let mut old_user = desired(ResourceKind::Manager, "m");
+        serve(&mut old_user.spec, "r", "t-old");
+        let mut user = desired(ResourceKind::Manager, "m");
+        serve(&mut user.spec, "r", "t-new");
+        user.depends_on = vec![new_template.address.clone()];
+        let plan = plan_of(
+            &desired_set(vec![new_template, user]),
+            &[live(&old_template, "t1"), live(&old_user, "m1")],
+        );
+        let graph = build(&plan);
+        assert!(!is_cyclic_directed(&graph.graph));
+        let create = step(&graph, StepKind::Create, "template.t");
+        let update = step(&graph, StepKind::Update, "manager.m");
+        let delete = step(&graph, StepKind::Delete, "template.t");
+        assert!(graph.graph.contains_edge(create, update));
+        assert!(graph.graph.contains_edge(update, delete));
+        assert!(!path(&graph, delete, create));
+    }
+
+    #[test]
+    fn the_old_colour_is_drained_only_after_the_new_one_exists() {
+        let mut blue = desired(ResourceKind::Manager, "runners-blue-1");
+        serve(&mut blue.spec, "shared-runner", "t");
+        let mut green = desired(ResourceKind::Manager, "runners-green-1");
+        serve(&mut green.spec, "shared-runner", "t");
+        let mut other = desired(ResourceKind::Manager, "other-1");
+        serve(&mut other.spec, "other-runner", "t");
+        let plan = plan_of(&desired_set(vec![green, other]), &[live(&blue, "b")]);
+        let graph = build(&plan);
+        let drain = step(&graph, StepKind::Delete, "manager.runners-blue-1");
+        assert!(graph.graph.contains_edge(
+            step(&graph, StepKind::Create, "manager.runners-green-1"),
+            drain
+        ));
+        // A new manager serving other runners is no successor.
+        assert!(!path(
+            &graph,
+            step(&graph, StepKind::Create, "manager.other-1"),
+            drain
+        ));
+    }
+}

@@ -582,3 +582,148 @@ pub fn desired_of(plan: &Plan) -> Desired {
         hosts: BTreeMap::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::model::ResourceKind;
+    use crate::state::{Journal, LockGuard};
+    use crate::test_support::{desired, desired_set, live, FakeProvider};
+    use std::sync::Mutex;
+
+    /// A state store in memory: a lock that is always free and a journal of JSON lines.
+    #[derive(Default)]
+    struct MemoryStore {
+        lines: Arc<Mutex<Vec<serde_json::Value>>>,
+    }
+
+    struct Held;
+
+    impl LockGuard for Held {
+        fn took_over_from(&self) -> Option<&LockInfo> {
+            None
+        }
+    }
+
+    struct MemoryJournal(Arc<Mutex<Vec<serde_json::Value>>>);
+
+    impl Journal for MemoryJournal {
+        fn append(&self, entry: &serde_json::Value) -> Result<(), StateError> {
+            self.0.lock().unwrap().push(entry.clone());
+            Ok(())
+        }
+    }
+
+    impl StateStore for MemoryStore {
+        fn lock(&self, _: &str, _: &LockInfo) -> Result<Box<dyn LockGuard>, StateError> {
+            Ok(Box::new(Held))
+        }
+
+        fn journal(&self, _: &str) -> Result<Box<dyn Journal>, StateError> {
+            Ok(Box::new(MemoryJournal(self.lines.clone())))
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Plans `desired` against the fake, then lets `between` change the cloud, then applies.
+    fn plan_then_apply(
+        desired: &Desired,
+        fake: Arc<FakeProvider>,
+        options: ApplyOptions,
+        between: impl FnOnce(&FakeProvider),
+    ) -> (Plan, Result<ApplyOutcome, OpError>, Vec<serde_json::Value>) {
+        let mut providers = Providers::new();
+        providers.insert(fake.clone());
+        let store = MemoryStore::default();
+        let runtime = runtime();
+        let (plan, _) = runtime
+            .block_on(plan(desired, &providers, &PlanOptions::default()))
+            .unwrap();
+        between(&fake);
+        let outcome = runtime.block_on(apply(
+            &plan,
+            desired,
+            &providers,
+            &store,
+            &LockInfo::current("unit"),
+            &options,
+            Arc::new(apply::Quiet),
+        ));
+        let lines = store.lines.lock().unwrap().clone();
+        (plan, outcome, lines)
+    }
+
+    #[test]
+    fn the_journal_of_a_replanned_apply_carries_the_new_plan_id() {
+        let want = desired_set(vec![desired(ResourceKind::Manager, "a")]);
+        let options = ApplyOptions {
+            replan_when_changed: true,
+            ..ApplyOptions::default()
+        };
+        let stray = desired(ResourceKind::Manager, "stray");
+        let (old, outcome, lines) =
+            plan_then_apply(&want, Arc::new(FakeProvider::default()), options, |fake| {
+                fake.objects.lock().unwrap().push(live(&stray, "s1"));
+            });
+        let outcome = outcome.unwrap();
+        assert_ne!(outcome.plan_id, old.plan_id, "the cloud changed: a new plan");
+        assert!(outcome.converged());
+        assert_eq!(lines[0]["event"], "replanned");
+        assert_eq!(lines[0]["replaces"], old.plan_id.as_str());
+        assert!(lines.len() > 1);
+        for line in &lines {
+            assert_eq!(line["plan_id"], outcome.plan_id.as_str(), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_stale_plan_is_refused_before_anything_is_written() {
+        let want = desired_set(vec![desired(ResourceKind::Manager, "a")]);
+        let stray = desired(ResourceKind::Manager, "stray");
+        let fake = Arc::new(FakeProvider::default());
+        let (_, outcome, lines) =
+            plan_then_apply(&want, fake.clone(), ApplyOptions::default(), |fake| {
+                fake.objects.lock().unwrap().push(live(&stray, "s1"));
+            });
+        assert!(matches!(outcome, Err(OpError::StalePlan { .. })));
+        assert!(lines.is_empty());
+        assert!(fake.calls().is_empty());
+    }
+
+    #[test]
+    fn a_fleet_not_seen_after_apply_is_not_converged() {
+        let want = desired_set(vec![desired(ResourceKind::Manager, "a")]);
+        let fake = Arc::new(FakeProvider {
+            hide_created: true,
+            ..FakeProvider::default()
+        });
+        let (_, outcome, _) = plan_then_apply(&want, fake, ApplyOptions::default(), |_| {});
+        let outcome = outcome.unwrap();
+        assert!(outcome.report.is_success());
+        assert!(outcome.verification.as_ref().unwrap().summary.has_changes());
+        assert!(!outcome.converged());
+    }
+
+    #[test]
+    fn a_verification_that_cannot_run_is_reported_not_dropped() {
+        let want = desired_set(vec![desired(ResourceKind::Manager, "a")]);
+        let fake = Arc::new(FakeProvider {
+            discovery_fails_after_create: true,
+            ..FakeProvider::default()
+        });
+        let (_, outcome, _) = plan_then_apply(&want, fake, ApplyOptions::default(), |_| {});
+        let outcome = outcome.unwrap();
+        assert!(outcome.report.is_success());
+        assert!(matches!(
+            outcome.verification,
+            Err(OpError::Discover { .. })
+        ));
+        assert!(!outcome.converged());
+    }
+}

@@ -121,6 +121,10 @@ pub(crate) struct FakeProvider {
     pub(crate) fail_on: Vec<String>,
     /// Whether discovery fails.
     pub(crate) discovery_fails: bool,
+    /// Whether discovery fails once something was created (verification cannot run).
+    pub(crate) discovery_fails_after_create: bool,
+    /// Whether created objects stay out of discovery (the cloud lost them).
+    pub(crate) hide_created: bool,
 }
 
 impl FakeProvider {
@@ -160,7 +164,13 @@ impl Provider for FakeProvider {
     }
 
     async fn discover(&self, _fleet: &str) -> Result<Vec<LiveResource>, ProviderError> {
-        if self.discovery_fails {
+        let created = self
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|call| call.starts_with("create"));
+        if self.discovery_fails || (self.discovery_fails_after_create && created) {
             return Err(ProviderError::new(
                 ErrorKind::Fatal,
                 "fake.list",
@@ -193,7 +203,9 @@ impl Provider for FakeProvider {
             spec: request.spec.clone(),
             creation_token: None,
         };
-        self.objects.lock().unwrap().push(made.clone());
+        if !self.hide_created {
+            self.objects.lock().unwrap().push(made.clone());
+        }
         Ok(made)
     }
 
