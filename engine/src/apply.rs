@@ -440,7 +440,13 @@ impl<'g> Queue<'g> {
 
     /// A step failed: it is reported once, and everything that depends on it, directly or
     /// not, is skipped once, naming this failure. Independent steps are untouched.
-    fn failed(&mut self, node: NodeIndex, error: ProviderError, events: &Events, report: &mut ApplyReport) {
+    fn failed(
+        &mut self,
+        node: NodeIndex,
+        error: ProviderError,
+        events: &Events,
+        report: &mut ApplyReport,
+    ) {
         let step = &self.graph[node];
         self.state[node.index()] = State::Failed;
         self.done += 1;
@@ -458,8 +464,10 @@ impl<'g> Queue<'g> {
             step: step.kind.verb(),
             error,
         });
-        let mut queue: VecDeque<NodeIndex> =
-            self.graph.neighbors_directed(node, Direction::Outgoing).collect();
+        let mut queue: VecDeque<NodeIndex> = self
+            .graph
+            .neighbors_directed(node, Direction::Outgoing)
+            .collect();
         while let Some(next) = queue.pop_front() {
             if self.state[next.index()] != State::Waiting {
                 continue;
@@ -526,7 +534,15 @@ pub async fn execute(
     options: &ApplyOptions,
     observer: Arc<dyn Observer>,
 ) -> ApplyReport {
-    execute_recorded(plan, graph, providers, options, observer, Arc::new(Unrecorded)).await
+    execute_recorded(
+        plan,
+        graph,
+        providers,
+        options,
+        observer,
+        Arc::new(Unrecorded),
+    )
+    .await
 }
 
 /// Runs the steps of a plan, writing every event to `recorder` before showing it.
@@ -575,7 +591,9 @@ pub async fn execute_recorded(
     let concurrency = options.concurrency.max(1);
     loop {
         while tasks.len() < concurrency && events.journal_error().is_none() {
-            let Some(node) = queue.ready.pop_front() else { break };
+            let Some(node) = queue.ready.pop_front() else {
+                break;
+            };
             let step = g[node].clone();
             let change = &plan.resource_changes[step.change];
             let cloud = match step.kind {
@@ -1005,7 +1023,12 @@ mod tests {
         providers
     }
 
-    fn run(plan: &Plan, fake: Arc<FakeProvider>, options: ApplyOptions, recorder: Arc<dyn Recorder>) -> ApplyReport {
+    fn run(
+        plan: &Plan,
+        fake: Arc<FakeProvider>,
+        options: ApplyOptions,
+        recorder: Arc<dyn Recorder>,
+    ) -> ApplyReport {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -1054,7 +1077,12 @@ mod tests {
             panic_on: vec!["tmpl".to_string()],
             ..FakeProvider::default()
         });
-        let report = run(&plan, fake.clone(), ApplyOptions::default(), Arc::new(Unrecorded));
+        let report = run(
+            &plan,
+            fake.clone(),
+            ApplyOptions::default(),
+            Arc::new(Unrecorded),
+        );
         assert_eq!(report.failed.len(), 1, "{report:#?}");
         assert_eq!(report.failed[0].address.as_str(), "template.tmpl");
         assert_eq!(report.failed[0].error.code, "panicked");
@@ -1089,7 +1117,12 @@ mod tests {
             fail_on: vec!["prometheus".to_string()],
             ..FakeProvider::default()
         });
-        let report = run(&plan, fake.clone(), ApplyOptions::default(), Arc::new(Unrecorded));
+        let report = run(
+            &plan,
+            fake.clone(),
+            ApplyOptions::default(),
+            Arc::new(Unrecorded),
+        );
         assert_eq!(report.failed.len(), 1, "{report:#?}");
         assert_eq!(report.failed[0].address.as_str(), "helper.prometheus");
         assert!(report.skipped.is_empty(), "{:?}", report.skipped);
@@ -1145,7 +1178,9 @@ mod tests {
             error.contains("state/journal/unit.jsonl") && error.contains("No space left"),
             "{error}"
         );
-        assert!(report.not_started[0].because.contains("journal could not be written"));
+        assert!(report.not_started[0]
+            .because
+            .contains("journal could not be written"));
         assert_eq!(journal.lines.lock().unwrap().len(), 3);
         assert!(!report.is_success());
     }
@@ -1159,7 +1194,10 @@ mod tests {
             limit: 0,
         });
         let report = run(&plan, fake.clone(), ApplyOptions::default(), journal);
-        assert!(fake.calls().is_empty(), "a call was made that no journal line records");
+        assert!(
+            fake.calls().is_empty(),
+            "a call was made that no journal line records"
+        );
         assert_eq!(report.not_started.len(), 1);
         assert_eq!(report.created, 0);
     }

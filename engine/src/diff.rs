@@ -1015,10 +1015,18 @@ mod tests {
         let changes = only(&out, "manager.m");
         assert_eq!(changes.len(), 2, "{changes:#?}");
         let kept = changes.iter().find(|c| c.action == Action::NoOp).unwrap();
-        assert_eq!(kept.after.as_ref().map(|a| a.cloud_name.as_str()), Some("m"));
+        assert_eq!(
+            kept.after.as_ref().map(|a| a.cloud_name.as_str()),
+            Some("m")
+        );
         let extra = changes.iter().find(|c| c.action == Action::Delete).unwrap();
         assert_eq!(extra.before.as_ref().map(|b| b.id.as_str()), Some("m2"));
-        assert_eq!(extra.reasons, vec![Reason::Duplicate { of: "m1".to_string() }]);
+        assert_eq!(
+            extra.reasons,
+            vec![Reason::Duplicate {
+                of: "m1".to_string()
+            }]
+        );
     }
 
     #[test]
@@ -1065,7 +1073,8 @@ mod tests {
         assert_eq!(changes[0].gone, vec!["m-old".to_string()]);
         // A re-create after a deletion is a new creation to the cloud.
         let first = run(vec![want.clone()], &[]);
-        let token_before = crate::apply::creation_token(FLEET, &only(&first, "manager.m")[0], &want);
+        let token_before =
+            crate::apply::creation_token(FLEET, &only(&first, "manager.m")[0], &want);
         let token_after = crate::apply::creation_token(FLEET, &changes[0], &want);
         assert_ne!(token_before, token_after);
         // An orphan going away is not deleted twice.

@@ -196,7 +196,12 @@ fn may_use(before: Option<&crate::provider::LiveResource>, name: &str) -> bool {
     let Some(before) = before else {
         return false;
     };
-    before.spec.metadata.is_empty() || before.spec.metadata.values().any(|text| text.contains(name))
+    before.spec.metadata.is_empty()
+        || before
+            .spec
+            .metadata
+            .values()
+            .any(|text| text.contains(name))
 }
 
 /// The `[[runners]]` names of a manager's config.toml, or `None` when the cloud does not show

@@ -532,7 +532,13 @@ pub async fn apply(
     let report =
         apply::execute_recorded(plan, &steps, providers, options, observer, recorder).await;
     let verification = match discover(desired, providers, &plan.scope_clouds).await {
-        Ok(after) => plan_from_live(desired, providers, &plan_options, &plan.scope_clouds, &after),
+        Ok(after) => plan_from_live(
+            desired,
+            providers,
+            &plan_options,
+            &plan.scope_clouds,
+            &after,
+        ),
         Err(error) => Err(error),
     };
     drop(lock);
@@ -672,7 +678,10 @@ mod tests {
                 fake.objects.lock().unwrap().push(live(&stray, "s1"));
             });
         let outcome = outcome.unwrap();
-        assert_ne!(outcome.plan_id, old.plan_id, "the cloud changed: a new plan");
+        assert_ne!(
+            outcome.plan_id, old.plan_id,
+            "the cloud changed: a new plan"
+        );
         assert!(outcome.converged());
         assert_eq!(lines[0]["event"], "replanned");
         assert_eq!(lines[0]["replaces"], old.plan_id.as_str());

@@ -231,7 +231,9 @@ impl StateStore for LocalStore {
             .truncate(false)
             .open(&path)
             .map_err(|e| io("open", &path, e))?;
-        let acquired = file.try_lock_exclusive().map_err(|e| io("lock", &path, e))?;
+        let acquired = file
+            .try_lock_exclusive()
+            .map_err(|e| io("lock", &path, e))?;
         if !acquired {
             return Err(StateError::Locked {
                 fleet: fleet.to_string(),
@@ -374,9 +376,15 @@ mod tests {
         let holder = holder.expect("the holder is named");
         assert_eq!(holder.command, "fleet apply a");
         assert_eq!(holder.pid, std::process::id());
-        assert!(text.contains(&format!("pid {}", std::process::id())), "{text}");
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
         drop(first);
-        assert!(!store.holder_path("f").exists(), "a clean release removes the holder");
+        assert!(
+            !store.holder_path("f").exists(),
+            "a clean release removes the holder"
+        );
         let again = store
             .lock("f", &LockInfo::current("fleet apply c"))
             .unwrap();
@@ -419,7 +427,11 @@ mod tests {
         gone.wait().unwrap();
         let mut left = LockInfo::current("fleet apply killed");
         left.pid = gone_pid;
-        fs::write(store.holder_path("f"), serde_json::to_string(&left).unwrap()).unwrap();
+        fs::write(
+            store.holder_path("f"),
+            serde_json::to_string(&left).unwrap(),
+        )
+        .unwrap();
         let held = hold_os_lock(&store, "f");
         let (holder, text) = refusal(&store);
         assert_eq!(holder, None, "{text}");

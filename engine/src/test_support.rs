@@ -186,7 +186,7 @@ impl Provider for FakeProvider {
     }
 
     async fn create(&self, request: &CreateRequest) -> Result<LiveResource, ProviderError> {
-        if self.panic_on.iter().any(|name| *name == request.name) {
+        if self.panic_on.contains(&request.name) {
             panic!("the fake panics creating {}", request.name);
         }
         self.called("create", &request.name)?;
@@ -215,7 +215,9 @@ impl Provider for FakeProvider {
         let object = objects
             .iter_mut()
             .find(|object| object.id == request.id)
-            .ok_or_else(|| ProviderError::new(ErrorKind::NotFound, "fake.update", "notFound", "gone"))?;
+            .ok_or_else(|| {
+                ProviderError::new(ErrorKind::NotFound, "fake.update", "notFound", "gone")
+            })?;
         object.spec.labels = request.labels.clone();
         object.spec.metadata = request.metadata.clone();
         Ok(object.clone())

@@ -198,16 +198,25 @@ fn a_journal_on_a_full_disk_stops_the_apply_before_any_change() {
         "{}",
         run.stderr
     );
-    assert!(run.stdout.contains("not started: create pool."), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("not started: create pool."),
+        "{}",
+        run.stdout
+    );
     assert!(!run.stdout.contains(": started"), "{}", run.stdout);
-    assert!(env.sim_list().is_empty(), "a step ran that no journal line records");
+    assert!(
+        env.sim_list().is_empty(),
+        "a step ran that no journal line records"
+    );
 }
 
 #[test]
 fn a_journal_that_cannot_be_opened_is_an_error_before_any_change() {
     let env = Env::new();
     // A directory where the journal file should be.
-    let journal = env.path().join("sim-state/state/journal/arm-builders.jsonl");
+    let journal = env
+        .path()
+        .join("sim-state/state/journal/arm-builders.jsonl");
     std::fs::create_dir_all(&journal).unwrap();
     let run = env
         .fleet(&["apply", "fleets/arm-builders.yaml", "--auto-approve"])

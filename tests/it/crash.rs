@@ -67,7 +67,11 @@ fn hand_made(env: &Env) -> serde_json::Value {
 /// duplicated, leaked or missing.
 #[track_caller]
 fn assert_whole(env: &Env, file: &str, before: &serde_json::Value, context: &str) {
-    assert_eq!(&hand_made(env), before, "{context}: the hand-made machine changed");
+    assert_eq!(
+        &hand_made(env),
+        before,
+        "{context}: the hand-made machine changed"
+    );
     let objects = env.sim_list();
     let fleet: Vec<&serde_json::Value> = objects
         .iter()
@@ -81,8 +85,16 @@ fn assert_whole(env: &Env, file: &str, before: &serde_json::Value, context: &str
         })
         .collect();
     assert_eq!(fleet.len(), OBJECTS, "{context}: {objects:#?}");
-    assert_eq!(addresses.len(), OBJECTS, "{context}: duplicates: {objects:#?}");
-    assert_eq!(objects.len(), OBJECTS + 1, "{context}: leaked: {objects:#?}");
+    assert_eq!(
+        addresses.len(),
+        OBJECTS,
+        "{context}: duplicates: {objects:#?}"
+    );
+    assert_eq!(
+        objects.len(),
+        OBJECTS + 1,
+        "{context}: leaked: {objects:#?}"
+    );
     let plan = env.fleet(&["plan", file, "--detailed-exitcode"]);
     assert_eq!(plan.code, 0, "{context}: not converged:\n{}", plan.stdout);
 }
@@ -136,7 +148,10 @@ fn killed_apply(env: &Env, file: &str, at: usize, full: usize, context: &str) {
         String::from_utf8_lossy(&output.stdout)
     );
     let written = journal_lines(env) - lines_before;
-    assert_eq!(written, at, "{context}: killed after {written} journal lines");
+    assert_eq!(
+        written, at,
+        "{context}: killed after {written} journal lines"
+    );
     assert!(written < full, "{context}: killed after the last line");
 }
 
@@ -201,7 +216,10 @@ fn fault_rates_up_to_half_converge_in_a_bounded_number_of_applies() {
             }
         };
         report.push(format!("rate {rate}: {applies} applies"));
-        assert!(converged, "rate {rate} did not converge in 3 applies: {report:?}");
+        assert!(
+            converged,
+            "rate {rate} did not converge in 3 applies: {report:?}"
+        );
         assert_whole(&env, FLEET, &before, &format!("fault rate {rate}"));
     }
     // Reported with `--nocapture`.
