@@ -228,3 +228,42 @@ fn a_journal_that_cannot_be_opened_is_an_error_before_any_change() {
     );
     assert!(env.sim_list().is_empty());
 }
+
+#[test]
+fn a_half_written_lock_holder_is_reported_unknown_never_pid_0() {
+    use fleet_engine::state::{LocalStore, LockInfo, StateStore};
+
+    let env = Env::new();
+    // Another apply holds the lock; its details are cut off mid-way.
+    let store = LocalStore::open(&env.path().join("sim-state/state")).unwrap();
+    let held = store
+        .lock("arm-builders", &LockInfo::current("fleet apply elsewhere"))
+        .unwrap();
+    let holder = store.holder_path("arm-builders");
+    let whole = std::fs::read_to_string(&holder).unwrap();
+    std::fs::write(&holder, &whole[..whole.len() / 2]).unwrap();
+    let run = env
+        .fleet(&["apply", "fleets/arm-builders.yaml", "--auto-approve"])
+        .code(1);
+    assert!(
+        run.stderr.contains("is locked by another apply")
+            && run.stderr.contains("its holder is unknown"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("pid 0"), "{}", run.stderr);
+    // Written whole, the refusal names the holder.
+    std::fs::write(&holder, &whole).unwrap();
+    let run = env
+        .fleet(&["apply", "fleets/arm-builders.yaml", "--auto-approve"])
+        .code(1);
+    assert!(
+        run.stderr.contains(&format!("pid {} ", std::process::id()))
+            && run.stderr.contains("fleet apply elsewhere"),
+        "{}",
+        run.stderr
+    );
+    drop(held);
+    assert!(env.sim_list().is_empty());
+    env.converge("fleets/arm-builders.yaml");
+}
