@@ -7,7 +7,7 @@
 //! depends on it; independent steps go on.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,17 @@ pub struct ApplyOptions {
     /// A test hook for crash tests: abort the process right after this many journal lines
     /// were written by this apply (`FLEET_TEST_ABORT_AFTER` in the binary). `None` in use.
     pub abort_after_journal_lines: Option<u64>,
+    /// Set when the user interrupts the apply (Ctrl-C): no further step starts, the running
+    /// ones finish and are reported, the rest are not started.
+    pub interrupted: Option<Arc<AtomicBool>>,
+}
+
+impl ApplyOptions {
+    fn is_interrupted(&self) -> bool {
+        self.interrupted
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::SeqCst))
+    }
 }
 
 impl Default for ApplyOptions {
@@ -82,6 +93,7 @@ impl Default for ApplyOptions {
             secret_values: BTreeMap::new(),
             replan_when_changed: false,
             abort_after_journal_lines: None,
+            interrupted: None,
         }
     }
 }
@@ -590,7 +602,10 @@ pub async fn execute_recorded(
     let mut running: HashMap<tokio::task::Id, Vec<NodeIndex>> = HashMap::new();
     let concurrency = options.concurrency.max(1);
     loop {
-        while tasks.len() < concurrency && events.journal_error().is_none() {
+        while tasks.len() < concurrency
+            && events.journal_error().is_none()
+            && !options.is_interrupted()
+        {
             let Some(node) = queue.ready.pop_front() else {
                 break;
             };
@@ -719,11 +734,12 @@ pub async fn execute_recorded(
     report.journal_error = events.journal_error();
     let because = match &report.journal_error {
         Some(error) => format!("the journal could not be written ({error})"),
+        None if options.is_interrupted() => "the apply was interrupted".to_string(),
         None => "it waits on steps that never finished (a cycle in the step graph)".to_string(),
     };
     for node in queue.never_started() {
         let step = &g[node];
-        events.observer.event(
+        events.show(
             &ApplyEvent::NotStarted {
                 address: step.address.to_string(),
                 step: step.kind.verb(),

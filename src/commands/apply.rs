@@ -1,6 +1,7 @@
 //! `fleet apply`
 
 use std::io::{BufRead, IsTerminal};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use fleet_engine::apply::ApplyOptions;
@@ -30,6 +31,26 @@ fn abort_after_journal_lines() -> Option<u64> {
     std::env::var("FLEET_TEST_ABORT_AFTER")
         .ok()
         .and_then(|value| value.parse().ok())
+}
+
+/// A flag set by the first Ctrl-C, so the executor starts no further step and lets the
+/// running ones finish; a second Ctrl-C stops at once.
+fn interrupt_stops_new_steps() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        set.store(true, Ordering::SeqCst);
+        output::warn(
+            "Interrupted: no further step starts; the running ones finish and are reported (interrupt again to stop at once).",
+        );
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(130);
+        }
+    });
+    flag
 }
 
 fn read_saved_plan(text: &str) -> Option<Result<Plan>> {
@@ -142,6 +163,7 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
         // or just-confirmed plan is applied exactly as seen, or not at all.
         replan_when_changed: from_file && args.auto_approve,
         abort_after_journal_lines: abort_after_journal_lines(),
+        interrupted: Some(interrupt_stops_new_steps()),
     };
     output::line("");
     let outcome = ops::apply(

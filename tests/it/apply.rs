@@ -267,3 +267,52 @@ fn a_half_written_lock_holder_is_reported_unknown_never_pid_0() {
     assert!(env.sim_list().is_empty());
     env.converge("fleets/arm-builders.yaml");
 }
+
+#[test]
+fn an_interrupted_apply_finishes_its_running_steps_starts_no_more_and_says_so() {
+    let env = Env::new();
+    let mut apply = env.spawn(
+        &[
+            "apply",
+            "fleets/ci-shared-runners.yaml",
+            "--auto-approve",
+            "--concurrency",
+            "1",
+        ],
+        &[("FLEET_SIM_LATENCY_MS", "200")],
+    );
+    let mut lines = BufReader::new(apply.stdout.take().expect("stdout")).lines();
+    let mut out = Vec::new();
+    // Interrupt once the first step is done.
+    for line in lines.by_ref() {
+        let line = line.expect("read");
+        let done = line.contains(": done (");
+        out.push(line);
+        if done {
+            break;
+        }
+    }
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &apply.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    out.extend(lines.map_while(Result::ok));
+    let status = apply.wait().unwrap();
+    let out = out.join("\n");
+    assert_eq!(status.code(), Some(3), "{out}");
+    assert!(
+        out.contains("not started, because the apply was interrupted"),
+        "{out}"
+    );
+    let made = env.sim_list().len();
+    assert!((1..10).contains(&made), "{made} made:\n{out}");
+    // Every step is accounted for: done, or not started.
+    let accounted = out.matches(": done (").count()
+        + out
+            .matches("not started, because the apply was interrupted")
+            .count();
+    assert_eq!(accounted, 10, "{out}");
+    env.converge("fleets/ci-shared-runners.yaml");
+    assert_no_duplicates(&env, 10);
+}
