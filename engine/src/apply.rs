@@ -1,10 +1,14 @@
 //! The executor: walks the step graph and calls the providers.
 //!
-//! In: a [`Plan`], its [`ApplyGraph`], the providers. Out: an [`ApplyReport`]. Ready steps
-//! drain into a bounded `JoinSet`; each provider call runs under its cloud's concurrency limit
-//! and rate, and is retried by the [`RetryPolicy`] when the cloud throttles or faults, with the
-//! same idempotency token so a retry never makes a second machine. A failed step skips what
-//! depends on it; independent steps go on.
+//! In: a [`Plan`], its [`ApplyGraph`], the providers, a [`Recorder`] (the journal). Out: an
+//! [`ApplyReport`] in which every step appears once: succeeded, failed, skipped (naming the
+//! failure) or not started (with the reason). Ready steps drain from a dependency queue into a
+//! bounded `JoinSet`; each provider call runs under its cloud's concurrency limit and rate, and
+//! is retried by [`crate::retry::with_retry`] when the cloud throttles or faults, with the same
+//! idempotency token so a retry never makes a second machine. A failed step — a task that
+//! panicked or was cancelled included — skips what depends on it; independent steps go on. A
+//! step starts only once its start is recorded: when the journal cannot be written, or the
+//! user interrupts, no further step starts and the running ones finish.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
