@@ -182,9 +182,14 @@ pub(crate) enum Command {
     /// Make the cloud match a fleet file, or apply a plan saved with `fleet plan -o`.
     ///
     /// A saved plan is applied exactly as it is, without asking (it is the approval), and
-    /// refused if the live state changed since it was made. A fleet file is planned and
-    /// applied after you confirm (or with --auto-approve). Only one apply per fleet runs at a
-    /// time.
+    /// refused if the live state changed since it was made (a plan without changes too). A
+    /// fleet file is planned and applied after you confirm (or with --auto-approve). Only one
+    /// apply per fleet runs at a time.
+    ///
+    /// Exit status: 0 applied and verified (the cloud matches the plan everywhere), 1 error
+    /// before any change, 3 steps failed, were skipped or not started, 4 every step succeeded
+    /// but the fleet is not verified (not converged, a zone did not answer, or it could not be
+    /// re-discovered), 5 the journal could not be written (fleet stopped starting steps).
     Apply(ApplyArgs),
     /// Write every file fleet delivers to each machine (config.toml, prometheus.yml, the
     /// bootstrap), as Chef laid them down: for review, or for hosts fleet does not create.

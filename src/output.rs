@@ -88,6 +88,7 @@ impl Observer for Progress {
                 plan_id,
                 summary,
                 changes,
+                ..
             } => {
                 self.permanent(&format!(
                     "The cloud changed between the plan and the lock; planned again under the lock (plan {plan_id}): {summary}"
@@ -122,6 +123,15 @@ impl Observer for Progress {
             } => {
                 self.permanent(&format!(
                     "[{done}/{total}] {step} {address}: FAILED: {error}"
+                ));
+            }
+            ApplyEvent::NotStarted {
+                address,
+                step,
+                because,
+            } => {
+                self.permanent(&format!(
+                    "[{done}/{total}] {step} {address}: not started, because {because}"
                 ));
             }
             ApplyEvent::Skipped {

@@ -1,16 +1,21 @@
 //! The executor: walks the step graph and calls the providers.
 //!
-//! In: a [`Plan`], its [`ApplyGraph`], the providers. Out: an [`ApplyReport`]. Ready steps
-//! drain into a bounded `JoinSet`; each provider call runs under its cloud's concurrency limit
-//! and rate, and is retried by the [`RetryPolicy`] when the cloud throttles or faults, with the
-//! same idempotency token so a retry never makes a second machine. A failed step skips what
-//! depends on it; independent steps go on.
+//! In: a [`Plan`], its [`ApplyGraph`], the providers, a [`Recorder`] (the journal). Out: an
+//! [`ApplyReport`] in which every step appears once: succeeded, failed, skipped (naming the
+//! failure) or not started (with the reason). Ready steps drain from a dependency queue into a
+//! bounded `JoinSet`; each provider call runs under its cloud's concurrency limit and rate, and
+//! is retried by [`crate::retry::with_retry`] when the cloud throttles or faults, with the same
+//! idempotency token so a retry never makes a second machine. A failed step — a task that
+//! panicked or was cancelled included — skips what depends on it; independent steps go on. A
+//! step starts only once its start is recorded: when the journal cannot be written, or the
+//! user interrupts, no further step starts and the running ones finish.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use petgraph::graph::NodeIndex;
+use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::Direction;
 use serde::Serialize;
 use tokio::sync::{Mutex, Semaphore};
@@ -24,8 +29,9 @@ use crate::provider::{
     Cloud, CreateRequest, DeleteRequest, LiveResource, MachineSpec, Provider, ProviderError,
     UpdateRequest,
 };
-use crate::retry::RetryPolicy;
+use crate::retry::{with_retry, RetryPolicy};
 use crate::spec::model::ResourceKind;
+use crate::state::StateError;
 
 /// The providers of a run, one per cloud.
 #[derive(Clone, Default)]
@@ -67,6 +73,20 @@ pub struct ApplyOptions {
     /// When the cloud changed between the plan and the lock: plan again under the lock and
     /// apply that (`true`), or refuse as stale (`false`, for saved and reviewed plans).
     pub replan_when_changed: bool,
+    /// A test hook for crash tests: abort the process right after this many journal lines
+    /// were written by this apply (`FLEET_TEST_ABORT_AFTER` in the binary). `None` in use.
+    pub abort_after_journal_lines: Option<u64>,
+    /// Set when the user interrupts the apply (Ctrl-C): no further step starts, the running
+    /// ones finish and are reported, the rest are not started.
+    pub interrupted: Option<Arc<AtomicBool>>,
+}
+
+impl ApplyOptions {
+    fn is_interrupted(&self) -> bool {
+        self.interrupted
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::SeqCst))
+    }
 }
 
 impl Default for ApplyOptions {
@@ -76,6 +96,8 @@ impl Default for ApplyOptions {
             retry: RetryPolicy::default(),
             secret_values: BTreeMap::new(),
             replan_when_changed: false,
+            abort_after_journal_lines: None,
+            interrupted: None,
         }
     }
 }
@@ -106,6 +128,8 @@ pub enum ApplyEvent {
     Replanned {
         /// The new plan's id.
         plan_id: String,
+        /// The id of the plan it replaces.
+        replaces: String,
         /// Its one-line summary.
         summary: String,
         /// `symbol address` of each change.
@@ -162,6 +186,15 @@ pub enum ApplyEvent {
         /// The failed step's address.
         because: String,
     },
+    /// A step was not started, e.g. because the journal could not be written.
+    NotStarted {
+        /// Its address.
+        address: String,
+        /// create, update or delete.
+        step: &'static str,
+        /// Why.
+        because: String,
+    },
 }
 
 /// Receives apply events as they happen.
@@ -184,8 +217,19 @@ pub struct Failure {
     pub address: Address,
     /// create, update or delete.
     pub step: &'static str,
-    /// The provider error.
+    /// The provider error (or, for a step whose task panicked, an `apply` error saying so).
     pub error: ProviderError,
+}
+
+/// A step that was never started, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NotStarted {
+    /// The address.
+    pub address: Address,
+    /// create, update or delete.
+    pub step: &'static str,
+    /// Why it was not started.
+    pub because: String,
 }
 
 /// What an apply did.
@@ -203,14 +247,107 @@ pub struct ApplyReport {
     pub failed: Vec<Failure>,
     /// Steps skipped, with the failed address that caused it.
     pub skipped: Vec<(Address, Address)>,
+    /// Steps never started, e.g. because the journal could not be written.
+    pub not_started: Vec<NotStarted>,
+    /// Why the journal could not be written, with its path. From then on no step was started:
+    /// what fleet cannot write down, it does not do.
+    pub journal_error: Option<String>,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
 
 impl ApplyReport {
-    /// Whether everything succeeded.
+    /// Whether every step ran and succeeded, and every event was recorded.
     pub fn is_success(&self) -> bool {
-        self.failed.is_empty() && self.skipped.is_empty()
+        self.failed.is_empty()
+            && self.skipped.is_empty()
+            && self.not_started.is_empty()
+            && self.journal_error.is_none()
+    }
+}
+
+/// Where apply writes down what it does (the journal). A step is started only after its
+/// start was recorded, so the record never misses a call fleet made.
+pub trait Recorder: Send + Sync {
+    /// Records one event.
+    ///
+    /// # Errors
+    /// When it cannot be written; the executor then starts no further step.
+    fn record(&self, event: &ApplyEvent) -> Result<(), StateError>;
+}
+
+/// A recorder that keeps nothing (benchmarks, tests of the executor alone).
+pub struct Unrecorded;
+
+impl Recorder for Unrecorded {
+    fn record(&self, _: &ApplyEvent) -> Result<(), StateError> {
+        Ok(())
+    }
+}
+
+/// An error with its causes, on one line.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        // Some errors show their cause in their own message already.
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The observer and the recorder of a run, and whether the record is still whole.
+struct Events {
+    observer: Arc<dyn Observer>,
+    recorder: Arc<dyn Recorder>,
+    /// Set by the first write that failed; nothing more is written after it, so the journal
+    /// never holds lines after a torn one.
+    journal_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Events {
+    fn record(&self, event: &ApplyEvent) -> bool {
+        let mut broken = self
+            .journal_error
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if broken.is_some() {
+            return false;
+        }
+        match self.recorder.record(event) {
+            Ok(()) => true,
+            Err(error) => {
+                *broken = Some(with_causes(&error));
+                false
+            }
+        }
+    }
+
+    /// Records and shows an event that has happened (shown even if it cannot be recorded).
+    fn show(&self, event: &ApplyEvent, done: usize, total: usize) {
+        self.record(event);
+        self.observer.event(event, done, total);
+    }
+
+    /// Records an event about to happen and shows it only if it was recorded.
+    fn record_then_show(&self, event: &ApplyEvent, done: usize, total: usize) -> bool {
+        let recorded = self.record(event);
+        if recorded {
+            self.observer.event(event, done, total);
+        }
+        recorded
+    }
+
+    fn journal_error(&self) -> Option<String> {
+        self.journal_error
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 }
 
@@ -255,13 +392,190 @@ struct Lane {
     rate: Option<RateLimiter>,
 }
 
-/// Runs the steps of a plan.
+/// Where a step stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for steps it depends on, or ready and not started yet.
+    Waiting,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+/// The dependency queue: which steps wait on how many others, which are ready, and how each
+/// finished. It owns the accounting, so every step ends in exactly one of succeeded, failed,
+/// skipped (naming the failure) or not started (with the reason).
+struct Queue<'g> {
+    graph: &'g DiGraph<Step, ()>,
+    unmet: Vec<usize>,
+    ready: VecDeque<NodeIndex>,
+    state: Vec<State>,
+    /// Steps finished, any outcome, for progress.
+    done: usize,
+    total: usize,
+}
+
+impl<'g> Queue<'g> {
+    fn new(graph: &'g DiGraph<Step, ()>) -> Queue<'g> {
+        let unmet: Vec<usize> = graph
+            .node_indices()
+            .map(|node| graph.neighbors_directed(node, Direction::Incoming).count())
+            .collect();
+        let ready = graph
+            .node_indices()
+            .filter(|node| unmet[node.index()] == 0)
+            .collect();
+        Queue {
+            graph,
+            state: vec![State::Waiting; unmet.len()],
+            unmet,
+            ready,
+            done: 0,
+            total: graph.node_count(),
+        }
+    }
+
+    fn start(&mut self, node: NodeIndex) {
+        self.state[node.index()] = State::Running;
+    }
+
+    /// A step succeeded: what waited only on it becomes ready.
+    fn succeeded(&mut self, node: NodeIndex) {
+        self.state[node.index()] = State::Succeeded;
+        self.done += 1;
+        // `neighbors` lists a successor once per edge, so parallel edges count each.
+        for successor in self.graph.neighbors_directed(node, Direction::Outgoing) {
+            let unmet = &mut self.unmet[successor.index()];
+            *unmet = unmet.saturating_sub(1);
+            if *unmet == 0 && self.state[successor.index()] == State::Waiting {
+                self.ready.push_back(successor);
+            }
+        }
+    }
+
+    /// A step failed: it is reported once, and everything that depends on it, directly or
+    /// not, is skipped once, naming this failure. Independent steps are untouched.
+    fn failed(
+        &mut self,
+        node: NodeIndex,
+        error: ProviderError,
+        events: &Events,
+        report: &mut ApplyReport,
+    ) {
+        let step = &self.graph[node];
+        self.state[node.index()] = State::Failed;
+        self.done += 1;
+        events.show(
+            &ApplyEvent::Failed {
+                address: step.address.to_string(),
+                step: step.kind.verb(),
+                error: error.to_string(),
+            },
+            self.done,
+            self.total,
+        );
+        report.failed.push(Failure {
+            address: step.address.clone(),
+            step: step.kind.verb(),
+            error,
+        });
+        let mut queue: VecDeque<NodeIndex> = self
+            .graph
+            .neighbors_directed(node, Direction::Outgoing)
+            .collect();
+        while let Some(next) = queue.pop_front() {
+            if self.state[next.index()] != State::Waiting {
+                continue;
+            }
+            self.state[next.index()] = State::Skipped;
+            self.ready.retain(|ready| *ready != next);
+            self.done += 1;
+            let skipped = &self.graph[next];
+            events.show(
+                &ApplyEvent::Skipped {
+                    address: skipped.address.to_string(),
+                    step: skipped.kind.verb(),
+                    because: step.address.to_string(),
+                },
+                self.done,
+                self.total,
+            );
+            report
+                .skipped
+                .push((skipped.address.clone(), step.address.clone()));
+            queue.extend(self.graph.neighbors_directed(next, Direction::Outgoing));
+        }
+    }
+
+    /// Steps that never started, in graph order.
+    fn never_started(&self) -> Vec<NodeIndex> {
+        self.graph
+            .node_indices()
+            .filter(|node| self.state[node.index()] == State::Waiting)
+            .collect()
+    }
+}
+
+/// The failure of a step whose task ended without an answer: it panicked or was cancelled.
+fn lost_task(error: tokio::task::JoinError) -> ProviderError {
+    if error.is_panic() {
+        let payload = error.into_panic();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_string());
+        ProviderError::new(
+            crate::provider::ErrorKind::Fatal,
+            "apply",
+            "panicked",
+            format!("the step's task panicked: {message}; whether the cloud carried it out is unknown, the next plan will show"),
+        )
+    } else {
+        ProviderError::new(
+            crate::provider::ErrorKind::Fatal,
+            "apply",
+            "cancelled",
+            "the step's task was cancelled before it answered; whether the cloud carried it out is unknown, the next plan will show",
+        )
+    }
+}
+
+/// Runs the steps of a plan, recording nothing (see [`execute_recorded`]).
 pub async fn execute(
     plan: &Plan,
     graph: &ApplyGraph,
     providers: &Providers,
     options: &ApplyOptions,
     observer: Arc<dyn Observer>,
+) -> ApplyReport {
+    execute_recorded(
+        plan,
+        graph,
+        providers,
+        options,
+        observer,
+        Arc::new(Unrecorded),
+    )
+    .await
+}
+
+/// Runs the steps of a plan, writing every event to `recorder` before showing it.
+///
+/// # Guarantees
+/// Every step ends in the report exactly once: succeeded (counted), failed (with its error;
+/// a task that panicked or was cancelled is a failed step like any other), skipped (naming the
+/// failure it depends on) or not started (with the reason). A step starts only after its start
+/// was recorded; once a record cannot be written, no further step starts, the steps already
+/// running finish and are reported, and [`ApplyReport::journal_error`] says why.
+pub async fn execute_recorded(
+    plan: &Plan,
+    graph: &ApplyGraph,
+    providers: &Providers,
+    options: &ApplyOptions,
+    observer: Arc<dyn Observer>,
+    recorder: Arc<dyn Recorder>,
 ) -> ApplyReport {
     let started = Instant::now();
     let mut lanes: BTreeMap<Cloud, Arc<Lane>> = BTreeMap::new();
@@ -276,38 +590,30 @@ pub async fn execute(
             }),
         );
     }
+    let events = Arc::new(Events {
+        observer,
+        recorder,
+        journal_error: std::sync::Mutex::new(None),
+    });
     let plan = Arc::new(plan.clone());
     let secrets = Arc::new(options.secret_values.clone());
     let g = &graph.graph;
     let total = graph.step_count();
-    let mut pending: BTreeMap<NodeIndex, usize> = g
-        .node_indices()
-        .map(|node| {
-            (
-                node,
-                g.neighbors_directed(node, Direction::Incoming).count(),
-            )
-        })
-        .collect();
-    let mut ready: VecDeque<NodeIndex> = pending
-        .iter()
-        .filter(|(_, count)| **count == 0)
-        .map(|(node, _)| *node)
-        .collect();
+    let mut queue = Queue::new(g);
     let mut report = ApplyReport::default();
-    let mut done = 0usize;
-    let mut finished: BTreeMap<NodeIndex, bool> = BTreeMap::new();
     let mut tasks: JoinSet<Vec<StepOutcome>> = JoinSet::new();
+    // Which steps each task carries, so a task that panics fails exactly those steps.
+    let mut running: HashMap<tokio::task::Id, Vec<NodeIndex>> = HashMap::new();
     let concurrency = options.concurrency.max(1);
     loop {
-        while tasks.len() < concurrency {
-            let Some(node) = ready.pop_front() else { break };
+        while tasks.len() < concurrency
+            && events.journal_error().is_none()
+            && !options.is_interrupted()
+        {
+            let Some(node) = queue.ready.pop_front() else {
+                break;
+            };
             let step = g[node].clone();
-            if step.kind == StepKind::Barrier {
-                finished.insert(node, true);
-                release(g, node, &mut pending, &mut ready);
-                continue;
-            }
             let change = &plan.resource_changes[step.change];
             let cloud = match step.kind {
                 StepKind::Delete => change.before.as_ref().map_or(change.cloud, |b| b.cloud),
@@ -322,18 +628,7 @@ pub async fn execute(
                         "no provider for {cloud} in this run (is it excluded by --only-cloud?)"
                     ),
                 );
-                done += 1;
-                fail(
-                    g,
-                    node,
-                    &step,
-                    error,
-                    &mut report,
-                    &mut finished,
-                    &mut done,
-                    total,
-                    &*observer,
-                );
+                queue.failed(node, error, &events, &mut report);
                 continue;
             };
             // Identical pool members that are ready together go to the cloud as one batch
@@ -342,178 +637,129 @@ pub async fn execute(
             if step.kind == StepKind::Create && change.kind == ResourceKind::Pool {
                 let shape = batch_shape(change);
                 let mut index = 0;
-                while index < ready.len() && members.len() < MAX_BATCH {
-                    let other = &g[ready[index]];
+                while index < queue.ready.len() && members.len() < MAX_BATCH {
+                    let other = &g[queue.ready[index]];
                     let same = other.kind == StepKind::Create
                         && plan.resource_changes.get(other.change).is_some_and(|c| {
                             c.kind == ResourceKind::Pool
                                 && c.cloud == cloud
                                 && batch_shape(c) == shape
                         });
-                    match (same, ready.remove(index)) {
+                    match (same, queue.ready.remove(index)) {
                         (true, Some(member)) => members.push(member),
                         (false, Some(other)) => {
-                            ready.insert(index, other);
+                            queue.ready.insert(index, other);
                             index += 1;
                         }
                         (_, None) => break,
                     }
                 }
             }
-            for &member in &members {
+            // A step whose start cannot be written down is not started.
+            let mut recorded = Vec::with_capacity(members.len());
+            for member in members {
                 let member_step = &g[member];
-                observer.event(
-                    &ApplyEvent::Started {
-                        address: member_step.address.to_string(),
-                        step: member_step.kind.verb(),
-                        name: plan.resource_changes[member_step.change]
-                            .cloud_name()
-                            .to_string(),
-                    },
-                    done,
-                    total,
-                );
+                let start = ApplyEvent::Started {
+                    address: member_step.address.to_string(),
+                    step: member_step.kind.verb(),
+                    name: plan.resource_changes[member_step.change]
+                        .cloud_name()
+                        .to_string(),
+                };
+                if events.record_then_show(&start, queue.done, total) {
+                    queue.start(member);
+                    recorded.push(member);
+                }
+            }
+            if recorded.is_empty() {
+                continue;
             }
             let plan = plan.clone();
-            let observer = observer.clone();
+            let events = events.clone();
             let retry = options.retry;
             let secrets = secrets.clone();
             let steps: Vec<(NodeIndex, Step)> =
-                members.iter().map(|&m| (m, g[m].clone())).collect();
-            tasks.spawn(async move {
+                recorded.iter().map(|&m| (m, g[m].clone())).collect();
+            let handle = tasks.spawn(async move {
                 if let [(node, step)] = steps.as_slice() {
                     let (attempts, result) =
-                        run_step(&plan, step, &lane, retry, &*observer, total, &secrets).await;
+                        run_step(&plan, step, &lane, retry, &events, total, &secrets).await;
                     return vec![(*node, attempts, result)];
                 }
-                run_batch(&plan, &steps, &lane, retry, &*observer, total, &secrets).await
+                run_batch(&plan, &steps, &lane, retry, &events, total, &secrets).await
             });
+            running.insert(handle.id(), recorded);
         }
-        let Some(joined) = tasks.join_next().await else {
+        let Some(joined) = tasks.join_next_with_id().await else {
             break;
         };
         let outcomes = match joined {
-            Ok(outcomes) => outcomes,
-            // A panicking step must not take the run with it; nothing can be attributed to it.
-            Err(_) => continue,
+            Ok((id, outcomes)) => {
+                running.remove(&id);
+                outcomes
+            }
+            // A task that panicked (or was cancelled) fails the steps it carried, like any
+            // failure: their dependents are skipped, the rest goes on.
+            Err(error) => {
+                let nodes = running.remove(&error.id()).unwrap_or_default();
+                let failure = lost_task(error);
+                nodes
+                    .into_iter()
+                    .map(|node| (node, 1, Err(failure.clone())))
+                    .collect()
+            }
         };
         for (node, attempts, result) in outcomes {
             report.retries += attempts.saturating_sub(1) as usize;
-            let step = g[node].clone();
-            done += 1;
+            let step = &g[node];
             match result {
                 Ok(id) => {
                     match step.kind {
                         StepKind::Create => report.created += 1,
                         StepKind::Update => report.updated += 1,
                         StepKind::Delete => report.deleted += 1,
-                        StepKind::Barrier => {}
                     }
-                    observer.event(
+                    queue.succeeded(node);
+                    events.show(
                         &ApplyEvent::Succeeded {
                             address: step.address.to_string(),
                             step: step.kind.verb(),
                             id,
                             seconds: 0.0,
                         },
-                        done,
+                        queue.done,
                         total,
                     );
-                    finished.insert(node, true);
-                    release(g, node, &mut pending, &mut ready);
                 }
-                Err(error) => {
-                    fail(
-                        g,
-                        node,
-                        &step,
-                        error,
-                        &mut report,
-                        &mut finished,
-                        &mut done,
-                        total,
-                        &*observer,
-                    );
-                }
+                Err(error) => queue.failed(node, error, &events, &mut report),
             }
         }
+    }
+    report.journal_error = events.journal_error();
+    let because = match &report.journal_error {
+        Some(error) => format!("the journal could not be written ({error})"),
+        None if options.is_interrupted() => "the apply was interrupted".to_string(),
+        None => "it waits on steps that never finished (a cycle in the step graph)".to_string(),
+    };
+    for node in queue.never_started() {
+        let step = &g[node];
+        events.show(
+            &ApplyEvent::NotStarted {
+                address: step.address.to_string(),
+                step: step.kind.verb(),
+                because: because.clone(),
+            },
+            queue.done,
+            total,
+        );
+        report.not_started.push(NotStarted {
+            address: step.address.clone(),
+            step: step.kind.verb(),
+            because: because.clone(),
+        });
     }
     report.seconds = started.elapsed().as_secs_f64();
     report
-}
-
-fn release(
-    g: &petgraph::graph::DiGraph<Step, ()>,
-    node: NodeIndex,
-    pending: &mut BTreeMap<NodeIndex, usize>,
-    ready: &mut VecDeque<NodeIndex>,
-) {
-    let mut next: Vec<NodeIndex> = g.neighbors_directed(node, Direction::Outgoing).collect();
-    next.sort();
-    next.dedup();
-    for successor in next {
-        let edges = g.edges_connecting(node, successor).count();
-        if let Some(count) = pending.get_mut(&successor) {
-            *count = count.saturating_sub(edges);
-            if *count == 0 {
-                ready.push_back(successor);
-            }
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn fail(
-    g: &petgraph::graph::DiGraph<Step, ()>,
-    node: NodeIndex,
-    step: &Step,
-    error: ProviderError,
-    report: &mut ApplyReport,
-    finished: &mut BTreeMap<NodeIndex, bool>,
-    done: &mut usize,
-    total: usize,
-    observer: &dyn Observer,
-) {
-    observer.event(
-        &ApplyEvent::Failed {
-            address: step.address.to_string(),
-            step: step.kind.verb(),
-            error: error.to_string(),
-        },
-        *done,
-        total,
-    );
-    report.failed.push(Failure {
-        address: step.address.clone(),
-        step: step.kind.verb(),
-        error,
-    });
-    finished.insert(node, false);
-    // Everything downstream is skipped, once, and says which failure caused it.
-    let mut queue: VecDeque<NodeIndex> = g.neighbors_directed(node, Direction::Outgoing).collect();
-    while let Some(next) = queue.pop_front() {
-        if finished.contains_key(&next) {
-            continue;
-        }
-        finished.insert(next, false);
-        let skipped = &g[next];
-        if skipped.kind != StepKind::Barrier {
-            *done += 1;
-            observer.event(
-                &ApplyEvent::Skipped {
-                    address: skipped.address.to_string(),
-                    step: skipped.kind.verb(),
-                    because: step.address.to_string(),
-                },
-                *done,
-                total,
-            );
-            report
-                .skipped
-                .push((skipped.address.clone(), step.address.clone()));
-        }
-        queue.extend(g.neighbors_directed(next, Direction::Outgoing));
-    }
 }
 
 /// A finished step: its node, the attempts it took, and the cloud id or the error.
@@ -535,7 +781,7 @@ async fn run_batch(
     steps: &[(NodeIndex, Step)],
     lane: &Lane,
     retry: RetryPolicy,
-    observer: &dyn Observer,
+    events: &Events,
     total: usize,
     secrets: &BTreeMap<String, String>,
 ) -> Vec<StepOutcome> {
@@ -559,53 +805,64 @@ async fn run_batch(
         });
     }
     // A batch call that failed as a whole in a retryable way (throttled, 5xx) is repeated as
-    // a whole, with the same tokens: one call per attempt rather than one per member.
-    let started = Instant::now();
-    let mut batch_attempts = 0u32;
-    let (results, gave_up) = loop {
-        batch_attempts += 1;
-        let results = {
-            let _permit = lane.mutations.acquire().await;
-            if let Some(rate) = &lane.rate {
-                rate.acquire().await;
+    // a whole, with the same tokens: one call per attempt rather than one per member. The call
+    // as a whole was refused when every member has the same retryable error; members failing
+    // each in their own way (EC2 tagging) go on alone below.
+    let attempts = AtomicU32::new(0);
+    let first = &steps[0].1;
+    let last = &steps[steps.len() - 1].1;
+    let whole = with_retry(
+        retry,
+        |attempt| {
+            attempts.store(attempt, Ordering::Relaxed);
+            let requests = &requests;
+            async move {
+                let results = {
+                    let _permit = lane.mutations.acquire().await;
+                    if let Some(rate) = &lane.rate {
+                        rate.acquire().await;
+                    }
+                    lane.provider.create_batch(requests).await
+                };
+                let first = results.first().and_then(|result| result.as_ref().err());
+                match first {
+                    Some(first)
+                        if first.kind.is_retryable()
+                            && results
+                                .iter()
+                                .all(|result| result.as_ref().err() == Some(first)) =>
+                    {
+                        Err(first.clone())
+                    }
+                    _ => Ok(results),
+                }
             }
-            lane.provider.create_batch(&requests).await
-        };
-        // The call as a whole was refused when every member has the same retryable error;
-        // members failing each in their own way (EC2 tagging) go on alone below.
-        let first = results.first().and_then(|result| result.as_ref().err());
-        let call_failed = first.is_some_and(|first| {
-            first.kind.is_retryable()
-                && results
-                    .iter()
-                    .all(|result| result.as_ref().err() == Some(first))
-        });
-        let delay = call_failed
-            .then(|| retry.delay(batch_attempts, started.elapsed()))
-            .flatten();
-        let (Some(delay), Some(Err(error))) = (delay, results.first()) else {
-            break (results, call_failed);
-        };
+        },
         // One line for the batch, not one per member.
-        let first = &steps[0].1;
-        let last = &steps[steps.len() - 1].1;
-        observer.event(
-            &ApplyEvent::Retrying {
-                address: format!(
-                    "{} … {} ({} in one call)",
-                    first.address,
-                    last.address,
-                    steps.len()
-                ),
-                step: first.kind.verb(),
-                attempt: batch_attempts,
-                error: error.to_string(),
-                delay_ms: delay.as_millis() as u64,
-            },
-            0,
-            total,
-        );
-        tokio::time::sleep(delay).await;
+        |attempt, error, delay| {
+            events.show(
+                &ApplyEvent::Retrying {
+                    address: format!(
+                        "{} … {} ({} in one call)",
+                        first.address,
+                        last.address,
+                        steps.len()
+                    ),
+                    step: first.kind.verb(),
+                    attempt,
+                    error: error.to_string(),
+                    delay_ms: delay.as_millis() as u64,
+                },
+                0,
+                total,
+            )
+        },
+    )
+    .await;
+    let batch_attempts = attempts.load(Ordering::Relaxed);
+    let (results, gave_up) = match whole {
+        Ok(results) => (results, false),
+        Err(error) => (vec![Err(error); steps.len()], true),
     };
     let mut outcomes = Vec::with_capacity(steps.len());
     for (index, ((node, step), result)) in steps.iter().zip(results).enumerate() {
@@ -618,7 +875,7 @@ async fn run_batch(
             // whole has used the retry budget already.
             Err(error) if error.kind.is_retryable() && !gave_up => {
                 let (attempts, result) =
-                    run_step(plan, step, lane, retry, observer, total, secrets).await;
+                    run_step(plan, step, lane, retry, events, total, secrets).await;
                 outcomes.push((*node, attempts + batch_attempts, result));
             }
             Err(error) => outcomes.push((*node, batch_attempts, Err(error))),
@@ -664,46 +921,40 @@ async fn run_step(
     step: &Step,
     lane: &Lane,
     retry: RetryPolicy,
-    observer: &dyn Observer,
+    events: &Events,
     total: usize,
     secrets: &BTreeMap<String, String>,
 ) -> (u32, Result<String, ProviderError>) {
     let change = &plan.resource_changes[step.change];
-    let started = Instant::now();
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let result = {
-            let _permit = lane.mutations.acquire().await;
-            if let Some(rate) = &lane.rate {
-                rate.acquire().await;
-            }
-            call(plan, step, change, &*lane.provider, secrets).await
-        };
-        match result {
-            Ok(id) => return (attempt, Ok(id)),
-            Err(error) if error.kind.is_retryable() => {
-                match retry.delay(attempt, started.elapsed()) {
-                    Some(delay) => {
-                        observer.event(
-                            &ApplyEvent::Retrying {
-                                address: step.address.to_string(),
-                                step: step.kind.verb(),
-                                attempt,
-                                error: error.to_string(),
-                                delay_ms: delay.as_millis() as u64,
-                            },
-                            0,
-                            total,
-                        );
-                        tokio::time::sleep(delay).await;
-                    }
-                    None => return (attempt, Err(error)),
+    let attempts = AtomicU32::new(0);
+    let result = with_retry(
+        retry,
+        |attempt| {
+            attempts.store(attempt, Ordering::Relaxed);
+            async move {
+                let _permit = lane.mutations.acquire().await;
+                if let Some(rate) = &lane.rate {
+                    rate.acquire().await;
                 }
+                call(plan, step, change, &*lane.provider, secrets).await
             }
-            Err(error) => return (attempt, Err(error)),
-        }
-    }
+        },
+        |attempt, error, delay| {
+            events.show(
+                &ApplyEvent::Retrying {
+                    address: step.address.to_string(),
+                    step: step.kind.verb(),
+                    attempt,
+                    error: error.to_string(),
+                    delay_ms: delay.as_millis() as u64,
+                },
+                0,
+                total,
+            )
+        },
+    )
+    .await;
+    (attempts.load(Ordering::Relaxed), result)
 }
 
 async fn call(
@@ -763,7 +1014,6 @@ async fn call(
             };
             provider.delete(&request).await.map(|()| before.id.clone())
         }
-        StepKind::Barrier => Ok(String::new()),
     }
 }
 
@@ -778,4 +1028,197 @@ fn missing(what: &str, step: &Step) -> ProviderError {
             step.address
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph;
+    use crate::test_support::{desired, desired_set, live, plan_of, FakeProvider};
+    use std::path::PathBuf;
+
+    fn providers(fake: Arc<FakeProvider>) -> Providers {
+        let mut providers = Providers::new();
+        providers.insert(fake);
+        providers
+    }
+
+    fn run(
+        plan: &Plan,
+        fake: Arc<FakeProvider>,
+        options: ApplyOptions,
+        recorder: Arc<dyn Recorder>,
+    ) -> ApplyReport {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let steps = graph::build(plan);
+        runtime.block_on(execute_recorded(
+            plan,
+            &steps,
+            &providers(fake),
+            &options,
+            Arc::new(Quiet),
+            recorder,
+        ))
+    }
+
+    /// Records events until `limit` lines, then fails as a full disk does.
+    struct FillingJournal {
+        lines: std::sync::Mutex<Vec<String>>,
+        limit: usize,
+    }
+
+    impl Recorder for FillingJournal {
+        fn record(&self, event: &ApplyEvent) -> Result<(), StateError> {
+            let mut lines = self.lines.lock().unwrap();
+            if lines.len() >= self.limit {
+                return Err(StateError::Io {
+                    action: "append to",
+                    path: PathBuf::from("state/journal/unit.jsonl"),
+                    source: std::io::Error::other("No space left on device"),
+                });
+            }
+            lines.push(serde_json::to_string(event).unwrap());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_panicking_call_fails_exactly_its_dependents() {
+        let template = desired(ResourceKind::Template, "tmpl");
+        let mut user = desired(ResourceKind::Manager, "user");
+        user.depends_on = vec![template.address.clone()];
+        let other = desired(ResourceKind::Manager, "other");
+        let plan = plan_of(&desired_set(vec![template, user, other]), &[]);
+        let fake = Arc::new(FakeProvider {
+            panic_on: vec!["tmpl".to_string()],
+            ..FakeProvider::default()
+        });
+        let report = run(
+            &plan,
+            fake.clone(),
+            ApplyOptions::default(),
+            Arc::new(Unrecorded),
+        );
+        assert_eq!(report.failed.len(), 1, "{report:#?}");
+        assert_eq!(report.failed[0].address.as_str(), "template.tmpl");
+        assert_eq!(report.failed[0].error.code, "panicked");
+        assert_eq!(
+            report.skipped,
+            vec![(
+                Address::new(ResourceKind::Manager, "user"),
+                Address::new(ResourceKind::Template, "tmpl")
+            )]
+        );
+        assert_eq!(report.created, 1, "the independent manager is made");
+        assert_eq!(fake.calls(), ["create other"]);
+        assert!(!report.is_success());
+    }
+
+    #[test]
+    fn a_failed_helper_delete_does_not_stop_independent_deletes() {
+        let helper = desired(ResourceKind::Helper, "prometheus");
+        let manager = desired(ResourceKind::Manager, "old-manager");
+        let template = desired(ResourceKind::Template, "old-template");
+        let pool = desired(ResourceKind::Manager, "old-other");
+        let live_objects = [
+            live(&helper, "h1"),
+            live(&manager, "m1"),
+            live(&template, "t1"),
+            live(&pool, "m2"),
+        ];
+        // Nothing is desired any more: every object is an orphan to delete.
+        let plan = plan_of(&desired_set(Vec::new()), &live_objects);
+        assert_eq!(plan.summary.delete, 4);
+        let fake = Arc::new(FakeProvider {
+            fail_on: vec!["prometheus".to_string()],
+            ..FakeProvider::default()
+        });
+        let report = run(
+            &plan,
+            fake.clone(),
+            ApplyOptions::default(),
+            Arc::new(Unrecorded),
+        );
+        assert_eq!(report.failed.len(), 1, "{report:#?}");
+        assert_eq!(report.failed[0].address.as_str(), "helper.prometheus");
+        assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+        assert_eq!(report.deleted, 3);
+        let mut calls = fake.calls();
+        calls.sort();
+        assert_eq!(
+            calls,
+            [
+                "delete old-manager",
+                "delete old-other",
+                "delete old-template",
+                "delete prometheus"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_journal_that_cannot_be_written_stops_new_steps() {
+        let names = ["a", "b", "c", "d", "e"];
+        let plan = plan_of(
+            &desired_set(
+                names
+                    .iter()
+                    .map(|name| desired(ResourceKind::Manager, name))
+                    .collect(),
+            ),
+            &[],
+        );
+        let fake = Arc::new(FakeProvider::default());
+        // Room for: started a, succeeded a, started b. Then the disk is full.
+        let journal = Arc::new(FillingJournal {
+            lines: std::sync::Mutex::new(Vec::new()),
+            limit: 3,
+        });
+        let options = ApplyOptions {
+            concurrency: 1,
+            ..ApplyOptions::default()
+        };
+        let report = run(&plan, fake.clone(), options, journal.clone());
+        // The step already running when the journal failed finished and is counted; no other
+        // step was started.
+        assert_eq!(fake.calls(), ["create a", "create b"]);
+        assert_eq!(report.created, 2);
+        let not_started: Vec<&str> = report
+            .not_started
+            .iter()
+            .map(|step| step.address.as_str())
+            .collect();
+        assert_eq!(not_started, ["manager.c", "manager.d", "manager.e"]);
+        let error = report.journal_error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("state/journal/unit.jsonl") && error.contains("No space left"),
+            "{error}"
+        );
+        assert!(report.not_started[0]
+            .because
+            .contains("journal could not be written"));
+        assert_eq!(journal.lines.lock().unwrap().len(), 3);
+        assert!(!report.is_success());
+    }
+
+    #[test]
+    fn a_step_starts_only_after_its_start_is_recorded() {
+        let plan = plan_of(&desired_set(vec![desired(ResourceKind::Manager, "a")]), &[]);
+        let fake = Arc::new(FakeProvider::default());
+        let journal = Arc::new(FillingJournal {
+            lines: std::sync::Mutex::new(Vec::new()),
+            limit: 0,
+        });
+        let report = run(&plan, fake.clone(), ApplyOptions::default(), journal);
+        assert!(
+            fake.calls().is_empty(),
+            "a call was made that no journal line records"
+        );
+        assert_eq!(report.not_started.len(), 1);
+        assert_eq!(report.created, 0);
+    }
 }

@@ -918,3 +918,167 @@ pub fn needs_restart(old: &str, new: &str) -> bool {
         .iter()
         .any(|(name, autoscaler)| before.get(name).is_some_and(|old| old != autoscaler))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{desired, desired_set, live, FLEET};
+
+    fn run(want: Vec<DesiredResource>, live_objects: &[LiveResource]) -> Diff {
+        diff(
+            &desired_set(want),
+            live_objects,
+            &[],
+            None,
+            &BTreeMap::new(),
+        )
+    }
+
+    fn only(diff: &Diff, address: &str) -> Vec<Change> {
+        diff.changes
+            .iter()
+            .filter(|change| change.address.as_str() == address)
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn a_missing_resource_is_created() {
+        let out = run(vec![desired(ResourceKind::Manager, "m")], &[]);
+        let changes = only(&out, "manager.m");
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].action, Action::Create);
+        assert_eq!(changes[0].reasons, vec![Reason::Missing]);
+        assert!(changes[0].gone.is_empty());
+    }
+
+    #[test]
+    fn a_matching_resource_is_left_alone() {
+        let want = desired(ResourceKind::Manager, "m");
+        let out = run(vec![want.clone()], &[live(&want, "m1")]);
+        assert_eq!(only(&out, "manager.m")[0].action, Action::NoOp);
+    }
+
+    #[test]
+    fn a_label_change_is_an_update_in_place() {
+        let want = desired(ResourceKind::Manager, "m");
+        let mut have = live(&want, "m1");
+        have.spec
+            .labels
+            .insert(labels::ROLE.to_string(), "old-role".to_string());
+        let out = run(vec![want], &[have]);
+        let change = &only(&out, "manager.m")[0];
+        assert_eq!(change.action, Action::Update);
+        assert!(change.reasons.iter().any(|reason| matches!(
+            reason,
+            Reason::FieldChanged { field, forces_replacement: false, .. } if field == "labels.fleet-role"
+        )));
+    }
+
+    #[test]
+    fn a_machine_type_change_replaces_freeing_the_gce_name_first() {
+        let have = desired(ResourceKind::Manager, "m");
+        let mut want = have.clone();
+        want.spec.machine_type = "n1-standard-8".to_string();
+        let out = run(vec![want], &[live(&have, "m1")]);
+        let change = &only(&out, "manager.m")[0];
+        assert_eq!(change.action, Action::ReplaceDestroyBeforeCreate);
+        assert!(change.reasons.contains(&Reason::NameHeld));
+        assert_eq!(change.before.as_ref().map(|b| b.id.as_str()), Some("m1"));
+    }
+
+    #[test]
+    fn a_zone_change_replaces_creating_first() {
+        let have = desired(ResourceKind::Manager, "m");
+        let mut want = have.clone();
+        want.spec.zone = "us-east1-d".to_string();
+        let out = run(vec![want], &[live(&have, "m1")]);
+        assert_eq!(
+            only(&out, "manager.m")[0].action,
+            Action::ReplaceCreateBeforeDestroy
+        );
+    }
+
+    #[test]
+    fn an_object_no_longer_in_the_fleet_file_is_an_orphan_to_delete() {
+        let gone = desired(ResourceKind::Manager, "old");
+        let out = run(Vec::new(), &[live(&gone, "o1")]);
+        let change = &only(&out, "manager.old")[0];
+        assert_eq!(change.action, Action::Delete);
+        assert_eq!(change.reasons, vec![Reason::Orphan]);
+    }
+
+    #[test]
+    fn a_second_object_at_one_address_is_a_duplicate_to_delete() {
+        let want = desired(ResourceKind::Manager, "m");
+        let out = run(vec![want.clone()], &[live(&want, "m1"), live(&want, "m2")]);
+        let changes = only(&out, "manager.m");
+        assert_eq!(changes.len(), 2, "{changes:#?}");
+        let kept = changes.iter().find(|c| c.action == Action::NoOp).unwrap();
+        assert_eq!(
+            kept.after.as_ref().map(|a| a.cloud_name.as_str()),
+            Some("m")
+        );
+        let extra = changes.iter().find(|c| c.action == Action::Delete).unwrap();
+        assert_eq!(extra.before.as_ref().map(|b| b.id.as_str()), Some("m2"));
+        assert_eq!(
+            extra.reasons,
+            vec![Reason::Duplicate {
+                of: "m1".to_string()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_copy_made_outside_fleet_is_neither_kept_nor_deleted() {
+        let want = desired(ResourceKind::Manager, "m");
+        let mut copy = live(&want, "hand-1");
+        // Launched with a client token that is not one of this fleet's (or none at all).
+        copy.creation_token = Some(String::new());
+        let out = run(vec![want], &[copy]);
+        let changes = only(&out, "manager.m");
+        assert!(changes
+            .iter()
+            .any(|c| c.action == Action::Create && c.reasons == vec![Reason::Missing]));
+        let outside = changes
+            .iter()
+            .find(|c| c.action == Action::NoOp)
+            .expect("the copy is shown");
+        assert_eq!(
+            outside.reasons,
+            vec![Reason::MadeOutsideFleet {
+                id: "hand-1".to_string()
+            }]
+        );
+        assert!(changes.iter().all(|c| c.action != Action::Delete));
+        // A token of this fleet's own is fleet's machine.
+        let want = desired(ResourceKind::Manager, "m");
+        let mut own = live(&want, "m1");
+        own.creation_token = Some(crate::provider::creation_token(FLEET, &["manager.m"]));
+        let out = run(vec![want], &[own]);
+        assert_eq!(only(&out, "manager.m")[0].action, Action::NoOp);
+        assert_eq!(only(&out, "manager.m").len(), 1);
+    }
+
+    #[test]
+    fn an_object_going_away_is_ignored_and_its_id_changes_the_next_token() {
+        let want = desired(ResourceKind::Manager, "m");
+        let mut going = live(&want, "m-old");
+        going.status = InstanceStatus::Deleting;
+        let out = run(vec![want.clone()], &[going.clone()]);
+        let changes = only(&out, "manager.m");
+        // Not matched, not deleted again: the machine is made anew.
+        assert_eq!(changes.len(), 1, "{changes:#?}");
+        assert_eq!(changes[0].action, Action::Create);
+        assert_eq!(changes[0].gone, vec!["m-old".to_string()]);
+        // A re-create after a deletion is a new creation to the cloud.
+        let first = run(vec![want.clone()], &[]);
+        let token_before =
+            crate::apply::creation_token(FLEET, &only(&first, "manager.m")[0], &want);
+        let token_after = crate::apply::creation_token(FLEET, &changes[0], &want);
+        assert_ne!(token_before, token_after);
+        // An orphan going away is not deleted twice.
+        let out = run(Vec::new(), &[going]);
+        assert!(out.changes.is_empty(), "{:#?}", out.changes);
+    }
+}

@@ -3,8 +3,10 @@
 //! In: a [`Plan`]. Out: an [`ApplyGraph`] of [`Step`]s (create, update, delete) with edges
 //! "must finish before": dependencies are created first (templates before the managers whose
 //! runners use them, managers before the helpers that scrape them); create-before-destroy
-//! replacements remove the old object only after its dependents were repointed; deletions run
-//! in reverse order (helpers, then managers and pools, then templates).
+//! replacements remove the old object only after its dependents were repointed. Deletions wait
+//! only for what must happen before them, never for unrelated deletions: a template goes after
+//! the managers that may use it were repointed or removed, and a runner manager leaves only
+//! after the new manager serving its runners (the next colour) was created.
 
 use std::collections::BTreeMap;
 
@@ -24,8 +26,6 @@ pub enum StepKind {
     Update,
     /// Delete the live object.
     Delete,
-    /// A no-op that orders deletions of one rank before the next.
-    Barrier,
 }
 
 impl StepKind {
@@ -35,7 +35,6 @@ impl StepKind {
             StepKind::Create => "create",
             StepKind::Update => "update",
             StepKind::Delete => "delete",
-            StepKind::Barrier => "wait",
         }
     }
 }
@@ -43,7 +42,7 @@ impl StepKind {
 /// One step: an action on the object of one change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
-    /// Index into [`Plan::resource_changes`]; unused for barriers.
+    /// Index into [`Plan::resource_changes`].
     pub change: usize,
     /// What to do.
     pub kind: StepKind,
@@ -59,12 +58,9 @@ pub struct ApplyGraph {
 }
 
 impl ApplyGraph {
-    /// Steps that do something (barriers left out).
+    /// The number of steps.
     pub fn step_count(&self) -> usize {
-        self.graph
-            .node_weights()
-            .filter(|step| step.kind != StepKind::Barrier)
-            .count()
+        self.graph.node_count()
     }
 }
 
@@ -123,11 +119,6 @@ pub fn build(plan: &Plan) -> ApplyGraph {
     }
     // An old object goes only after what depended on it was repointed (not for ∓, whose
     // deletion must come first).
-    let manager_arrivals: Vec<NodeIndex> = arrival
-        .iter()
-        .filter(|(address, _)| address.kind() == ResourceKind::Manager)
-        .map(|(_, node)| *node)
-        .collect();
     for &(delete, index, after_dependents) in &deletes {
         if !after_dependents {
             continue;
@@ -136,35 +127,249 @@ pub fn build(plan: &Plan) -> ApplyGraph {
         for &node in dependents.get(&change.address).into_iter().flatten() {
             graph.add_edge(node, delete, ());
         }
-        if change.kind == ResourceKind::Template && change.after.is_none() {
-            for &node in &manager_arrivals {
-                graph.add_edge(node, delete, ());
+    }
+    // A template goes after every manager that may still use it moved off it: managers
+    // updated or replaced away from it, and managers deleted while pointing at it.
+    for &(delete, index, after_dependents) in &deletes {
+        let template = &plan.resource_changes[index];
+        let Some(old) = template.before.as_ref() else {
+            continue;
+        };
+        if !after_dependents || template.kind != ResourceKind::Template {
+            continue;
+        }
+        for (other_index, other) in plan.resource_changes.iter().enumerate() {
+            if other.kind != ResourceKind::Manager || !may_use(other.before.as_ref(), &old.name) {
+                continue;
+            }
+            // The manager's step that moves it off the template: its arrival, or its deletion
+            // when it is only deleted.
+            let arrival_node = arrival.get(&other.address).copied();
+            let leaving = deletes
+                .iter()
+                .find(|(_, i, after)| *i == other_index && *after)
+                .map(|(node, _, _)| *node);
+            for node in [arrival_node, leaving].into_iter().flatten() {
+                if node != delete {
+                    graph.add_edge(node, delete, ());
+                }
             }
         }
     }
-    // Deletions in reverse creation order: helpers, then managers and pools, then templates.
-    let mut by_rank: BTreeMap<u8, Vec<NodeIndex>> = BTreeMap::new();
-    for &(delete, index, after_dependents) in &deletes {
-        if after_dependents && plan.resource_changes[index].action == Action::Delete {
-            by_rank
-                .entry(plan.resource_changes[index].kind.rank())
-                .or_default()
-                .push(delete);
+    // Blue/green: a runner manager that leaves is drained only once the new manager taking
+    // over its runners exists.
+    for &(delete, index, _) in &deletes {
+        let old = &plan.resource_changes[index];
+        if old.kind != ResourceKind::Manager || old.action != Action::Delete {
+            continue;
         }
-    }
-    let ranks: Vec<u8> = by_rank.keys().rev().copied().collect();
-    for pair in ranks.windows(2) {
-        let barrier = graph.add_node(Step {
-            change: usize::MAX,
-            kind: StepKind::Barrier,
-            address: Address::new(ResourceKind::Helper, "deletions"),
-        });
-        for &node in &by_rank[&pair[0]] {
-            graph.add_edge(node, barrier, ());
-        }
-        for &node in &by_rank[&pair[1]] {
-            graph.add_edge(barrier, node, ());
+        let Some(before) = old.before.as_ref() else {
+            continue;
+        };
+        let served = runner_names(&before.spec.metadata);
+        for change in &plan.resource_changes {
+            if change.kind != ResourceKind::Manager || change.action != Action::Create {
+                continue;
+            }
+            let Some(after) = &change.after else { continue };
+            let Some(&create) = arrival.get(&change.address) else {
+                continue;
+            };
+            // Where the cloud does not show what the old manager served (EC2 user data), any
+            // new manager may be its successor.
+            let takes_over = served.is_none()
+                || served.as_ref().is_some_and(|served| {
+                    runner_names(&after.spec.metadata)
+                        .is_some_and(|new| new.iter().any(|name| served.contains(name)))
+                });
+            if takes_over {
+                graph.add_edge(create, delete, ());
+            }
         }
     }
     ApplyGraph { graph }
+}
+
+/// Whether a live manager may use the template named `name`: its delivered files name it, or
+/// the cloud does not show its files (EC2 user data), so it might.
+fn may_use(before: Option<&crate::provider::LiveResource>, name: &str) -> bool {
+    let Some(before) = before else {
+        return false;
+    };
+    before.spec.metadata.is_empty()
+        || before
+            .spec
+            .metadata
+            .values()
+            .any(|text| text.contains(name))
+}
+
+/// The `[[runners]]` names of a manager's config.toml, or `None` when the cloud does not show
+/// it.
+fn runner_names(metadata: &BTreeMap<String, String>) -> Option<Vec<String>> {
+    let config = metadata.get(crate::render::RUNNER_CONFIG)?;
+    let table = toml::from_str::<toml::Table>(config).ok()?;
+    Some(
+        table
+            .get("runners")
+            .and_then(toml::Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|runner| runner.get("name").and_then(toml::Value::as_str))
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::MachineSpec;
+    use crate::test_support::{desired, desired_set, live, plan_of};
+    use petgraph::algo::{has_path_connecting, is_cyclic_directed};
+
+    fn step(graph: &ApplyGraph, kind: StepKind, address: &str) -> NodeIndex {
+        graph
+            .graph
+            .node_indices()
+            .find(|node| {
+                graph.graph[*node].kind == kind && graph.graph[*node].address.as_str() == address
+            })
+            .unwrap_or_else(|| panic!("no {} {address} in {:?}", kind.verb(), graph.graph))
+    }
+
+    fn path(graph: &ApplyGraph, from: NodeIndex, to: NodeIndex) -> bool {
+        has_path_connecting(&graph.graph, from, to, None)
+    }
+
+    /// A config.toml with one runner named `runner` using the template named `template`.
+    fn serve(spec: &mut MachineSpec, runner: &str, template: &str) {
+        spec.metadata.insert(
+            crate::render::RUNNER_CONFIG.to_string(),
+            format!(
+                "concurrent = 1\n\n[[runners]]\nname = \"{runner}\"\n[runners.autoscaler.plugin_config]\nname = \"{template}\"\n"
+            ),
+        );
+    }
+
+    #[test]
+    fn deletions_wait_only_for_what_must_go_first() {
+        let helper = desired(ResourceKind::Helper, "prometheus");
+        let mut user = desired(ResourceKind::Manager, "user");
+        serve(&mut user.spec, "r1", "old-template");
+        let mut unrelated = desired(ResourceKind::Manager, "unrelated");
+        serve(&mut unrelated.spec, "r2", "another-template");
+        let template = desired(ResourceKind::Template, "old-template");
+        let live_objects = [
+            live(&helper, "h"),
+            live(&user, "u"),
+            live(&unrelated, "x"),
+            live(&template, "t"),
+        ];
+        let plan = plan_of(&desired_set(Vec::new()), &live_objects);
+        let graph = build(&plan);
+        assert!(!is_cyclic_directed(&graph.graph));
+        assert_eq!(graph.step_count(), 4, "no barrier or other extra node");
+        let helper = step(&graph, StepKind::Delete, "helper.prometheus");
+        let user = step(&graph, StepKind::Delete, "manager.user");
+        let unrelated = step(&graph, StepKind::Delete, "manager.unrelated");
+        let template = step(&graph, StepKind::Delete, "template.old-template");
+        // The template goes after the manager that uses it.
+        assert!(graph.graph.contains_edge(user, template));
+        // Nothing else is ordered: a helper or an unrelated manager depends on nothing and
+        // nothing depends on them.
+        for node in [user, unrelated, template] {
+            assert!(!path(&graph, helper, node) && !path(&graph, node, helper));
+        }
+        assert!(!path(&graph, unrelated, template));
+        assert!(!path(&graph, unrelated, user) && !path(&graph, user, unrelated));
+    }
+
+    #[test]
+    fn a_manager_whose_files_the_cloud_hides_may_use_any_template() {
+        let user = desired(ResourceKind::Manager, "user");
+        let template = desired(ResourceKind::Template, "old-template");
+        // EC2 does not return user data: the live manager shows no files.
+        let live_objects = [live(&user, "u"), live(&template, "t")];
+        let plan = plan_of(&desired_set(Vec::new()), &live_objects);
+        let graph = build(&plan);
+        assert!(graph.graph.contains_edge(
+            step(&graph, StepKind::Delete, "manager.user"),
+            step(&graph, StepKind::Delete, "template.old-template")
+        ));
+    }
+
+    #[test]
+    fn replacements_create_before_they_delete_unless_the_name_must_be_freed() {
+        // A zone change: the new VM can exist beside the old one (±).
+        let moved_live = desired(ResourceKind::Manager, "moved");
+        let mut moved = moved_live.clone();
+        moved.spec.zone = "us-east1-d".to_string();
+        // A machine type change of a GCE VM staying in its zone: the name is freed first (∓).
+        let resized_live = desired(ResourceKind::Manager, "resized");
+        let mut resized = resized_live.clone();
+        resized.spec.machine_type = "n1-standard-8".to_string();
+        let plan = plan_of(
+            &desired_set(vec![moved, resized]),
+            &[live(&moved_live, "m"), live(&resized_live, "r")],
+        );
+        let graph = build(&plan);
+        assert!(!is_cyclic_directed(&graph.graph));
+        assert!(graph.graph.contains_edge(
+            step(&graph, StepKind::Create, "manager.moved"),
+            step(&graph, StepKind::Delete, "manager.moved")
+        ));
+        assert!(graph.graph.contains_edge(
+            step(&graph, StepKind::Delete, "manager.resized"),
+            step(&graph, StepKind::Create, "manager.resized")
+        ));
+    }
+
+    #[test]
+    fn a_template_version_goes_after_its_users_moved_to_the_new_one() {
+        let mut old_template = desired(ResourceKind::Template, "t");
+        old_template.cloud_name = "t-old".to_string();
+        let mut new_template = desired(ResourceKind::Template, "t");
+        new_template.cloud_name = "t-new".to_string();
+        let mut old_user = desired(ResourceKind::Manager, "m");
+        serve(&mut old_user.spec, "r", "t-old");
+        let mut user = desired(ResourceKind::Manager, "m");
+        serve(&mut user.spec, "r", "t-new");
+        user.depends_on = vec![new_template.address.clone()];
+        let plan = plan_of(
+            &desired_set(vec![new_template, user]),
+            &[live(&old_template, "t1"), live(&old_user, "m1")],
+        );
+        let graph = build(&plan);
+        assert!(!is_cyclic_directed(&graph.graph));
+        let create = step(&graph, StepKind::Create, "template.t");
+        let update = step(&graph, StepKind::Update, "manager.m");
+        let delete = step(&graph, StepKind::Delete, "template.t");
+        assert!(graph.graph.contains_edge(create, update));
+        assert!(graph.graph.contains_edge(update, delete));
+        assert!(!path(&graph, delete, create));
+    }
+
+    #[test]
+    fn the_old_colour_is_drained_only_after_the_new_one_exists() {
+        let mut blue = desired(ResourceKind::Manager, "runners-blue-1");
+        serve(&mut blue.spec, "shared-runner", "t");
+        let mut green = desired(ResourceKind::Manager, "runners-green-1");
+        serve(&mut green.spec, "shared-runner", "t");
+        let mut other = desired(ResourceKind::Manager, "other-1");
+        serve(&mut other.spec, "other-runner", "t");
+        let plan = plan_of(&desired_set(vec![green, other]), &[live(&blue, "b")]);
+        let graph = build(&plan);
+        let drain = step(&graph, StepKind::Delete, "manager.runners-blue-1");
+        assert!(graph.graph.contains_edge(
+            step(&graph, StepKind::Create, "manager.runners-green-1"),
+            drain
+        ));
+        // A new manager serving other runners is no successor.
+        assert!(!path(
+            &graph,
+            step(&graph, StepKind::Create, "manager.other-1"),
+            drain
+        ));
+    }
 }

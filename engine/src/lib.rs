@@ -16,3 +16,5 @@ pub mod retry;
 pub mod secrets;
 pub mod spec;
 pub mod state;
+#[cfg(test)]
+mod test_support;

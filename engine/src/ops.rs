@@ -4,6 +4,7 @@
 //! [`ApplyOutcome`], or an [`OpError`] saying which cloud call or check failed.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::apply::{self, ApplyOptions, ApplyReport, Observer, Providers};
@@ -375,19 +376,78 @@ fn plan_from_live(
 /// The outcome of `fleet apply`.
 #[derive(Debug)]
 pub struct ApplyOutcome {
+    /// The id of the plan that was applied: the given one, or the one made again under the lock.
+    pub plan_id: String,
     /// What the executor did.
     pub report: ApplyReport,
-    /// The plan made after apply, against the cloud as it is now: no changes means converged.
-    pub verification: Option<Plan>,
+    /// The plan made after apply, against the cloud as it is now (no changes and every zone
+    /// seen means converged), or why it could not be made.
+    pub verification: Result<Plan, OpError>,
     /// If a killed apply had left the lock, who that was.
     pub took_over_from: Option<LockInfo>,
 }
 
+impl ApplyOutcome {
+    /// Whether the fleet was seen, after apply, to match the plan everywhere.
+    pub fn converged(&self) -> bool {
+        self.verification
+            .as_ref()
+            .is_ok_and(|after| !after.summary.has_changes() && after.unreachable.is_empty())
+    }
+}
+
+/// Writes apply events to the journal, each line with the id of the plan being applied and
+/// the time. After a write that failed every later write fails too, so the journal never
+/// holds a line after a torn or missing one.
+struct JournalRecorder {
+    journal: Box<dyn crate::state::Journal>,
+    plan_id: String,
+    lines: AtomicU64,
+    abort_after: Option<u64>,
+    failed: std::sync::Mutex<Option<String>>,
+}
+
+impl apply::Recorder for JournalRecorder {
+    fn record(&self, event: &apply::ApplyEvent) -> Result<(), StateError> {
+        let mut failed = self
+            .failed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(earlier) = failed.as_ref() {
+            return Err(StateError::JournalBroken {
+                earlier: earlier.clone(),
+            });
+        }
+        let mut entry = serde_json::to_value(event).unwrap_or_default();
+        if let Some(map) = entry.as_object_mut() {
+            map.insert("plan_id".into(), self.plan_id.clone().into());
+            map.insert("time".into(), crate::state::utc_now().into());
+        }
+        if let Err(error) = self.journal.append(&entry) {
+            *failed = Some(apply::with_causes(&error));
+            return Err(error);
+        }
+        let written = self.lines.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.abort_after == Some(written) {
+            // The crash tests' kill point: die here, as a killed process would, with nothing
+            // cleaned up (the lock's holder file stays, the OS frees the lock).
+            std::process::abort();
+        }
+        Ok(())
+    }
+}
+
 /// `fleet apply`: locks, checks the plan is current, executes, re-discovers to verify.
 ///
+/// Every plan is checked against the cloud first (its live fingerprint), the one without
+/// changes included: a stale plan is refused (or, where allowed, made again under the lock).
+/// Every event is written to the fleet's journal before it is shown; a step starts only once
+/// its start is written.
+///
 /// # Errors
-/// Lock held, stale plan, blocked resources, discovery failures. Step failures are not
-/// errors here: they are in the report.
+/// Lock held, stale plan, blocked resources, discovery failures, a journal that cannot be
+/// opened: all before any change. Step failures, a journal that cannot be written and a failed
+/// verification are not errors here: they are in the outcome.
 #[allow(clippy::too_many_arguments)]
 pub async fn apply(
     plan: &Plan,
@@ -397,7 +457,6 @@ pub async fn apply(
     me: &LockInfo,
     options: &ApplyOptions,
     observer: Arc<dyn Observer>,
-    journal_observer: impl FnOnce(Box<dyn crate::state::Journal>) -> Arc<dyn Observer>,
 ) -> Result<ApplyOutcome, OpError> {
     if !plan.blocked.is_empty() {
         return Err(blocked(plan));
@@ -423,8 +482,8 @@ pub async fn apply(
         secret_values: options.secret_values.clone(),
     };
     let replanned;
-    let plan = if live.fingerprint() == plan.live_fingerprint {
-        plan
+    let (plan, replan) = if live.fingerprint() == plan.live_fingerprint {
+        (plan, None)
     } else if options.replan_when_changed {
         // E.g. machines a killed apply had asked for came up meanwhile: plan what is
         // needed now, under the lock, so nothing is made twice.
@@ -432,40 +491,59 @@ pub async fn apply(
         if !replanned.blocked.is_empty() {
             return Err(blocked(&replanned));
         }
-        observer.event(
-            &apply::ApplyEvent::Replanned {
-                plan_id: replanned.plan_id.clone(),
-                summary: crate::plan::display::summary_line(&replanned),
-                changes: replanned
-                    .actionable()
-                    .map(|change| format!("{} {}", change.action.symbol(), change.address))
-                    .collect(),
-            },
-            0,
-            0,
-        );
-        &replanned
+        let event = apply::ApplyEvent::Replanned {
+            plan_id: replanned.plan_id.clone(),
+            replaces: plan.plan_id.clone(),
+            summary: crate::plan::display::summary_line(&replanned),
+            changes: replanned
+                .actionable()
+                .map(|change| format!("{} {}", change.action.symbol(), change.address))
+                .collect(),
+        };
+        (&replanned, Some(event))
     } else {
         return Err(OpError::StalePlan {
             fleet: plan.fleet.clone(),
         });
     };
-    let journal = journal_observer(store.journal(&plan.fleet)?);
-    let observer: Arc<dyn Observer> = Arc::new(Both(observer, journal));
+    // Nothing to do, and the cloud is as the plan saw it: that is the verification.
+    if plan.actionable().next().is_none() {
+        drop(lock);
+        return Ok(ApplyOutcome {
+            plan_id: plan.plan_id.clone(),
+            report: ApplyReport::default(),
+            verification: Ok(plan.clone()),
+            took_over_from,
+        });
+    }
+    let recorder = Arc::new(JournalRecorder {
+        journal: store.journal(&plan.fleet)?,
+        plan_id: plan.plan_id.clone(),
+        lines: AtomicU64::new(0),
+        abort_after: options.abort_after_journal_lines,
+        failed: std::sync::Mutex::new(None),
+    });
+    if let Some(event) = &replan {
+        // Shown even if it cannot be written; the executor then starts nothing.
+        let _ = apply::Recorder::record(&*recorder, event);
+        observer.event(event, 0, 0);
+    }
     let steps = graph::build(plan);
-    let report = apply::execute(plan, &steps, providers, options, observer).await;
+    let report =
+        apply::execute_recorded(plan, &steps, providers, options, observer, recorder).await;
     let verification = match discover(desired, providers, &plan.scope_clouds).await {
-        Ok(after) => Some(plan_from_live(
+        Ok(after) => plan_from_live(
             desired,
             providers,
             &plan_options,
             &plan.scope_clouds,
             &after,
-        )?),
-        Err(_) => None,
+        ),
+        Err(error) => Err(error),
     };
     drop(lock);
     Ok(ApplyOutcome {
+        plan_id: plan.plan_id.clone(),
         report,
         verification,
         took_over_from,
@@ -482,15 +560,6 @@ fn blocked(plan: &Plan) -> OpError {
             .map(|b| b.address.to_string())
             .collect::<Vec<_>>()
             .join(", "),
-    }
-}
-
-struct Both(Arc<dyn Observer>, Arc<dyn Observer>);
-
-impl Observer for Both {
-    fn event(&self, event: &apply::ApplyEvent, done: usize, total: usize) {
-        self.0.event(event, done, total);
-        self.1.event(event, done, total);
     }
 }
 
@@ -517,5 +586,153 @@ pub fn desired_of(plan: &Plan) -> Desired {
         clouds: plan.clouds.clone(),
         resources,
         hosts: BTreeMap::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::model::ResourceKind;
+    use crate::state::{Journal, LockGuard};
+    use crate::test_support::{desired, desired_set, live, FakeProvider};
+    use std::sync::Mutex;
+
+    /// A state store in memory: a lock that is always free and a journal of JSON lines.
+    #[derive(Default)]
+    struct MemoryStore {
+        lines: Arc<Mutex<Vec<serde_json::Value>>>,
+    }
+
+    struct Held;
+
+    impl LockGuard for Held {
+        fn took_over_from(&self) -> Option<&LockInfo> {
+            None
+        }
+    }
+
+    struct MemoryJournal(Arc<Mutex<Vec<serde_json::Value>>>);
+
+    impl Journal for MemoryJournal {
+        fn append(&self, entry: &serde_json::Value) -> Result<(), StateError> {
+            self.0.lock().unwrap().push(entry.clone());
+            Ok(())
+        }
+    }
+
+    impl StateStore for MemoryStore {
+        fn lock(&self, _: &str, _: &LockInfo) -> Result<Box<dyn LockGuard>, StateError> {
+            Ok(Box::new(Held))
+        }
+
+        fn journal(&self, _: &str) -> Result<Box<dyn Journal>, StateError> {
+            Ok(Box::new(MemoryJournal(self.lines.clone())))
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Plans `desired` against the fake, then lets `between` change the cloud, then applies.
+    fn plan_then_apply(
+        desired: &Desired,
+        fake: Arc<FakeProvider>,
+        options: ApplyOptions,
+        between: impl FnOnce(&FakeProvider),
+    ) -> (Plan, Result<ApplyOutcome, OpError>, Vec<serde_json::Value>) {
+        let mut providers = Providers::new();
+        providers.insert(fake.clone());
+        let store = MemoryStore::default();
+        let runtime = runtime();
+        let (plan, _) = runtime
+            .block_on(plan(desired, &providers, &PlanOptions::default()))
+            .unwrap();
+        between(&fake);
+        let outcome = runtime.block_on(apply(
+            &plan,
+            desired,
+            &providers,
+            &store,
+            &LockInfo::current("unit"),
+            &options,
+            Arc::new(apply::Quiet),
+        ));
+        let lines = store.lines.lock().unwrap().clone();
+        (plan, outcome, lines)
+    }
+
+    #[test]
+    fn the_journal_of_a_replanned_apply_carries_the_new_plan_id() {
+        let want = desired_set(vec![desired(ResourceKind::Manager, "a")]);
+        let options = ApplyOptions {
+            replan_when_changed: true,
+            ..ApplyOptions::default()
+        };
+        let stray = desired(ResourceKind::Manager, "stray");
+        let (old, outcome, lines) =
+            plan_then_apply(&want, Arc::new(FakeProvider::default()), options, |fake| {
+                fake.objects.lock().unwrap().push(live(&stray, "s1"));
+            });
+        let outcome = outcome.unwrap();
+        assert_ne!(
+            outcome.plan_id, old.plan_id,
+            "the cloud changed: a new plan"
+        );
+        assert!(outcome.converged());
+        assert_eq!(lines[0]["event"], "replanned");
+        assert_eq!(lines[0]["replaces"], old.plan_id.as_str());
+        assert!(lines.len() > 1);
+        for line in &lines {
+            assert_eq!(line["plan_id"], outcome.plan_id.as_str(), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_stale_plan_is_refused_before_anything_is_written() {
+        let want = desired_set(vec![desired(ResourceKind::Manager, "a")]);
+        let stray = desired(ResourceKind::Manager, "stray");
+        let fake = Arc::new(FakeProvider::default());
+        let (_, outcome, lines) =
+            plan_then_apply(&want, fake.clone(), ApplyOptions::default(), |fake| {
+                fake.objects.lock().unwrap().push(live(&stray, "s1"));
+            });
+        assert!(matches!(outcome, Err(OpError::StalePlan { .. })));
+        assert!(lines.is_empty());
+        assert!(fake.calls().is_empty());
+    }
+
+    #[test]
+    fn a_fleet_not_seen_after_apply_is_not_converged() {
+        let want = desired_set(vec![desired(ResourceKind::Manager, "a")]);
+        let fake = Arc::new(FakeProvider {
+            hide_created: true,
+            ..FakeProvider::default()
+        });
+        let (_, outcome, _) = plan_then_apply(&want, fake, ApplyOptions::default(), |_| {});
+        let outcome = outcome.unwrap();
+        assert!(outcome.report.is_success());
+        assert!(outcome.verification.as_ref().unwrap().summary.has_changes());
+        assert!(!outcome.converged());
+    }
+
+    #[test]
+    fn a_verification_that_cannot_run_is_reported_not_dropped() {
+        let want = desired_set(vec![desired(ResourceKind::Manager, "a")]);
+        let fake = Arc::new(FakeProvider {
+            discovery_fails_after_create: true,
+            ..FakeProvider::default()
+        });
+        let (_, outcome, _) = plan_then_apply(&want, fake, ApplyOptions::default(), |_| {});
+        let outcome = outcome.unwrap();
+        assert!(outcome.report.is_success());
+        assert!(matches!(
+            outcome.verification,
+            Err(OpError::Discover { .. })
+        ));
+        assert!(!outcome.converged());
     }
 }

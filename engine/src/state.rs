@@ -4,10 +4,12 @@
 //! In: a fleet name and who is asking. Out: a [`LockGuard`] held for the length of an apply,
 //! and an append-only journal of what apply did. [`LocalStore`] keeps both in a directory;
 //! its lock is an OS file lock, so a killed process releases it and never blocks the next
-//! apply.
+//! apply. Who holds the lock is written beside it, in a file replaced whole (written to a
+//! temporary file, then renamed), so nobody ever reads half of it; the locked file itself is
+//! never renamed over, which would break the lock.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -45,7 +47,7 @@ impl LockInfo {
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum StateError {
     /// Someone else is applying this fleet.
-    #[error("fleet `{fleet}` is locked by another apply: pid {} on {} since {} UTC ({})", holder.pid, holder.host, holder.since, holder.command)]
+    #[error("fleet `{fleet}` is locked by another apply: {}", describe_holder(holder.as_ref()))]
     #[diagnostic(
         code(fleet::state::locked),
         help("wait for that apply to finish; if that process is gone the lock frees itself (it is an OS file lock), so run again")
@@ -53,8 +55,15 @@ pub enum StateError {
     Locked {
         /// The fleet.
         fleet: String,
-        /// Who holds it.
-        holder: LockInfo,
+        /// Who holds it, when it has written that down already.
+        holder: Option<LockInfo>,
+    },
+    /// An earlier write to the journal failed; nothing more is written after it.
+    #[error("the journal is not written to after an earlier failure ({earlier})")]
+    #[diagnostic(code(fleet::state::journal_broken))]
+    JournalBroken {
+        /// The earlier failure.
+        earlier: String,
     },
     /// The store could not be read or written.
     #[error("state store: cannot {action} {}", path.display())]
@@ -71,6 +80,17 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+}
+
+fn describe_holder(holder: Option<&LockInfo>) -> String {
+    match holder {
+        Some(holder) => format!(
+            "pid {} on {} since {} UTC ({})",
+            holder.pid, holder.host, holder.since, holder.command
+        ),
+        None => "its holder is unknown (it has just taken the lock and not yet written who it is)"
+            .to_string(),
+    }
 }
 
 /// A held lock; released on drop.
@@ -128,6 +148,11 @@ impl LocalStore {
         })
     }
 
+    /// The file naming who holds the lock of a fleet.
+    pub fn holder_path(&self, fleet: &str) -> PathBuf {
+        self.dir.join("locks").join(format!("{fleet}.holder.json"))
+    }
+
     /// The journal file of a fleet.
     pub fn journal_path(&self, fleet: &str) -> PathBuf {
         self.dir.join("journal").join(format!("{fleet}.jsonl"))
@@ -135,7 +160,10 @@ impl LocalStore {
 }
 
 struct LocalLock {
+    /// Carries the OS lock; its content is not used.
     file: File,
+    /// Who holds the lock, written whole by rename.
+    holder: PathBuf,
     previous: Option<LockInfo>,
 }
 
@@ -147,49 +175,82 @@ impl LockGuard for LocalLock {
 
 impl Drop for LocalLock {
     fn drop(&mut self) {
-        // Clear the holder first so a clean release is told apart from a killed holder.
-        let _ = self.file.set_len(0);
+        // Remove the holder first, so a clean release is told apart from a killed holder.
+        let _ = fs::remove_file(&self.holder);
         let _ = FileExt::unlock(&self.file);
+    }
+}
+
+/// Reads who holds a lock; `None` when nobody wrote it, or when it names a process of this
+/// host that is gone (its details were left by a killed apply, and whoever holds the lock now
+/// has not written theirs yet).
+fn read_holder(path: &Path) -> Option<LockInfo> {
+    let text = fs::read_to_string(path).ok()?;
+    let holder: LockInfo = serde_json::from_str(&text).ok()?;
+    let here = LockInfo::current("");
+    if holder.host == here.host
+        && holder.pid != here.pid
+        && !Path::new(&format!("/proc/{}", holder.pid)).exists()
+    {
+        return None;
+    }
+    Some(holder)
+}
+
+/// Writes a file whole: to a temporary file beside it, then renamed over it, so a reader sees
+/// the old content or the new, never a part.
+fn write_whole(path: &Path, text: &str) -> std::io::Result<()> {
+    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+    let written = (|| {
+        let mut file = File::create(&temporary)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
+    })();
+    match written.and_then(|()| fs::rename(&temporary, path)) {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            let _ = fs::remove_file(&temporary);
+            Err(error)
+        }
     }
 }
 
 impl StateStore for LocalStore {
     fn lock(&self, fleet: &str, me: &LockInfo) -> Result<Box<dyn LockGuard>, StateError> {
         let path = self.dir.join("locks").join(format!("{fleet}.lock"));
-        let io = |action, source| StateError::Io {
+        let holder = self.holder_path(fleet);
+        let io = |action, path: &Path, source| StateError::Io {
             action,
-            path: path.clone(),
+            path: path.to_path_buf(),
             source,
         };
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|e| io("open", e))?;
-        let mut held = String::new();
-        let acquired = file.try_lock_exclusive().map_err(|e| io("lock", e))?;
-        file.read_to_string(&mut held).map_err(|e| io("read", e))?;
-        let previous = serde_json::from_str::<LockInfo>(&held).ok();
+            .map_err(|e| io("open", &path, e))?;
+        let acquired = file
+            .try_lock_exclusive()
+            .map_err(|e| io("lock", &path, e))?;
         if !acquired {
             return Err(StateError::Locked {
                 fleet: fleet.to_string(),
-                holder: previous.unwrap_or_else(|| LockInfo {
-                    pid: 0,
-                    host: "unknown".to_string(),
-                    command: "unknown".to_string(),
-                    since: "unknown".to_string(),
-                }),
+                holder: read_holder(&holder),
             });
         }
-        file.set_len(0).map_err(|e| io("write", e))?;
-        file.seek(SeekFrom::Start(0)).map_err(|e| io("write", e))?;
+        // Details left behind under a free lock are those of an apply that was killed.
+        let previous = fs::read_to_string(&holder)
+            .ok()
+            .and_then(|text| serde_json::from_str::<LockInfo>(&text).ok());
         let text = serde_json::to_string(me).unwrap_or_default();
-        file.write_all(text.as_bytes())
-            .map_err(|e| io("write", e))?;
-        file.flush().map_err(|e| io("write", e))?;
-        Ok(Box::new(LocalLock { file, previous }))
+        write_whole(&holder, &text).map_err(|e| io("write", &holder, e))?;
+        Ok(Box::new(LocalLock {
+            file,
+            holder,
+            previous,
+        }))
     }
 
     fn journal(&self, fleet: &str) -> Result<Box<dyn Journal>, StateError> {
@@ -223,11 +284,20 @@ impl Journal for LocalJournal {
             .file
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let length = file.metadata().map(|m| m.len()).ok();
         file.write_all(line.as_bytes())
-            .map_err(|source| StateError::Io {
-                action: "append to",
-                path: self.path.clone(),
-                source,
+            .and_then(|()| file.flush())
+            .map_err(|source| {
+                // A line written in part (a full disk) is cut off again: the journal keeps
+                // whole lines only.
+                if let Some(length) = length {
+                    let _ = file.set_len(length);
+                }
+                StateError::Io {
+                    action: "append to",
+                    path: self.path.clone(),
+                    source,
+                }
             })
     }
 }
@@ -261,21 +331,60 @@ pub fn utc_now() -> String {
 mod tests {
     use super::*;
 
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fleet-state-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// Holds the OS lock of a fleet directly, as an apply does in the moment between taking the
+    /// lock and writing who it is.
+    fn hold_os_lock(store: &LocalStore, fleet: &str) -> File {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(store.dir.join("locks").join(format!("{fleet}.lock")))
+            .unwrap();
+        assert!(file.try_lock_exclusive().unwrap());
+        file
+    }
+
+    fn refusal(store: &LocalStore) -> (Option<LockInfo>, String) {
+        match store.lock("f", &LockInfo::current("fleet apply b")) {
+            Err(error @ StateError::Locked { .. }) => {
+                let text = error.to_string();
+                let StateError::Locked { holder, .. } = error else {
+                    unreachable!()
+                };
+                (holder, text)
+            }
+            Err(other) => panic!("not a refusal: {other}"),
+            Ok(_) => panic!("second lock was granted"),
+        }
+    }
+
     #[test]
     fn second_lock_names_the_holder_and_release_frees_it() {
-        let dir = std::env::temp_dir().join(format!("fleet-state-test-{}", std::process::id()));
+        let dir = scratch("names");
         let store = LocalStore::open(&dir).unwrap();
         let first = store
             .lock("f", &LockInfo::current("fleet apply a"))
             .unwrap();
-        let Err(StateError::Locked { holder, .. }) =
-            store.lock("f", &LockInfo::current("fleet apply b"))
-        else {
-            panic!("second lock was granted")
-        };
+        let (holder, text) = refusal(&store);
+        let holder = holder.expect("the holder is named");
         assert_eq!(holder.command, "fleet apply a");
         assert_eq!(holder.pid, std::process::id());
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
         drop(first);
+        assert!(
+            !store.holder_path("f").exists(),
+            "a clean release removes the holder"
+        );
         let again = store
             .lock("f", &LockInfo::current("fleet apply c"))
             .unwrap();
@@ -284,6 +393,70 @@ mod tests {
             "a clean release leaves no holder behind"
         );
         drop(again);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_half_written_holder_is_unknown_never_pid_0() {
+        let dir = scratch("torn");
+        let store = LocalStore::open(&dir).unwrap();
+        let _held = hold_os_lock(&store, "f");
+        // The holder's details, cut off mid-way.
+        let whole = serde_json::to_string(&LockInfo::current("fleet apply a")).unwrap();
+        fs::write(store.holder_path("f"), &whole[..whole.len() / 2]).unwrap();
+        let (holder, text) = refusal(&store);
+        assert_eq!(holder, None);
+        assert!(!text.contains("pid 0"), "{text}");
+        assert!(text.contains("unknown"), "{text}");
+        // Not written at all yet.
+        fs::remove_file(store.holder_path("f")).unwrap();
+        let (holder, text) = refusal(&store);
+        assert_eq!(holder, None);
+        assert!(!text.contains("pid 0"), "{text}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn details_left_by_a_killed_apply_do_not_name_the_new_holder() {
+        let dir = scratch("stale");
+        let store = LocalStore::open(&dir).unwrap();
+        // A process of this host that has exited left its details; someone else holds the
+        // lock now and has not written theirs yet.
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let gone_pid = gone.id();
+        gone.wait().unwrap();
+        let mut left = LockInfo::current("fleet apply killed");
+        left.pid = gone_pid;
+        fs::write(
+            store.holder_path("f"),
+            serde_json::to_string(&left).unwrap(),
+        )
+        .unwrap();
+        let held = hold_os_lock(&store, "f");
+        let (holder, text) = refusal(&store);
+        assert_eq!(holder, None, "{text}");
+        // Once the lock is free, the next apply takes it over and says from whom.
+        drop(held);
+        let next = store
+            .lock("f", &LockInfo::current("fleet apply c"))
+            .unwrap();
+        assert_eq!(next.took_over_from().map(|h| h.pid), Some(gone_pid));
+        drop(next);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_journal_line_that_cannot_be_written_is_an_error_naming_the_file() {
+        let dir = scratch("journal");
+        let store = LocalStore::open(&dir).unwrap();
+        // A full disk.
+        std::os::unix::fs::symlink("/dev/full", store.journal_path("f")).unwrap();
+        let journal = store.journal("f").unwrap();
+        let error = journal
+            .append(&serde_json::json!({"event": "started"}))
+            .unwrap_err();
+        let text = crate::apply::with_causes(&error);
+        assert!(text.contains("f.jsonl"), "{text}");
         let _ = fs::remove_dir_all(&dir);
     }
 

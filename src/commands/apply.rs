@@ -1,34 +1,56 @@
 //! `fleet apply`
 
 use std::io::{BufRead, IsTerminal};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use fleet_engine::apply::{ApplyEvent, ApplyOptions, Observer};
+use fleet_engine::apply::ApplyOptions;
 use fleet_engine::ops::{self, PlanOptions};
 use fleet_engine::plan::display::{self, TextOptions};
 use fleet_engine::plan::Plan;
-use fleet_engine::state::{Journal, LocalStore, LockInfo};
+use fleet_engine::state::{LocalStore, LockInfo};
 use miette::{miette, IntoDiagnostic, Result, WrapErr};
 
 use crate::cli::{ApplyArgs, Global};
 use crate::clouds;
 use crate::output::{self, Progress};
 
-/// Records every apply event, with the plan id and time, in the state store's journal.
-struct JournalObserver {
-    journal: Box<dyn Journal>,
-    plan_id: String,
+/// Exit status of `fleet apply` (documented in `fleet apply --help` and the README): every
+/// step succeeded and the re-discovered fleet matches the plan.
+const CONVERGED: u8 = 0;
+/// A step failed, was skipped because one it depends on failed, or was not started.
+const STEPS_FAILED: u8 = 3;
+/// Every step succeeded, but the fleet is not verified: not converged, a zone did not
+/// answer, or it could not be re-discovered.
+const NOT_VERIFIED: u8 = 4;
+/// The journal could not be written, so fleet stopped starting steps.
+const JOURNAL_FAILED: u8 = 5;
+
+/// The crash tests' kill point: abort right after this many journal lines (test use only).
+fn abort_after_journal_lines() -> Option<u64> {
+    std::env::var("FLEET_TEST_ABORT_AFTER")
+        .ok()
+        .and_then(|value| value.parse().ok())
 }
 
-impl Observer for JournalObserver {
-    fn event(&self, event: &ApplyEvent, _done: usize, _total: usize) {
-        let mut entry = serde_json::to_value(event).unwrap_or_default();
-        if let Some(map) = entry.as_object_mut() {
-            map.insert("plan_id".into(), self.plan_id.clone().into());
-            map.insert("time".into(), fleet_engine::state::utc_now().into());
+/// A flag set by the first Ctrl-C, so the executor starts no further step and lets the
+/// running ones finish; a second Ctrl-C stops at once.
+fn interrupt_stops_new_steps() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
         }
-        let _ = self.journal.append(&entry);
-    }
+        set.store(true, Ordering::SeqCst);
+        output::warn(
+            "Interrupted: no further step starts; the running ones finish and are reported (interrupt again to stop at once).",
+        );
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(130);
+        }
+    });
+    flag
 }
 
 fn read_saved_plan(text: &str) -> Option<Result<Plan>> {
@@ -103,15 +125,18 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
             (plan, desired, clouds)
         }
     };
-    if !plan.summary.has_changes() && plan.blocked.is_empty() {
-        return Ok(0);
+    let nothing_to_do = !plan.summary.has_changes() && plan.blocked.is_empty();
+    // A plan just made from the fleet file saw the cloud a moment ago; a saved plan without
+    // changes is still checked against the cloud below, like any saved plan.
+    if nothing_to_do && from_file {
+        return Ok(CONVERGED);
     }
     // Every secret the changes need, before anything changes.
     let source = crate::secrets::Secrets::for_run(global)?;
     let secret_values = fleet_engine::secrets::resolve(&ops::secret_references(&plan), &source)?;
     source.announce_placeholders();
     // A saved plan is the approval: it was reviewed as it is, and is refused if it is stale.
-    if from_file && !args.auto_approve && plan.blocked.is_empty() {
+    if from_file && !args.auto_approve && plan.blocked.is_empty() && !nothing_to_do {
         if !std::io::stdin().is_terminal() {
             return Err(miette!(
                 code = "fleet::apply::confirm",
@@ -140,9 +165,10 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
         // A fleet file applied without review is planned again if the cloud moved; a saved
         // or just-confirmed plan is applied exactly as seen, or not at all.
         replan_when_changed: from_file && args.auto_approve,
+        abort_after_journal_lines: abort_after_journal_lines(),
+        interrupted: Some(interrupt_stops_new_steps()),
     };
     output::line("");
-    let plan_id = plan.plan_id.clone();
     let outcome = ops::apply(
         &plan,
         &desired,
@@ -151,7 +177,6 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
         &me,
         &options,
         progress.clone(),
-        move |journal| Arc::new(JournalObserver { journal, plan_id }),
     )
     .await?;
     progress.finish();
@@ -162,6 +187,10 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
         ));
     }
     let report = &outcome.report;
+    if nothing_to_do && report.is_success() && outcome.converged() {
+        output::line("The cloud is as the plan saw it: nothing to do.");
+        return Ok(CONVERGED);
+    }
     output::line(&format!(
         "\nApply {}: {} created, {} updated, {} deleted in {:.1} s ({} retries).",
         if report.is_success() {
@@ -186,27 +215,44 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
             "  skipped: {skipped} (depends on {because}, which failed)"
         ));
     }
+    for step in &report.not_started {
+        output::line(&format!("  not started: {} {}", step.step, step.address));
+    }
+    if let Some(error) = &report.journal_error {
+        output::warn(&format!(
+            "error: the journal could not be written, so fleet started no further step: {error}"
+        ));
+    }
     match &outcome.verification {
-        Some(after) if !after.summary.has_changes() && after.unreachable.is_empty() => {
+        Ok(after) if !after.summary.has_changes() && after.unreachable.is_empty() => {
             output::line(&format!(
                 "Verified: the live fleet matches the plan ({} resources re-discovered).",
                 after.resource_changes.len()
             ))
         }
-        Some(after) if !after.summary.has_changes() => {
+        Ok(after) if !after.summary.has_changes() => {
             output::line(&format!(
                 "Verified where fleet could see ({} resources re-discovered); not answering: {}. Apply again when they answer.",
                 after.resource_changes.len(),
                 after.unreachable_zones()
             ))
         }
-        Some(after) => output::line(&format!(
+        Ok(after) => output::line(&format!(
             "Not converged: {} — run `fleet plan` to see what remains.",
             display::summary_line(after)
         )),
-        None => {
-            output::line("Could not re-discover the fleet to verify; run `fleet plan` to check.")
-        }
+        Err(error) => output::line(&format!(
+            "Not verified: could not re-discover the fleet ({}); run `fleet plan` to check.",
+            fleet_engine::apply::with_causes(error)
+        )),
     }
-    Ok(if report.is_success() { 0 } else { 1 })
+    Ok(if report.journal_error.is_some() {
+        JOURNAL_FAILED
+    } else if !report.is_success() {
+        STEPS_FAILED
+    } else if !outcome.converged() {
+        NOT_VERIFIED
+    } else {
+        CONVERGED
+    })
 }

@@ -312,31 +312,6 @@ fn no_output_of_any_fleet_holds_a_secret_value() {
 }
 
 #[test]
-fn a_missing_secret_stops_apply_before_any_change() {
-    let env = Env::new().with_env("FLEET_SECRETS_FILE", "none.env");
-    std::fs::write(env.path().join("none.env"), "").unwrap();
-    let plan = env.fleet(&["plan", "fleets/distribution.yaml"]).ok();
-    assert!(
-        plan.stdout.contains("Plan: 5 to create"),
-        "plans need no secrets"
-    );
-    let run = env
-        .fleet(&["apply", "fleets/distribution.yaml", "--auto-approve"])
-        .code(1);
-    assert!(run.stderr.contains("missing secret(s)"), "{}", run.stderr);
-    assert!(
-        run.stderr
-            .contains("FLEET_SECRET_DISTRIBUTION_COM_AMD64_GCP_TOKEN"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        env.sim_list().is_empty(),
-        "apply changed the cloud without its secrets"
-    );
-}
-
-#[test]
 fn a_rotated_secret_is_seen_without_being_shown() {
     let env = Env::new();
     env.converge("fleets/distribution.yaml");

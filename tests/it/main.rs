@@ -3,6 +3,7 @@
 mod apply;
 mod aws;
 mod config;
+mod crash;
 mod drift;
 mod fault_proxy;
 mod gce_server;
