@@ -133,6 +133,7 @@ async fn aws_provider(global: &Global, target: &CloudTarget) -> Result<Arc<dyn P
     // and are checked here, before anything is planned or changed.
     let mut options = AwsOptions::new(target.region.clone());
     options.endpoint = given(&global.aws_endpoint).or_else(|| target.endpoint.clone());
+    options.retry = retry_policy(global);
     let provider = AwsEc2::connect(options).await?;
     Ok(Arc::new(provider))
 }
