@@ -1449,6 +1449,13 @@ fn two_applies_from_two_machines_at_once_make_each_member_once() {
         assert!(!String::from_utf8_lossy(&second.stderr).contains(note));
         assert_no_changes(&env, &file);
     }
+    // The applies did overlap: a launch was sent twice under one token at least once.
+    assert!(
+        proxy.calls("RunInstances") > proxy.forwarded("RunInstances"),
+        "the two applies never raced: {} launches sent, {} carried out",
+        proxy.calls("RunInstances"),
+        proxy.forwarded("RunInstances")
+    );
 }
 
 #[test]

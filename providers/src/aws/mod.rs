@@ -1,14 +1,17 @@
 //! AWS EC2: fleet's instances are EC2 instances, its templates are launch-template versions.
 //!
 //! In: requests from the engine's executor, an [`AwsOptions`] (region, endpoint override,
-//! limits) and the SDK's standard credential chain. Out: [`LiveResource`]s as EC2 reports
+//! limits, retry policy) and the SDK's standard credential chain. Out: [`LiveResource`]s as EC2 reports
 //! them, every request counted by operation ([`Provider::call_counts`]).
 //!
 //! How fleet's model maps onto EC2:
 //!
 //! - **Instances** carry every label as a tag plus `Name` (the cloud name). Discovery is
-//!   `DescribeInstances` filtered by `tag:fleet` and the live states, 1000 a page, plus one
-//!   `DescribeVolumes` per 200 instances of a page for the root disks' type and size.
+//!   `DescribeInstances` filtered by `tag:fleet` and the `fleet-kind` tag key, in every
+//!   state, 1000 a page, plus one `DescribeVolumes` per 200 instances for the root disks'
+//!   type and size. The tag key keeps out autoscaled build machines, which carry `fleet=` but
+//!   are not fleet's objects. Shutting-down and terminated instances are going away
+//!   ([`InstanceStatus::Deleting`]): the engine neither counts nor deletes them again.
 //! - **Templates** are launch-template *versions*. One launch template per fleet template,
 //!   named by its `fleet-resource` label (`arm64-aws`) and tagged with the fleet labels; each
 //!   versioned cloud name (`arm64-aws-cb197c15`) is one version whose `VersionDescription` is
@@ -16,10 +19,6 @@
 //!   launch template as `fleet-spec-v<N>`; a version without that stamp is not fleet's.
 //!   Discovery: `DescribeLaunchTemplates` by tag (one call per 200 templates) plus one
 //!   `DescribeLaunchTemplateVersions` per launch template.
-//!   Discovery lists only instances with a `fleet-kind` tag (a `tag-key` filter besides
-//!   `tag:fleet`): autoscaled build machines carry `fleet=` but are not fleet's objects, and
-//!   must not even enter the listing. Shutting-down and terminated instances are listed too:
-//!   they are going away ([`InstanceStatus::Deleting`]), which the engine needs to know.
 //! - **Idempotency**: `ClientToken` is the executor's creation token (fleet, address, spec
 //!   and the address's live state); a batch of pool members uses a fleet token over its
 //!   members' tokens, so discovery tells fleet's instances from copies made by hand. A token
@@ -128,6 +127,11 @@ pub struct AwsEc2 {
     /// them to be listed, and a deletion planned for an instance that a launch has since
     /// handed back under another name (a repeated `ClientToken`) leaves it alone.
     launched: Mutex<BTreeMap<String, String>>,
+    /// Unnamed batch members this process is deleting, by their placeholder name. Held while
+    /// a batch is launched and named, and while a deletion decides, so that the two never
+    /// take the same instance: a launch whose earlier instances are being deleted sends a new
+    /// token, and a deletion of instances a launch got back is dropped.
+    claims: tokio::sync::Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 impl AwsEc2 {
@@ -195,6 +199,7 @@ impl AwsEc2 {
             calls,
             root_devices: Mutex::new(BTreeMap::new()),
             launched: Mutex::new(BTreeMap::new()),
+            claims: tokio::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -710,21 +715,33 @@ impl AwsEc2 {
             .get(labels::FLEET)
             .map_or("", String::as_str);
         let token = fleet_engine::provider::creation_token(fleet, &member_tokens);
+        let pool = first
+            .spec
+            .labels
+            .get(labels::POOL)
+            .map_or("fleet", String::as_str);
+        // Until the batch is named: no deletion of this process decides meanwhile.
+        let claims = self.claims.lock().await;
+        // Instances an earlier launch of this token made (a killed apply's, or another
+        // apply's) that this apply is deleting as orphans: EC2 would hand them back for the
+        // same token, so the batch goes out under a token derived from it and them.
+        let token = match claims.get(&convert::placeholder(pool, &token)) {
+            Some(doomed) => {
+                let mut doomed: Vec<&str> = doomed.iter().map(String::as_str).collect();
+                doomed.sort_unstable();
+                let mut parts = vec![token.as_str()];
+                parts.extend(doomed);
+                fleet_engine::provider::creation_token(fleet, &parts)
+            }
+            None => token,
+        };
         let mut shared: BTreeMap<String, String> = first.spec.labels.clone();
         shared.retain(|key, value| {
             requests
                 .iter()
                 .all(|r| r.spec.labels.get(key) == Some(&*value))
         });
-        let placeholder = format!(
-            "{}-unassigned-{}",
-            first
-                .spec
-                .labels
-                .get(labels::POOL)
-                .map_or("fleet", String::as_str),
-            &token[..12]
-        );
+        let placeholder = convert::placeholder(pool, &token);
         // Pool members are known by name (the placeholder until tagged); other machines by
         // `fleet-resource`, which then needs the placeholder too.
         if !shared.contains_key(labels::RESOURCE) && !shared.contains_key(labels::POOL) {
@@ -737,12 +754,13 @@ impl AwsEc2 {
             Err(error) => return requests.iter().map(|_| Err(error.clone())).collect(),
         };
         // Noted before they are named: a deletion of these instances that this apply
-        // planned (as another batch's unnamed orphans) must not take them now.
+        // planned (as the unnamed orphans of an earlier launch) must not take them now.
         for (instance, request) in instances.iter().zip(requests) {
             if let Some(id) = instance.instance_id() {
                 self.remember(id, &request.name);
             }
         }
+        drop(claims);
         let mut results = Vec::with_capacity(requests.len());
         for (index, request) in requests.iter().enumerate() {
             let Some(instance) = instances.get(index) else {
@@ -1315,16 +1333,20 @@ impl Provider for AwsEc2 {
     }
 
     /// # Guarantees
-    /// Instances: `DescribeInstances` by `tag:Name`, 200 names a call. Template versions:
+    /// Instances: `DescribeInstances` by `tag:Name`, 200 names a call; instances going away
+    /// are left out. Template versions:
     /// `DescribeLaunchTemplates` by the unversioned names, then one
     /// `DescribeLaunchTemplateVersions` per launch template found.
     async fn find_by_names(&self, names: &[String]) -> Result<Vec<LiveResource>, ProviderError> {
         let mut found = Vec::new();
         let tag = format!("tag:{NAME_TAG}");
         for chunk in names.chunks(FILTER_VALUES) {
+            // An instance going away holds no name: EC2 names are tags, not unique keys.
             found.extend(
                 self.list_instances(vec![filter(&tag, chunk.iter().map(String::as_str))])
-                    .await?,
+                    .await?
+                    .into_iter()
+                    .filter(|instance| instance.status != InstanceStatus::Deleting),
             );
         }
         let wanted: BTreeSet<&str> = names.iter().map(String::as_str).collect();
@@ -1454,20 +1476,29 @@ impl Provider for AwsEc2 {
     /// with the last version). What is already gone counts as deleted.
     async fn delete(&self, request: &DeleteRequest) -> Result<(), ProviderError> {
         match request.kind {
-            // Planned as an orphan (e.g. another apply's batch not yet named), but a launch of
-            // this apply has since got it back under its token and named it a member: it is
-            // wanted now.
-            ObjectKind::Instance
-                if self
-                    .launched_as(&request.id)
-                    .is_some_and(|name| name != request.name) =>
-            {
-                Ok(())
+            ObjectKind::Instance => {
+                {
+                    let mut claims = self.claims.lock().await;
+                    // Planned as an orphan (an earlier launch's unnamed member), but a launch
+                    // of this apply has since got it back under its token and named it a
+                    // member: it is wanted now.
+                    if self
+                        .launched_as(&request.id)
+                        .is_some_and(|name| name != request.name)
+                    {
+                        return Ok(());
+                    }
+                    if convert::is_placeholder(&request.name) {
+                        claims
+                            .entry(request.name.clone())
+                            .or_default()
+                            .push(request.id.clone());
+                    }
+                }
+                self.terminate(&request.id)
+                    .await
+                    .map_err(|e| about(e, &request.name))
             }
-            ObjectKind::Instance => self
-                .terminate(&request.id)
-                .await
-                .map_err(|e| about(e, &request.name)),
             ObjectKind::InstanceTemplate => self.delete_template(request).await,
         }
     }
