@@ -129,10 +129,12 @@ pub(crate) async fn connect(global: &Global, desired: &Desired) -> Result<Clouds
 /// The live AWS provider for `clouds.aws` of a fleet file.
 async fn aws_provider(global: &Global, target: &CloudTarget) -> Result<Arc<dyn Provider>> {
     // `--aws-endpoint`; otherwise the SDK's own chain applies (AWS_ENDPOINT_URL, the
-    // profile's endpoint_url). Never the fleet file: it may come from a merge request. Credentials come from the standard chain
-    // and are checked here, before anything is planned or changed.
+    // profile's endpoint_url). Never the fleet file: it may come from a merge request.
+    // Credentials come from the standard chain and are checked here, before anything is
+    // planned or changed.
     let mut options = AwsOptions::new(target.region.clone());
     options.endpoint = given(&global.aws_endpoint);
+    options.retry = retry_policy(global);
     let provider = AwsEc2::connect(options).await?;
     Ok(Arc::new(provider))
 }

@@ -156,6 +156,9 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
         }
     }
     let store = LocalStore::open(&clouds.state_dir)?;
+    if std::env::var("CI").is_ok_and(|value| value == "true") {
+        output::warn(&format!("note: the state dir {} is local to this machine: its lock keeps applies here apart, not applies from other CI jobs (creation tokens still keep them from making a machine twice)", clouds.state_dir.display()));
+    }
     let me = LockInfo::current(format!("fleet apply {}", args.file.display()));
     let progress = Arc::new(Progress::new());
     let options = ApplyOptions {

@@ -255,8 +255,13 @@ impl Ec2 {
             .expect("CreateTags");
     }
 
-    /// Starts an instance by hand with the given tags.
+    /// Starts an instance by hand with the given tags (and the SDK's own `ClientToken`).
     fn run_tagged(&self, tags: &[(&str, &str)]) -> String {
+        self.run_tagged_with_token("", tags)
+    }
+
+    /// Starts an instance with the given tags and `ClientToken` (the SDK's own when empty).
+    fn run_tagged_with_token(&self, token: &str, tags: &[(&str, &str)]) -> String {
         let spec = TagSpecification::builder()
             .resource_type(ResourceType::Instance)
             .set_tags(Some(
@@ -274,6 +279,7 @@ impl Ec2 {
                     .instance_type(InstanceType::M6gLarge)
                     .min_count(1)
                     .max_count(1)
+                    .set_client_token((!token.is_empty()).then(|| token.to_string()))
                     .tag_specifications(spec)
                     .send(),
             )
@@ -712,13 +718,17 @@ fn orphans_are_deleted() {
     let ec2 = Ec2::new(&moto);
     let file = env.write("pool.yaml", &pool_file("shrink", 4));
     converge(&env, &file);
-    // A machine of this fleet for an address no fleet file has (a "hanging droplet").
-    let stray = ec2.run_tagged(&[
-        ("Name", "shrink-stray-1"),
-        ("fleet", "shrink"),
-        ("fleet-kind", "pool"),
-        ("fleet-resource", "shrink-stray-1"),
-    ]);
+    // A machine an earlier apply of this fleet made (it carries one of the fleet's creation
+    // tokens) for an address no fleet file has any more (a "hanging droplet").
+    let stray = ec2.run_tagged_with_token(
+        &fleet_engine::provider::creation_token("shrink", &["stray"]),
+        &[
+            ("Name", "shrink-stray-1"),
+            ("fleet", "shrink"),
+            ("fleet-kind", "pool"),
+            ("fleet-resource", "shrink-stray-1"),
+        ],
+    );
     // And a hand-made machine without fleet's labels, which fleet must leave alone.
     let hand_made = ec2.run_tagged(&[("Name", "hand-made-1")]);
 
@@ -766,7 +776,9 @@ fn orphans_are_deleted() {
 #[test]
 fn a_launch_template_change_makes_a_new_version_and_retires_the_old() {
     let moto = Moto::start();
-    let env = env_for(&moto);
+    // moto lacks DeleteLaunchTemplateVersions; the proxy answers it as EC2 does.
+    let proxy = FaultProxy::start(&moto.url);
+    let env = env_through(&moto, &proxy);
     let ec2 = Ec2::new(&moto);
     let file = env.write("fleet.yaml", &template_file("tmpl", "m6g.2xlarge", 100));
     converge(&env, &file);
@@ -811,8 +823,8 @@ fn a_launch_template_change_makes_a_new_version_and_retires_the_old() {
     let default = versions.iter().find(|v| v.2).expect("a default version");
     assert_eq!(default.0, 2, "the new version is the default: {versions:?}");
     assert_ne!(default.1, first[0].1);
-    // The old version is no longer fleet's (moto does not implement
-    // DeleteLaunchTemplateVersions, so it may still be listed there).
+    // The old version is deleted and no longer fleet's.
+    assert_eq!(proxy.calls("DeleteLaunchTemplateVersions"), 1);
     let tags = ec2.template_tags("arm64-aws").expect("launch template");
     assert!(!tags.contains_key("fleet-spec-v1"), "{tags:?}");
     assert!(tags.contains_key("fleet-spec-v2"), "{tags:?}");
@@ -830,7 +842,8 @@ fn a_launch_template_change_makes_a_new_version_and_retires_the_old() {
 #[test]
 fn a_resumed_apply_after_a_killed_one_creates_no_duplicates() {
     let moto = Moto::start();
-    let env = env_for(&moto);
+    let proxy = FaultProxy::start(&moto.url);
+    let env = env_through(&moto, &proxy);
     let ec2 = Ec2::new(&moto);
     let mut text = pool_file("resume", 30);
     // A second and third shape, so the apply is several calls long.
@@ -840,8 +853,9 @@ fn a_resumed_apply_after_a_killed_one_creates_no_duplicates() {
         ));
     }
     let file = env.write("pool.yaml", &text);
-    let vars = aws_vars(&moto);
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // Every mutating call is held 50 ms, so naming the first batch's 30 members alone takes
+    // over a second: the kill below lands while the apply is under way.
+    proxy.set_mutation_latency(Duration::from_millis(50));
     let mut apply = env.spawn(
         &[
             "--cloud",
@@ -852,19 +866,37 @@ fn a_resumed_apply_after_a_killed_one_creates_no_duplicates() {
             &file,
             "--auto-approve",
         ],
-        &vars,
+        &[],
     );
     // Kill it as soon as the first machine exists.
     let started = Instant::now();
-    while ec2.instances("resume").is_empty() && started.elapsed() < Duration::from_secs(60) {
-        if apply.try_wait().expect("wait").is_some() {
-            break;
-        }
+    while ec2.instances("resume").is_empty() {
+        let status = apply.try_wait().expect("wait");
+        assert!(
+            status.is_none(),
+            "the apply ended ({status:?}) before it made a machine"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no machine within 60 s"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let _ = apply.kill();
-    let _ = apply.wait();
+    apply.kill().expect("kill the apply");
+    let status = apply.wait().expect("wait");
+    assert!(!status.success(), "the apply was not killed: {status:?}");
+    // Mid-way: machines exist, but not every member is there under its name.
+    let left = ec2.alive("resume");
+    let named = left
+        .iter()
+        .filter(|i| !i.name.contains("unassigned"))
+        .count();
+    assert!(
+        !left.is_empty() && named < 50,
+        "the kill did not interrupt the apply: {named} members named"
+    );
 
+    proxy.set_mutation_latency(Duration::ZERO);
     converge(&env, &file);
     let alive = ec2.alive("resume");
     let names: std::collections::BTreeSet<&str> = alive.iter().map(|i| i.name.as_str()).collect();
@@ -1175,5 +1207,311 @@ fn the_endpoint_option_wins_over_the_environment() {
             .contains(&format!("AWS EC2 us-east-1 (endpoint {})", moto.url)),
         "{}",
         run.stdout
+    );
+}
+
+impl Ec2 {
+    /// Starts `count` instances by hand, one `RunInstances` (one reservation) each, eight at
+    /// a time, with the given tags.
+    fn run_many(&self, count: usize, tags: &[(&str, &str)]) {
+        let tags: Vec<Tag> = tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+            .collect();
+        self.runtime.block_on(async {
+            let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(8));
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..count {
+                let client = self.client.clone();
+                let tags = tags.clone();
+                let gate = gate.clone();
+                tasks.spawn(async move {
+                    let _permit = gate.acquire().await.expect("semaphore");
+                    client
+                        .run_instances()
+                        .image_id("ami-0c9f35b1b63e7d2a4")
+                        .instance_type(InstanceType::M6gLarge)
+                        .min_count(1)
+                        .max_count(1)
+                        .tag_specifications(
+                            TagSpecification::builder()
+                                .resource_type(ResourceType::Instance)
+                                .set_tags(Some(tags))
+                                .build(),
+                        )
+                        .send()
+                        .await
+                        .expect("RunInstances");
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.expect("launch task");
+            }
+        });
+    }
+}
+
+#[test]
+fn a_page_that_fails_is_asked_for_again_alone() {
+    // moto pages DescribeInstances by reservation, so two pages of 1000 take more than 1000
+    // reservations: 1,050 single launches make a second page with a little to spare. This
+    // is the slowest AWS test (about 45 s on a 2-core machine: some 17 s for moto to launch
+    // them, 8 s and 3 s for the two pages, since moto filters every instance on each call);
+    // a second page cannot be had for less.
+    const INSTANCES: usize = 1050;
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.url);
+    let env = env_through(&moto, &proxy);
+    let ec2 = Ec2::new(&moto);
+    ec2.run_many(
+        INSTANCES,
+        &[
+            ("fleet", "pages"),
+            ("fleet-kind", "pool"),
+            ("fleet-pool", "pages-copy"),
+        ],
+    );
+    let file = env.write("pool.yaml", &pool_file("pages", 1));
+    // The second page is refused twice, as EC2 does under load.
+    proxy.fail_next_page("DescribeInstances", Fault::Throttle, 2);
+    let run = live(&env, &["plan", &file, "--format", "json"]).ok();
+    assert_eq!(proxy.faulted("DescribeInstances"), 2);
+    let pages = INSTANCES.div_ceil(1000) as u64;
+    let planned = calls(&run);
+    // Each page once, the refused page twice more, and one lookup of the missing member's
+    // name: a fault on page 2 costs calls for page 2, not a new listing.
+    assert_eq!(
+        count(&planned, "ec2:DescribeInstances"),
+        pages + 2 + 1,
+        "{planned:?}"
+    );
+    let plan = run.json();
+    assert_eq!(actions_of(&plan, "pool.pages-builder-1"), ["create"]);
+}
+
+#[test]
+fn an_instance_shutting_down_is_neither_counted_nor_deleted_again() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.url);
+    let env = env_through(&moto, &proxy);
+    let ec2 = Ec2::new(&moto);
+    let file = env.write("pool.yaml", &pool_file("slow", 2));
+    converge(&env, &file);
+    let stopped = ec2.by_name("slow", "slow-builder-2");
+    ec2.stop(&stopped.id);
+    // EC2 reports a terminated instance as shutting-down for a while; moto does not.
+    proxy.shut_down_slowly(20);
+    let apply = converge(&env, &file);
+    assert_eq!(count(&calls(&apply), "ec2:TerminateInstances"), 1);
+    assert!(
+        proxy.reported_shutting_down() > 0,
+        "the replaced machine was never seen shutting down"
+    );
+    // The machine going away is not a second slow-builder-2, nor an orphan to delete again.
+    let plan = plan_json(&env, &file);
+    assert!(
+        !reasons_of(&plan, "pool.slow-builder-2")
+            .iter()
+            .any(|reason| reason == "duplicate"),
+        "{plan:#}"
+    );
+    assert!(
+        !actions_of(&plan, "pool.slow-builder-2").contains(&"delete".to_string()),
+        "{plan:#}"
+    );
+    assert_no_changes(&env, &file);
+    assert!(proxy.reported_shutting_down() > 1);
+    assert_eq!(proxy.calls("TerminateInstances"), 1);
+    assert_eq!(ec2.alive("slow").len(), 2);
+}
+
+#[test]
+fn a_new_instance_missing_from_lists_is_waited_for_not_made_again() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.url);
+    let env = env_through(&moto, &proxy);
+    let ec2 = Ec2::new(&moto);
+    let file = env.write("pool.yaml", &pool_file("lag", 3));
+    // New instances are left out of the next three lists, as EC2's eventual consistency may.
+    proxy.hide_new_instances(3);
+    converge(&env, &file);
+    assert!(proxy.reported_hidden() >= 3, "the lag never showed");
+    assert_eq!(
+        proxy.forwarded("RunInstances"),
+        1,
+        "a member was made twice"
+    );
+    let alive = ec2.alive("lag");
+    assert_eq!(alive.len(), 3, "{alive:#?}");
+    assert_no_changes(&env, &file);
+}
+
+#[test]
+fn a_hand_made_copy_of_a_member_is_left_alone_and_said_to_be_made_outside_fleet() {
+    let moto = Moto::start();
+    let env = env_for(&moto);
+    let ec2 = Ec2::new(&moto);
+    let file = env.write("pool.yaml", &pool_file("copy", 4));
+    converge(&env, &file);
+    let members: Vec<Seen> = (1..=4)
+        .map(|n| ec2.by_name("copy", &format!("copy-builder-{n}")))
+        .collect();
+    // A copy of every member with its exact tags, launched by hand (the SDK's own token): a
+    // copy has the lower instance id about half the time.
+    let mut copies = Vec::new();
+    for member in &members {
+        let tags: Vec<(&str, &str)> = member
+            .tags
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        copies.push(ec2.run_tagged(&tags));
+    }
+    let plan = plan_json(&env, &file);
+    for (member, copy) in members.iter().zip(&copies) {
+        let address = format!("pool.{}", member.name);
+        assert_eq!(
+            reasons_of(&plan, &address),
+            ["made_outside_fleet"],
+            "{address}: {plan:#}"
+        );
+        let outside = plan["resource_changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| {
+                c["address"] == address.as_str() && c["reasons"][0]["type"] == "made_outside_fleet"
+            })
+            .unwrap();
+        assert_eq!(outside["reasons"][0]["id"], copy.as_str(), "{outside:#}");
+    }
+    assert_no_changes(&env, &file);
+    // An apply has nothing to do either: it deletes no copy and makes no member again.
+    let apply = live(&env, &["apply", &file, "--auto-approve"]).ok();
+    assert_eq!(count(&calls(&apply), "ec2:TerminateInstances"), 0);
+    assert_eq!(count(&calls(&apply), "ec2:RunInstances"), 0);
+    let alive: Vec<String> = ec2.alive("copy").into_iter().map(|i| i.id).collect();
+    assert_eq!(alive.len(), 8, "{alive:?}");
+    for member in &members {
+        assert!(
+            alive.contains(&member.id),
+            "fleet deleted its own {}",
+            member.name
+        );
+    }
+    for copy in &copies {
+        assert!(alive.contains(copy), "the copy {copy} was deleted");
+    }
+}
+
+#[test]
+fn two_applies_from_two_machines_at_once_make_each_member_once() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.url);
+    let env = env_through(&moto, &proxy);
+    let ec2 = Ec2::new(&moto);
+    for round in 1..=5 {
+        let fleet = format!("race{round}");
+        let file = env.write(&format!("{fleet}.yaml"), &pool_file(&fleet, 10));
+        // Two CI jobs, each with a state dir (and so a lock) of its own.
+        let start = |state: &str, ci: &str| {
+            env.spawn(
+                &[
+                    "--cloud",
+                    "live",
+                    "--only-cloud",
+                    "aws",
+                    "--state-dir",
+                    state,
+                    "apply",
+                    &file,
+                    "--auto-approve",
+                ],
+                &[("CI", ci)],
+            )
+        };
+        let first = start("state-a", "true");
+        let second = start("state-b", "false");
+        let first = first.wait_with_output().expect("first apply");
+        let second = second.wait_with_output().expect("second apply");
+        for output in [&first, &second] {
+            assert!(
+                output.status.success(),
+                "round {round}:\n{}\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let alive = ec2.alive(&fleet);
+        let names: std::collections::BTreeSet<&str> =
+            alive.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(alive.len(), 10, "round {round}: {alive:#?}");
+        assert_eq!(names.len(), 10, "round {round}: {names:?}");
+        assert!(names.iter().all(|n| !n.contains("unassigned")), "{names:?}");
+        let note = "local to this machine";
+        let stderr = String::from_utf8_lossy(&first.stderr);
+        assert_eq!(stderr.matches(note).count(), 1, "{stderr}");
+        assert!(!String::from_utf8_lossy(&second.stderr).contains(note));
+        assert_no_changes(&env, &file);
+    }
+    // The applies did overlap: a launch was sent twice under one token at least once.
+    assert!(
+        proxy.calls("RunInstances") > proxy.forwarded("RunInstances"),
+        "the two applies never raced: {} launches sent, {} carried out",
+        proxy.calls("RunInstances"),
+        proxy.forwarded("RunInstances")
+    );
+}
+
+#[test]
+fn a_launch_whose_answer_was_lost_is_not_made_twice() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.url);
+    let env = env_through(&moto, &proxy);
+    let ec2 = Ec2::new(&moto);
+    let file = env.write("pool.yaml", &pool_file("lost", 3));
+    // The pool's RunInstances reaches EC2 and makes the machines; fleet hears a 500.
+    proxy.fail_next("RunInstances", Fault::AnswerLost, 1);
+    converge(&env, &file);
+    assert_eq!(proxy.faulted("RunInstances"), 1);
+    assert_eq!(
+        proxy.calls("RunInstances"),
+        2,
+        "the lost call was sent again"
+    );
+    assert_eq!(
+        proxy.forwarded("RunInstances"),
+        1,
+        "and launched nothing more"
+    );
+    let alive = ec2.alive("lost");
+    let names: std::collections::BTreeSet<&str> = alive.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(alive.len(), 3, "{alive:#?}");
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert_no_changes(&env, &file);
+}
+
+#[test]
+fn an_autoscaled_machine_appearing_after_the_plan_leaves_it_current() {
+    let moto = Moto::start();
+    let env = env_for(&moto);
+    let ec2 = Ec2::new(&moto);
+    // Only the autoscale template: the fleet itself has no instances.
+    let text = template_file("auto", "m6g.2xlarge", 100);
+    let text = &text[..text.find("managers:").expect("managers")];
+    let file = env.write("fleet.yaml", text);
+    live(&env, &["plan", &file, "-o", "plan.json"]).ok();
+    // The runner's autoscaler starts a build machine from the template, with `fleet=` (from
+    // fleet's own machine options) but no `fleet-kind`.
+    ec2.run_tagged(&[("fleet", "auto"), ("Name", "runner-autoscaled-1")]);
+    live(&env, &["apply", "plan.json", "--auto-approve"]).verified();
+    // The machine is not even listed: no root volume of it is looked up.
+    let run = assert_no_changes(&env, &file);
+    let steady = calls(&run);
+    assert_eq!(count(&steady, "ec2:DescribeVolumes"), 0, "{steady:?}");
+    assert_eq!(
+        ec2.alive("auto").len(),
+        1,
+        "the build machine is left alone"
     );
 }

@@ -33,6 +33,18 @@ pub(crate) fn stamp_version(key: &str) -> Option<i64> {
     key.strip_prefix(VERSION_STAMP_PREFIX)?.parse().ok()
 }
 
+/// The `Name` of a batch's instances until each is named: the pool (or `fleet`) and the
+/// first 12 characters of the batch's `ClientToken`.
+pub(crate) fn placeholder(pool: &str, token: &str) -> String {
+    format!("{pool}-unassigned-{}", token.get(..12).unwrap_or(token))
+}
+
+/// Whether a name is a batch's placeholder ([`placeholder`]).
+pub(crate) fn is_placeholder(name: &str) -> bool {
+    name.rsplit_once("-unassigned-")
+        .is_some_and(|(pool, token)| !pool.is_empty() && token.len() == 12)
+}
+
 /// EC2 tags from key/value pairs.
 pub(crate) fn tags<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<Tag> {
     pairs
@@ -310,6 +322,14 @@ pub(crate) fn unversioned(name: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placeholders_are_known_by_their_shape() {
+        let name = placeholder("arm-builder", "0123456789abcdef0123456789abcdef");
+        assert_eq!(name, "arm-builder-unassigned-0123456789ab");
+        assert!(is_placeholder(&name));
+        assert!(!is_placeholder("arm-builder-1"));
+    }
 
     #[test]
     fn version_names_and_ids_round_trip() {

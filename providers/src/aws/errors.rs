@@ -1,53 +1,109 @@
 //! How EC2 failures become [`ProviderError`]s, and why connecting can fail.
 //!
 //! In: an SDK error and the API call that produced it. Out: a [`ProviderError`] whose kind
-//! decides whether the engine's executor retries (throttling and 5xx are retried there; the
-//! SDK's own retries are off so the two do not multiply), or a [`ConnectError`] diagnostic.
+//! decides whether a call is retried (throttling and 5xx are; the SDK's own retries are off
+//! so the two do not multiply), or a [`ConnectError`] diagnostic. EC2's error code is parsed
+//! once, here, into an [`Ec2ErrorCode`]; the rest of the provider matches on that enum and
+//! on [`ErrorKind`], never on code or message text.
 
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use fleet_engine::provider::{ErrorKind, ProviderError};
 
-/// EC2 error codes that mean "slow down".
-const THROTTLING: &[&str] = &[
-    "RequestLimitExceeded",
-    "Throttling",
-    "ThrottlingException",
-    "TooManyRequestsException",
-];
+/// The EC2 error codes fleet acts on; every other code is kept as it came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ec2ErrorCode {
+    /// The account's API rate is exceeded (also `Throttling` and its spellings).
+    RequestLimitExceeded,
+    /// A passing fault on AWS's side (`InternalError`, `InternalFailure`).
+    InternalError,
+    /// The service is briefly unavailable (`ServiceUnavailable`, `Unavailable`).
+    ServiceUnavailable,
+    /// The request took too long on AWS's side.
+    RequestTimeout,
+    /// No capacity for the instance type in the zone now; it comes back.
+    InsufficientInstanceCapacity,
+    /// The instance does not exist (`InvalidInstanceID.NotFound`).
+    InvalidInstanceIdNotFound,
+    /// A launch template or version does not exist (`InvalidLaunchTemplateId.NotFound`,
+    /// `InvalidLaunchTemplateName.NotFoundException`, `InvalidLaunchTemplateVersion.NotFound`…).
+    LaunchTemplateNotFound,
+    /// Any other `*.NotFound` code: the object is gone.
+    OtherNotFound(String),
+    /// A `ClientToken` used before with different parameters.
+    IdempotentParameterMismatch,
+    /// The credentials may not make this call.
+    UnauthorizedOperation,
+    /// Credentials missing, wrong or expired (`AuthFailure`, `InvalidClientTokenId`,
+    /// `SignatureDoesNotMatch`, `ExpiredToken`, `RequestExpired`, `OptInRequired`).
+    AuthFailure(String),
+    /// Anything else, as EC2 spelt it.
+    Other(String),
+}
 
-/// EC2 error codes that mean a passing fault on AWS's side.
-const TRANSIENT: &[&str] = &[
-    "InternalError",
-    "InternalFailure",
-    "ServiceUnavailable",
-    "Unavailable",
-    "RequestTimeout",
-];
+impl Ec2ErrorCode {
+    /// Parses EC2's `<Code>`.
+    pub(crate) fn parse(code: &str) -> Ec2ErrorCode {
+        match code {
+            "RequestLimitExceeded"
+            | "Throttling"
+            | "ThrottlingException"
+            | "TooManyRequestsException" => Ec2ErrorCode::RequestLimitExceeded,
+            "InternalError" | "InternalFailure" => Ec2ErrorCode::InternalError,
+            "ServiceUnavailable" | "Unavailable" => Ec2ErrorCode::ServiceUnavailable,
+            "RequestTimeout" => Ec2ErrorCode::RequestTimeout,
+            "InsufficientInstanceCapacity" => Ec2ErrorCode::InsufficientInstanceCapacity,
+            "InvalidInstanceID.NotFound" => Ec2ErrorCode::InvalidInstanceIdNotFound,
+            "IdempotentParameterMismatch" => Ec2ErrorCode::IdempotentParameterMismatch,
+            "UnauthorizedOperation" => Ec2ErrorCode::UnauthorizedOperation,
+            "AuthFailure"
+            | "InvalidClientTokenId"
+            | "SignatureDoesNotMatch"
+            | "ExpiredToken"
+            | "RequestExpired"
+            | "OptInRequired" => Ec2ErrorCode::AuthFailure(code.to_string()),
+            _ if code.starts_with("InvalidLaunchTemplate")
+                && (code.ends_with(".NotFound") || code.ends_with(".NotFoundException")) =>
+            {
+                Ec2ErrorCode::LaunchTemplateNotFound
+            }
+            _ if code.ends_with(".NotFound")
+                || code.ends_with(".NotFoundException")
+                || code.ends_with("DoesNotExist") =>
+            {
+                Ec2ErrorCode::OtherNotFound(code.to_string())
+            }
+            _ => Ec2ErrorCode::Other(code.to_string()),
+        }
+    }
 
-/// EC2 error codes that mean credentials are missing, wrong or expired.
-const CREDENTIALS: &[&str] = &[
-    "AuthFailure",
-    "UnauthorizedOperation",
-    "InvalidClientTokenId",
-    "SignatureDoesNotMatch",
-    "ExpiredToken",
-    "RequestExpired",
-    "OptInRequired",
-];
+    /// The retry class of the code; `None` when the code alone does not say (the HTTP status
+    /// decides then).
+    pub(crate) fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            Ec2ErrorCode::RequestLimitExceeded => Some(ErrorKind::Throttled),
+            Ec2ErrorCode::InternalError
+            | Ec2ErrorCode::ServiceUnavailable
+            | Ec2ErrorCode::RequestTimeout
+            | Ec2ErrorCode::InsufficientInstanceCapacity => Some(ErrorKind::Transient),
+            Ec2ErrorCode::InvalidInstanceIdNotFound
+            | Ec2ErrorCode::LaunchTemplateNotFound
+            | Ec2ErrorCode::OtherNotFound(_) => Some(ErrorKind::NotFound),
+            Ec2ErrorCode::UnauthorizedOperation | Ec2ErrorCode::AuthFailure(_) => {
+                Some(ErrorKind::Credentials)
+            }
+            Ec2ErrorCode::IdempotentParameterMismatch => Some(ErrorKind::Fatal),
+            Ec2ErrorCode::Other(_) => None,
+        }
+    }
 
-/// The retry class of an EC2 error code (`None` when the code says nothing about it).
-pub(crate) fn kind_of_code(code: &str) -> Option<ErrorKind> {
-    if THROTTLING.contains(&code) {
-        Some(ErrorKind::Throttled)
-    } else if TRANSIENT.contains(&code) {
-        Some(ErrorKind::Transient)
-    } else if CREDENTIALS.contains(&code) {
-        Some(ErrorKind::Credentials)
-    } else if code.ends_with(".NotFound") || code.ends_with(".NotFoundException") {
-        Some(ErrorKind::NotFound)
-    } else {
-        None
+    /// The retry class, falling back on the HTTP status for codes that do not say.
+    pub(crate) fn kind_or_status(&self, status: Option<u16>) -> ErrorKind {
+        self.kind().unwrap_or(match status {
+            Some(status) if status >= 500 => ErrorKind::Transient,
+            Some(429) => ErrorKind::Throttled,
+            _ => ErrorKind::Fatal,
+        })
     }
 }
 
@@ -63,14 +119,7 @@ where
         .map(str::to_string)
         .unwrap_or_else(|| DisplayErrorContext(&error).to_string());
     let (kind, code) = match (&error, code) {
-        (_, Some(code)) => {
-            let kind = kind_of_code(&code).unwrap_or(match status {
-                Some(status) if status >= 500 => ErrorKind::Transient,
-                Some(429) => ErrorKind::Throttled,
-                _ => ErrorKind::Fatal,
-            });
-            (kind, code)
-        }
+        (_, Some(code)) => (Ec2ErrorCode::parse(&code).kind_or_status(status), code),
         (SdkError::TimeoutError(_), None) => (ErrorKind::Transient, "Timeout".to_string()),
         (SdkError::DispatchFailure(failure), None) => {
             if failure.is_user() {
@@ -103,12 +152,6 @@ where
 pub(crate) fn about(mut error: ProviderError, what: &str) -> ProviderError {
     error.message = format!("{what}: {}", error.message);
     error
-}
-
-/// Whether an error is a 5xx without an EC2 error code: what an emulator answers for a call
-/// it does not implement (moto: `DeleteLaunchTemplateVersions`).
-pub(crate) fn is_unimplemented(error: &ProviderError) -> bool {
-    error.kind == ErrorKind::Transient && error.code.starts_with("HTTP5")
 }
 
 /// Why the AWS provider could not be set up.
@@ -151,17 +194,30 @@ mod tests {
 
     #[test]
     fn ec2_codes_map_to_retry_classes() {
+        let kind = |code: &str| Ec2ErrorCode::parse(code).kind();
+        assert_eq!(kind("RequestLimitExceeded"), Some(ErrorKind::Throttled));
+        assert_eq!(kind("Throttling"), Some(ErrorKind::Throttled));
+        assert_eq!(kind("InternalError"), Some(ErrorKind::Transient));
         assert_eq!(
-            kind_of_code("RequestLimitExceeded"),
-            Some(ErrorKind::Throttled)
+            kind("InsufficientInstanceCapacity"),
+            Some(ErrorKind::Transient)
         );
-        assert_eq!(kind_of_code("Throttling"), Some(ErrorKind::Throttled));
-        assert_eq!(kind_of_code("InternalError"), Some(ErrorKind::Transient));
-        assert_eq!(kind_of_code("AuthFailure"), Some(ErrorKind::Credentials));
+        assert_eq!(kind("AuthFailure"), Some(ErrorKind::Credentials));
+        assert_eq!(kind("UnauthorizedOperation"), Some(ErrorKind::Credentials));
+        assert_eq!(kind("IdempotentParameterMismatch"), Some(ErrorKind::Fatal));
         assert_eq!(
-            kind_of_code("InvalidInstanceID.NotFound"),
-            Some(ErrorKind::NotFound)
+            Ec2ErrorCode::parse("InvalidInstanceID.NotFound"),
+            Ec2ErrorCode::InvalidInstanceIdNotFound
         );
-        assert_eq!(kind_of_code("InvalidParameterValue"), None);
+        assert_eq!(
+            Ec2ErrorCode::parse("InvalidLaunchTemplateVersion.NotFound"),
+            Ec2ErrorCode::LaunchTemplateNotFound
+        );
+        assert_eq!(kind("InvalidVolume.NotFound"), Some(ErrorKind::NotFound));
+        assert_eq!(kind("InvalidParameterValue"), None);
+        assert_eq!(
+            Ec2ErrorCode::parse("InvalidParameterValue").kind_or_status(Some(503)),
+            ErrorKind::Transient
+        );
     }
 }

@@ -1,14 +1,17 @@
 //! AWS EC2: fleet's instances are EC2 instances, its templates are launch-template versions.
 //!
 //! In: requests from the engine's executor, an [`AwsOptions`] (region, endpoint override,
-//! limits) and the SDK's standard credential chain. Out: [`LiveResource`]s as EC2 reports
+//! limits, retry policy) and the SDK's standard credential chain. Out: [`LiveResource`]s as EC2 reports
 //! them, every request counted by operation ([`Provider::call_counts`]).
 //!
 //! How fleet's model maps onto EC2:
 //!
 //! - **Instances** carry every label as a tag plus `Name` (the cloud name). Discovery is
-//!   `DescribeInstances` filtered by `tag:fleet` and the live states, 1000 a page, plus one
-//!   `DescribeVolumes` per 200 instances of a page for the root disks' type and size.
+//!   `DescribeInstances` filtered by `tag:fleet` and the `fleet-kind` tag key, in every
+//!   state, 1000 a page, plus one `DescribeVolumes` per 200 instances for the root disks'
+//!   type and size. The tag key keeps out autoscaled build machines, which carry `fleet=` but
+//!   are not fleet's objects. Shutting-down and terminated instances are going away
+//!   ([`InstanceStatus::Deleting`]): the engine neither counts nor deletes them again.
 //! - **Templates** are launch-template *versions*. One launch template per fleet template,
 //!   named by its `fleet-resource` label (`arm64-aws`) and tagged with the fleet labels; each
 //!   versioned cloud name (`arm64-aws-cb197c15`) is one version whose `VersionDescription` is
@@ -16,12 +19,20 @@
 //!   launch template as `fleet-spec-v<N>`; a version without that stamp is not fleet's.
 //!   Discovery: `DescribeLaunchTemplates` by tag (one call per 200 templates) plus one
 //!   `DescribeLaunchTemplateVersions` per launch template.
-//! - **Idempotency**: `ClientToken` is the executor's token (a hash of plan id and address);
-//!   a batch of pool members uses a hash of its members' tokens.
-//! - **Retries**: the SDK's retries are off; the engine's executor retries
-//!   [`ErrorKind::Throttled`] and [`ErrorKind::Transient`] with jittered backoff, so a
-//!   throttled call is not retried twice over. The per-instance tagging inside a batch is
-//!   retried here with the same policy, because its failure would strand a created machine.
+//! - **Idempotency**: `ClientToken` is the executor's creation token (fleet, address, spec
+//!   and the address's live state); a batch of pool members uses a fleet token over its
+//!   members' tokens, so discovery tells fleet's instances from copies made by hand. A token
+//!   whose instances are already going away is spent: the launch is sent again under a token
+//!   derived from it and the ids that went away, so every apply that sees them derives the same.
+//! - **Retries**: the SDK's retries are off. Every list page and the tagging inside a batch
+//!   are retried here under the provider's [`RetryPolicy`] (`--max-attempts`, `--retry-for`)
+//!   through [`fleet_engine::retry`]; other calls are retried by the engine's executor under
+//!   the same policy, so a throttled call is not retried twice over.
+//! - **Lists lag behind writes** (EC2 is eventually consistent): an instance `RunInstances`
+//!   returned may be missing from `DescribeInstances` for a while. The provider remembers the
+//!   instances it launched in this process, and a discovery that does not list them all is
+//!   repeated, under the retry policy, until it does: a verification after an apply never
+//!   takes a machine it just made for missing.
 
 mod calls;
 mod convert;
@@ -29,7 +40,7 @@ mod errors;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::config::timeout::TimeoutConfig;
@@ -44,11 +55,11 @@ use fleet_engine::provider::{
     batch_calls, labels, Cloud, CreateRequest, DeleteRequest, ErrorKind, InstanceStatus,
     LiveResource, Networking, ObjectKind, Provider, ProviderError, ProviderLimits, UpdateRequest,
 };
-use fleet_engine::retry::RetryPolicy;
+use fleet_engine::retry::{follow_pages, with_retry, RetryPolicy};
 
 use self::calls::CallCounter;
 use self::convert::{Disk, NAME_TAG};
-use self::errors::{about, sdk_error};
+use self::errors::{about, sdk_error, Ec2ErrorCode};
 
 pub use self::errors::ConnectError;
 
@@ -58,8 +69,17 @@ const INSTANCE_PAGE: i32 = 1000;
 const TEMPLATE_PAGE: i32 = 200;
 /// The most values fleet puts in one filter.
 const FILTER_VALUES: usize = 200;
-/// Instance states fleet sees; terminated instances are gone.
-const LIVE_STATES: [&str; 5] = ["pending", "running", "stopping", "stopped", "shutting-down"];
+/// Instance states fleet lists: every state. Shutting-down and terminated instances are
+/// reported as going away, so that a machine being deleted is neither counted nor deleted
+/// again, and a member made again after a deletion gets a new token.
+const LIVE_STATES: [&str; 6] = [
+    "pending",
+    "running",
+    "stopping",
+    "stopped",
+    "shutting-down",
+    "terminated",
+];
 /// The root device used when the image's own cannot be looked up.
 const DEFAULT_ROOT_DEVICE: &str = "/dev/sda1";
 
@@ -75,6 +95,9 @@ pub struct AwsOptions {
     pub max_concurrent_mutations: usize,
     /// Client-side ceiling on mutating steps per second; `None` for none.
     pub calls_per_second: Option<f64>,
+    /// How list pages, tagging and waits for a lagging list are retried (`--max-attempts`,
+    /// `--retry-for`).
+    pub retry: RetryPolicy,
 }
 
 impl AwsOptions {
@@ -85,6 +108,7 @@ impl AwsOptions {
             endpoint: None,
             max_concurrent_mutations: 8,
             calls_per_second: Some(20.0),
+            retry: RetryPolicy::default(),
         }
     }
 }
@@ -99,8 +123,15 @@ pub struct AwsEc2 {
     calls: CallCounter,
     /// Root device names of images, looked up once per image per process.
     root_devices: Mutex<BTreeMap<String, String>>,
-    /// Retry policy for the tagging inside a batch.
-    tag_retry: RetryPolicy,
+    /// Instances launched by this process and the name each was given: discovery waits for
+    /// them to be listed, and a deletion planned for an instance that a launch has since
+    /// handed back under another name (a repeated `ClientToken`) leaves it alone.
+    launched: Mutex<BTreeMap<String, String>>,
+    /// Unnamed batch members this process is deleting, by their placeholder name. Held while
+    /// a batch is launched and named, and while a deletion decides, so that the two never
+    /// take the same instance: a launch whose earlier instances are being deleted sends a new
+    /// token, and a deletion of instances a launch got back is dropped.
+    claims: tokio::sync::Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 impl AwsEc2 {
@@ -167,59 +198,102 @@ impl AwsEc2 {
             endpoint,
             calls,
             root_devices: Mutex::new(BTreeMap::new()),
-            tag_retry: RetryPolicy {
-                max_attempts: 6,
-                base_delay: Duration::from_millis(200),
-                max_delay: Duration::from_secs(5),
-                max_elapsed: Duration::from_secs(60),
-            },
+            launched: Mutex::new(BTreeMap::new()),
+            claims: tokio::sync::Mutex::new(BTreeMap::new()),
         }
-    }
-
-    /// Whether calls go to an endpoint other than AWS's own (an emulator such as moto).
-    fn emulated(&self) -> bool {
-        self.endpoint.is_some()
     }
 
     // ---- discovery ----
 
-    /// Every live instance matching `filters`, one `DescribeInstances` call per page, with
-    /// root disks from one `DescribeVolumes` call per 200 instances of a page.
+    /// Every instance matching `filters` in any state, one `DescribeInstances` call per page
+    /// (each page retried on its own), with root disks from one `DescribeVolumes` call per
+    /// 200 instances.
     async fn list_instances(
         &self,
         filters: Vec<Filter>,
     ) -> Result<Vec<LiveResource>, ProviderError> {
-        let mut found = Vec::new();
-        let mut next_token: Option<String> = None;
-        loop {
-            let page = self
-                .client
-                .describe_instances()
-                .set_filters(Some(filters.clone()))
-                .filters(filter("instance-state-name", LIVE_STATES))
-                .max_results(INSTANCE_PAGE)
-                .set_next_token(next_token.take())
-                .send()
-                .await
-                .map_err(|e| sdk_error("ec2:DescribeInstances", e))?;
-            let instances: Vec<&Instance> = page
-                .reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                .collect();
-            let disks = self.root_disks(&instances).await?;
-            found.extend(
-                instances
-                    .iter()
-                    .filter_map(|instance| convert::instance_resource(instance, &disks)),
-            );
-            match page.next_token() {
-                Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
-                _ => break,
-            }
-        }
+        let mut instances: Vec<Instance> = Vec::new();
+        follow_pages(
+            self.options.retry,
+            |token| {
+                let request = self
+                    .client
+                    .describe_instances()
+                    .set_filters(Some(filters.clone()))
+                    .filters(filter("instance-state-name", LIVE_STATES))
+                    .max_results(INSTANCE_PAGE)
+                    .set_next_token(token);
+                async move {
+                    let page = request
+                        .send()
+                        .await
+                        .map_err(|e| sdk_error("ec2:DescribeInstances", e))?;
+                    let next = page.next_token().map(str::to_string);
+                    Ok((page, next))
+                }
+            },
+            |page| {
+                instances.extend(
+                    page.reservations()
+                        .iter()
+                        .flat_map(|r| r.instances())
+                        .cloned(),
+                );
+            },
+        )
+        .await?;
+        let listed: Vec<&Instance> = instances.iter().collect();
+        let disks = self.root_disks(&listed).await?;
+        let mut found: Vec<LiveResource> = listed
+            .iter()
+            .filter_map(|instance| convert::instance_resource(instance, &disks))
+            .collect();
         found.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(found)
+    }
+
+    /// The fleet's instances, listed again (under the retry policy) while an instance this
+    /// process launched is missing from the list: EC2's lists lag behind its writes.
+    async fn list_fleet_instances(&self, fleet: &str) -> Result<Vec<LiveResource>, ProviderError> {
+        let filters = || {
+            vec![
+                filter(&format!("tag:{}", labels::FLEET), [fleet]),
+                filter("tag-key", [labels::KIND]),
+            ]
+        };
+        with_retry(
+            self.options.retry,
+            |_| async {
+                let found = self.list_instances(filters()).await?;
+                let listed: BTreeSet<&str> = found.iter().map(|o| o.id.as_str()).collect();
+                let missing: Vec<String> = self
+                    .launched
+                    .lock()
+                    .map(|launched| {
+                        launched
+                            .keys()
+                            .filter(|id| !listed.contains(id.as_str()))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if missing.is_empty() {
+                    Ok(found)
+                } else {
+                    Err(ProviderError::new(
+                        ErrorKind::Transient,
+                        "ec2:DescribeInstances",
+                        "NotYetListed",
+                        format!(
+                            "instances launched by this apply are not listed yet: {}",
+                            missing.join(", ")
+                        ),
+                    ))
+                }
+            },
+            |_, _, _| {},
+        )
+        .await
     }
 
     /// The type and size of the root volumes of some instances, by volume id.
@@ -234,38 +308,44 @@ impl AwsEc2 {
             .collect();
         let mut disks = BTreeMap::new();
         for chunk in ids.chunks(FILTER_VALUES) {
-            let mut next_token: Option<String> = None;
-            loop {
-                let page = self
-                    .client
-                    .describe_volumes()
-                    .filters(filter("attachment.instance-id", chunk.iter().copied()))
-                    .set_next_token(next_token.take())
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error("ec2:DescribeVolumes", e))?;
-                for volume in page.volumes() {
-                    if let Some(id) = volume.volume_id() {
-                        disks.insert(
-                            id.to_string(),
-                            Disk {
-                                disk_type: volume
-                                    .volume_type()
-                                    .map(|t| t.as_str().to_string())
-                                    .unwrap_or_default(),
-                                size_gb: volume
-                                    .size()
-                                    .and_then(|s| u32::try_from(s).ok())
-                                    .unwrap_or_default(),
-                            },
-                        );
+            follow_pages(
+                self.options.retry,
+                |token| {
+                    let request = self
+                        .client
+                        .describe_volumes()
+                        .filters(filter("attachment.instance-id", chunk.iter().copied()))
+                        .set_next_token(token);
+                    async move {
+                        let page = request
+                            .send()
+                            .await
+                            .map_err(|e| sdk_error("ec2:DescribeVolumes", e))?;
+                        let next = page.next_token().map(str::to_string);
+                        Ok((page, next))
                     }
-                }
-                match page.next_token() {
-                    Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
-                    _ => break,
-                }
-            }
+                },
+                |page| {
+                    for volume in page.volumes() {
+                        if let Some(id) = volume.volume_id() {
+                            disks.insert(
+                                id.to_string(),
+                                Disk {
+                                    disk_type: volume
+                                        .volume_type()
+                                        .map(|t| t.as_str().to_string())
+                                        .unwrap_or_default(),
+                                    size_gb: volume
+                                        .size()
+                                        .and_then(|s| u32::try_from(s).ok())
+                                        .unwrap_or_default(),
+                                },
+                            );
+                        }
+                    }
+                },
+            )
+            .await?;
         }
         Ok(disks)
     }
@@ -281,45 +361,50 @@ impl AwsEc2 {
         filters: Vec<Filter>,
         ids: &[&str],
     ) -> Result<Vec<(String, i64, BTreeMap<String, String>)>, ProviderError> {
-        let mut found = Vec::new();
-        let mut next_token: Option<String> = None;
-        loop {
-            let mut request = self
-                .client
-                .describe_launch_templates()
-                .set_next_token(next_token.take());
-            // EC2 takes either ids or filters with a page size, not both.
-            if ids.is_empty() {
-                request = request
-                    .set_filters(Some(filters.clone()))
-                    .max_results(TEMPLATE_PAGE);
-            } else {
-                request = request
-                    .set_launch_template_ids(Some(ids.iter().map(|id| id.to_string()).collect()));
-            }
-            let page = request
-                .send()
-                .await
-                .map_err(|e| sdk_error("ec2:DescribeLaunchTemplates", e))?;
-            let templates: Vec<(String, i64)> = page
-                .launch_templates()
-                .iter()
-                .filter_map(|t| {
+        let mut templates: Vec<(String, i64)> = Vec::new();
+        follow_pages(
+            self.options.retry,
+            |token| {
+                let mut request = self
+                    .client
+                    .describe_launch_templates()
+                    .set_next_token(token);
+                // EC2 takes either ids or filters with a page size, not both.
+                if ids.is_empty() {
+                    request = request
+                        .set_filters(Some(filters.clone()))
+                        .max_results(TEMPLATE_PAGE);
+                } else {
+                    request = request.set_launch_template_ids(Some(
+                        ids.iter().map(|id| id.to_string()).collect(),
+                    ));
+                }
+                async move {
+                    let page = request
+                        .send()
+                        .await
+                        .map_err(|e| sdk_error("ec2:DescribeLaunchTemplates", e))?;
+                    let next = page.next_token().map(str::to_string);
+                    Ok((page, next))
+                }
+            },
+            |page| {
+                templates.extend(page.launch_templates().iter().filter_map(|t| {
                     Some((
                         t.launch_template_id()?.to_string(),
                         t.default_version_number().unwrap_or_default(),
                     ))
-                })
-                .collect();
-            let ids: Vec<&str> = templates.iter().map(|(id, _)| id.as_str()).collect();
+                }));
+            },
+        )
+        .await?;
+        let mut found = Vec::new();
+        for page in templates.chunks(TEMPLATE_PAGE as usize) {
+            let ids: Vec<&str> = page.iter().map(|(id, _)| id.as_str()).collect();
             let mut tags = self.resource_tags(&ids).await?;
-            for (id, default_version) in templates {
-                let tags = tags.remove(&id).unwrap_or_default();
-                found.push((id, default_version, tags));
-            }
-            match page.next_token() {
-                Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
-                _ => break,
+            for (id, default_version) in page {
+                let tags = tags.remove(id).unwrap_or_default();
+                found.push((id.clone(), *default_version, tags));
             }
         }
         Ok(found)
@@ -332,29 +417,36 @@ impl AwsEc2 {
     ) -> Result<BTreeMap<String, BTreeMap<String, String>>, ProviderError> {
         let mut tags: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         for chunk in ids.chunks(FILTER_VALUES) {
-            let mut next_token: Option<String> = None;
-            loop {
-                let page = self
-                    .client
-                    .describe_tags()
-                    .filters(filter("resource-id", chunk.iter().copied()))
-                    .max_results(1000)
-                    .set_next_token(next_token.take())
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error("ec2:DescribeTags", e))?;
-                for tag in page.tags() {
-                    if let (Some(id), Some(key)) = (tag.resource_id(), tag.key()) {
-                        tags.entry(id.to_string())
-                            .or_default()
-                            .insert(key.to_string(), tag.value().unwrap_or_default().to_string());
+            follow_pages(
+                self.options.retry,
+                |token| {
+                    let request = self
+                        .client
+                        .describe_tags()
+                        .filters(filter("resource-id", chunk.iter().copied()))
+                        .max_results(1000)
+                        .set_next_token(token);
+                    async move {
+                        let page = request
+                            .send()
+                            .await
+                            .map_err(|e| sdk_error("ec2:DescribeTags", e))?;
+                        let next = page.next_token().map(str::to_string);
+                        Ok((page, next))
                     }
-                }
-                match page.next_token() {
-                    Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
-                    _ => break,
-                }
-            }
+                },
+                |page| {
+                    for tag in page.tags() {
+                        if let (Some(id), Some(key)) = (tag.resource_id(), tag.key()) {
+                            tags.entry(id.to_string()).or_default().insert(
+                                key.to_string(),
+                                tag.value().unwrap_or_default().to_string(),
+                            );
+                        }
+                    }
+                },
+            )
+            .await?;
         }
         Ok(tags)
     }
@@ -365,23 +457,28 @@ impl AwsEc2 {
         template_id: &str,
     ) -> Result<Vec<LaunchTemplateVersion>, ProviderError> {
         let mut found = Vec::new();
-        let mut next_token: Option<String> = None;
-        loop {
-            let page = self
-                .client
-                .describe_launch_template_versions()
-                .launch_template_id(template_id)
-                .max_results(TEMPLATE_PAGE)
-                .set_next_token(next_token.take())
-                .send()
-                .await
-                .map_err(|e| sdk_error("ec2:DescribeLaunchTemplateVersions", e))?;
-            found.extend(page.launch_template_versions().iter().cloned());
-            match page.next_token() {
-                Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
-                _ => return Ok(found),
-            }
-        }
+        follow_pages(
+            self.options.retry,
+            |token| {
+                let request = self
+                    .client
+                    .describe_launch_template_versions()
+                    .launch_template_id(template_id)
+                    .max_results(TEMPLATE_PAGE)
+                    .set_next_token(token);
+                async move {
+                    let page = request
+                        .send()
+                        .await
+                        .map_err(|e| sdk_error("ec2:DescribeLaunchTemplateVersions", e))?;
+                    let next = page.next_token().map(str::to_string);
+                    Ok((page, next))
+                }
+            },
+            |page| found.extend(page.launch_template_versions().iter().cloned()),
+        )
+        .await?;
+        Ok(found)
     }
 
     /// The versions of one launch template fleet has stamped.
@@ -439,6 +536,11 @@ impl AwsEc2 {
     }
 
     /// Runs `count` instances of one shape with one `RunInstances` call.
+    ///
+    /// EC2 answers a repeated `ClientToken` with the instances it made the first time. When
+    /// those are already going away (a killed apply's machines, deleted since), the token is
+    /// spent: the launch is sent again under a token derived from it and the ids that went
+    /// away, which every apply that sees the same cloud derives alike.
     async fn run_instances(
         &self,
         first: &CreateRequest,
@@ -466,7 +568,6 @@ impl AwsEc2 {
             .instance_type(InstanceType::from(spec.machine_type.as_str()))
             .min_count(count)
             .max_count(count)
-            .client_token(client_token)
             .placement(Placement::builder().availability_zone(&spec.zone).build())
             .block_device_mappings(
                 BlockDeviceMapping::builder()
@@ -485,13 +586,59 @@ impl AwsEc2 {
             // Unset: the default VPC's subnet in the zone and its default group.
             .set_subnet_id(spec.networking.subnet.clone())
             .set_security_group_ids(convert::groups(&spec.networking));
-        let output = request
-            .send()
-            .await
-            .map_err(|e| about(sdk_error("ec2:RunInstances", e), &first.name))?;
-        let mut instances = output.instances().to_vec();
-        instances.sort_by_key(|i| i.ami_launch_index().unwrap_or_default());
-        Ok(instances)
+        let fleet = spec.labels.get(labels::FLEET).map_or("", String::as_str);
+        let mut token = client_token.to_string();
+        // Each derived token is new to EC2, so the second launch makes instances; the bound
+        // only guards against a cloud that answers every token with gone instances.
+        for _ in 0..3 {
+            let output = request
+                .clone()
+                .client_token(&token)
+                .send()
+                .await
+                .map_err(|e| about(sdk_error("ec2:RunInstances", e), &first.name))?;
+            let mut instances = output.instances().to_vec();
+            instances.sort_by_key(|i| i.ami_launch_index().unwrap_or_default());
+            let mut gone: Vec<&str> = instances
+                .iter()
+                .filter(|i| {
+                    convert::status(i.state().and_then(|s| s.name()))
+                        == Some(InstanceStatus::Deleting)
+                })
+                .filter_map(|i| i.instance_id())
+                .collect();
+            if gone.is_empty() {
+                return Ok(instances);
+            }
+            gone.sort_unstable();
+            let mut parts = vec![token.as_str()];
+            parts.extend(gone);
+            token = fleet_engine::provider::creation_token(fleet, &parts);
+        }
+        Err(ProviderError::new(
+            ErrorKind::Fatal,
+            "ec2:RunInstances",
+            "TokenSpent",
+            format!(
+                "{}: EC2 answered every ClientToken with instances that are going away",
+                first.name
+            ),
+        ))
+    }
+
+    /// Notes an instance this process launched and the name it now has.
+    fn remember(&self, id: &str, name: &str) {
+        if let Ok(mut launched) = self.launched.lock() {
+            launched.insert(id.to_string(), name.to_string());
+        }
+    }
+
+    /// The name this process gave an instance it launched, if it did.
+    fn launched_as(&self, id: &str) -> Option<String> {
+        self.launched
+            .lock()
+            .ok()
+            .and_then(|launched| launched.get(id).cloned())
     }
 
     /// What fleet reports for an instance it just created (EC2 answers `pending` with the
@@ -509,7 +656,7 @@ impl AwsEc2 {
             )
         })?;
         Ok(LiveResource {
-            creation_token: None,
+            creation_token: instance.client_token().map(str::to_string),
             cloud: Cloud::Aws,
             kind: ObjectKind::Instance,
             id: id.to_string(),
@@ -539,7 +686,9 @@ impl AwsEc2 {
                 format!("{}: EC2 returned no instance", request.name),
             )
         })?;
-        AwsEc2::created(request, instance)
+        let live = AwsEc2::created(request, instance)?;
+        self.remember(&live.id, &request.name);
+        Ok(live)
     }
 
     /// One `RunInstances` for members of the same shape and user data, then one `CreateTags`
@@ -566,21 +715,33 @@ impl AwsEc2 {
             .get(labels::FLEET)
             .map_or("", String::as_str);
         let token = fleet_engine::provider::creation_token(fleet, &member_tokens);
+        let pool = first
+            .spec
+            .labels
+            .get(labels::POOL)
+            .map_or("fleet", String::as_str);
+        // Until the batch is named: no deletion of this process decides meanwhile.
+        let claims = self.claims.lock().await;
+        // Instances an earlier launch of this token made (a killed apply's, or another
+        // apply's) that this apply is deleting as orphans: EC2 would hand them back for the
+        // same token, so the batch goes out under a token derived from it and them.
+        let token = match claims.get(&convert::placeholder(pool, &token)) {
+            Some(doomed) => {
+                let mut doomed: Vec<&str> = doomed.iter().map(String::as_str).collect();
+                doomed.sort_unstable();
+                let mut parts = vec![token.as_str()];
+                parts.extend(doomed);
+                fleet_engine::provider::creation_token(fleet, &parts)
+            }
+            None => token,
+        };
         let mut shared: BTreeMap<String, String> = first.spec.labels.clone();
         shared.retain(|key, value| {
             requests
                 .iter()
                 .all(|r| r.spec.labels.get(key) == Some(&*value))
         });
-        let placeholder = format!(
-            "{}-unassigned-{}",
-            first
-                .spec
-                .labels
-                .get(labels::POOL)
-                .map_or("fleet", String::as_str),
-            &token[..12]
-        );
+        let placeholder = convert::placeholder(pool, &token);
         // Pool members are known by name (the placeholder until tagged); other machines by
         // `fleet-resource`, which then needs the placeholder too.
         if !shared.contains_key(labels::RESOURCE) && !shared.contains_key(labels::POOL) {
@@ -592,6 +753,14 @@ impl AwsEc2 {
             Ok(instances) => instances,
             Err(error) => return requests.iter().map(|_| Err(error.clone())).collect(),
         };
+        // Noted before they are named: a deletion of these instances that this apply
+        // planned (as the unnamed orphans of an earlier launch) must not take them now.
+        for (instance, request) in instances.iter().zip(requests) {
+            if let Some(id) = instance.instance_id() {
+                self.remember(id, &request.name);
+            }
+        }
+        drop(claims);
         let mut results = Vec::with_capacity(requests.len());
         for (index, request) in requests.iter().enumerate() {
             let Some(instance) = instances.get(index) else {
@@ -638,28 +807,19 @@ impl AwsEc2 {
         results
     }
 
-    /// `CreateTags`, retried here on throttling and faults (see [`AwsEc2::create_group`]).
+    /// `CreateTags`, retried here under the retry policy (see [`AwsEc2::create_group`]).
     async fn tag_with_retry(
         &self,
         id: &str,
         tags: Vec<Tag>,
         what: &str,
     ) -> Result<(), ProviderError> {
-        let started = Instant::now();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.create_tags(id, tags.clone(), what).await {
-                Ok(()) => return Ok(()),
-                Err(error) if error.kind.is_retryable() => {
-                    match self.tag_retry.delay(attempt, started.elapsed()) {
-                        Some(delay) => tokio::time::sleep(delay).await,
-                        None => return Err(error),
-                    }
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        with_retry(
+            self.options.retry,
+            |_| self.create_tags(id, tags.clone(), what),
+            |_, _, _| {},
+        )
+        .await
     }
 
     async fn create_tags(&self, id: &str, tags: Vec<Tag>, what: &str) -> Result<(), ProviderError> {
@@ -1033,14 +1193,15 @@ impl AwsEc2 {
                         .and_then(|e| e.code())
                         .map(|c| c.as_str().to_string())
                         .unwrap_or_default();
+                    let kind = Ec2ErrorCode::parse(&code).kind_or_status(None);
                     // Already gone is what a resumed delete finds.
-                    if !code.contains("NotFound") && !code.contains("DoesNotExist") {
+                    if kind != ErrorKind::NotFound {
                         let message = failure
                             .response_error()
                             .and_then(|e| e.message())
                             .unwrap_or_default();
                         return Err(ProviderError::new(
-                            errors::kind_of_code(&code).unwrap_or(ErrorKind::Fatal),
+                            kind,
                             "ec2:DeleteLaunchTemplateVersions",
                             code,
                             format!("{what}: {message}"),
@@ -1049,10 +1210,6 @@ impl AwsEc2 {
                 }
             }
             Err(error) if error.kind == ErrorKind::NotFound => {}
-            // An emulator without this call (moto): the version is retired by removing its
-            // stamp below, which takes it out of fleet's view; the launch template and its
-            // remaining versions are deleted with the last one.
-            Err(error) if self.emulated() && errors::is_unimplemented(&error) => {}
             Err(error) => return Err(about(error, &what)),
         }
         self.delete_tags(template_id, &[convert::version_stamp(version)], &what)
@@ -1154,14 +1311,20 @@ impl Provider for AwsEc2 {
     }
 
     /// # Guarantees
-    /// `DescribeInstances` by `tag:fleet` and live state (1000 a page), `DescribeVolumes` per
-    /// 200 instances of a page, `DescribeLaunchTemplates` by `tag:fleet` (200 a page) and one
-    /// `DescribeLaunchTemplateVersions` per launch template. Terminated instances are left out.
+    /// `DescribeInstances` by `tag:fleet` and the `fleet-kind` tag key, in every state (1000 a
+    /// page), `DescribeVolumes` per 200 instances, `DescribeLaunchTemplates` by the same tags
+    /// (200 a page) and one `DescribeLaunchTemplateVersions` per launch template; each page
+    /// retried on its own under the retry policy. Shutting-down and terminated instances are
+    /// reported as [`InstanceStatus::Deleting`]. While an instance launched by this process is
+    /// not listed yet, the instance listing is repeated under the retry policy.
     async fn discover(&self, fleet: &str) -> Result<Vec<LiveResource>, ProviderError> {
         let tag = format!("tag:{}", labels::FLEET);
-        let mut found = self.list_instances(vec![filter(&tag, [fleet])]).await?;
+        let mut found = self.list_fleet_instances(fleet).await?;
         for (template_id, _, tags) in self
-            .list_templates(vec![filter(&tag, [fleet])], &[])
+            .list_templates(
+                vec![filter(&tag, [fleet]), filter("tag-key", [labels::KIND])],
+                &[],
+            )
             .await?
         {
             found.extend(self.list_versions(&template_id, &tags).await?);
@@ -1170,16 +1333,20 @@ impl Provider for AwsEc2 {
     }
 
     /// # Guarantees
-    /// Instances: `DescribeInstances` by `tag:Name`, 200 names a call. Template versions:
+    /// Instances: `DescribeInstances` by `tag:Name`, 200 names a call; instances going away
+    /// are left out. Template versions:
     /// `DescribeLaunchTemplates` by the unversioned names, then one
     /// `DescribeLaunchTemplateVersions` per launch template found.
     async fn find_by_names(&self, names: &[String]) -> Result<Vec<LiveResource>, ProviderError> {
         let mut found = Vec::new();
         let tag = format!("tag:{NAME_TAG}");
         for chunk in names.chunks(FILTER_VALUES) {
+            // An instance going away holds no name: EC2 names are tags, not unique keys.
             found.extend(
                 self.list_instances(vec![filter(&tag, chunk.iter().map(String::as_str))])
-                    .await?,
+                    .await?
+                    .into_iter()
+                    .filter(|instance| instance.status != InstanceStatus::Deleting),
             );
         }
         let wanted: BTreeSet<&str> = names.iter().map(String::as_str).collect();
@@ -1309,10 +1476,29 @@ impl Provider for AwsEc2 {
     /// with the last version). What is already gone counts as deleted.
     async fn delete(&self, request: &DeleteRequest) -> Result<(), ProviderError> {
         match request.kind {
-            ObjectKind::Instance => self
-                .terminate(&request.id)
-                .await
-                .map_err(|e| about(e, &request.name)),
+            ObjectKind::Instance => {
+                {
+                    let mut claims = self.claims.lock().await;
+                    // Planned as an orphan (an earlier launch's unnamed member), but a launch
+                    // of this apply has since got it back under its token and named it a
+                    // member: it is wanted now.
+                    if self
+                        .launched_as(&request.id)
+                        .is_some_and(|name| name != request.name)
+                    {
+                        return Ok(());
+                    }
+                    if convert::is_placeholder(&request.name) {
+                        claims
+                            .entry(request.name.clone())
+                            .or_default()
+                            .push(request.id.clone());
+                    }
+                }
+                self.terminate(&request.id)
+                    .await
+                    .map_err(|e| about(e, &request.name))
+            }
             ObjectKind::InstanceTemplate => self.delete_template(request).await,
         }
     }
