@@ -82,7 +82,7 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
             (plan, desired, clouds)
         }
         None => {
-            let desired = super::compile(&args.file)?;
+            let desired = super::compile(&args.file, &global.limits())?;
             let clouds = clouds::connect(global, &desired).await?;
             let source = crate::secrets::Secrets::load(global.secrets_file.as_deref())?;
             let names = fleet_engine::secrets::references(
