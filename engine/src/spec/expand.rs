@@ -13,8 +13,8 @@ use petgraph::graphmap::DiGraphMap;
 use super::diagnostic::{closest, quoted, Problem, ProblemKind, SourceFile};
 use super::limits::Limits;
 use super::model::{
-    ConfigTable, ConfigValue, FleetFile, MachineDefaults, ResourceDecl, ResourceKind, RunnerGlobal,
-    Spanned,
+    ConfigTable, ConfigValue, Environment, FleetFile, MachineDefaults, ResourceDecl, ResourceKind,
+    RunnerGlobal, Spanned,
 };
 use crate::catalog::{self, Arch};
 use crate::desired::{metadata_hash, spec_hash, Address, CloudTarget, Desired, DesiredResource};
@@ -393,68 +393,86 @@ impl Expander<'_> {
         }
     }
 
-    fn unknown_variable(&mut self, name: &str, span: SourceSpan, vars: &BTreeMap<String, String>) {
-        // `{env.KEY}` with an `env` axis: the key is missing in this one environment. It is
-        // reported once per environment and key, at its first use, with the others added.
-        if let (Some(key), Some(environment)) = (name.strip_prefix("env."), vars.get("env")) {
-            let file = self.file;
-            let Some(env) = file
-                .environments
-                .iter()
-                .find(|env| env.name.value == *environment)
-            else {
-                // An environment `environments:` does not define is reported as such.
-                return;
-            };
-            let id = (environment.clone(), key.to_string());
-            if let Some(&index) = self.missing_env.get(&id) {
-                // Named by line in the label rather than drawn: the uses of one key are often
-                // far apart, and a snippet spanning them all would bury the message.
-                let (line, _) = self.source.line_col(span.offset());
-                let problem = &mut self.problems[index];
-                let (first_line, _) = self.source.line_col(problem.span.offset());
-                let lines = self.missing_env_lines.entry(index).or_default();
-                if line != first_line && !lines.contains(&line) {
-                    lines.push(line);
-                    let shown: Vec<String> = lines.iter().map(usize::to_string).collect();
-                    problem.label = format!(
-                        "environment `{environment}` has no `{}`; also used on line {}",
-                        quoted(key),
-                        shown.join(", ")
-                    );
-                }
-                return;
+    /// `{env.KEY}` where environment `environment` (declared as `env`) has no `KEY`.
+    fn missing_env_value(
+        &mut self,
+        key: &str,
+        environment: &str,
+        env: &Environment,
+        span: SourceSpan,
+    ) {
+        let id = (environment.to_string(), key.to_string());
+        if let Some(&index) = self.missing_env.get(&id) {
+            // Named by line in the label rather than drawn: the uses of one key are often
+            // far apart, and a snippet spanning them all would bury the message.
+            let (line, _) = self.source.line_col(span.offset());
+            let problem = &mut self.problems[index];
+            let (first_line, _) = self.source.line_col(problem.span.offset());
+            let lines = self.missing_env_lines.entry(index).or_default();
+            if line != first_line && !lines.contains(&line) {
+                lines.push(line);
+                let shown: Vec<String> = lines.iter().map(usize::to_string).collect();
+                problem.label = format!(
+                    "environment `{environment}` has no `{}`; also used on line {}",
+                    quoted(key),
+                    shown.join(", ")
+                );
             }
-            let others: Vec<&str> = file
-                .environments
-                .iter()
-                .filter(|other| other.values.iter().any(|(k, _)| k.value == key))
-                .map(|other| other.name.value.as_str())
-                .collect();
-            let help = if others.is_empty() {
-                format!("add `{key}: …` to `environments.{environment}`")
-            } else {
-                format!(
-                    "add `{key}: …` to `environments.{environment}`, as {} set it",
-                    others.join(", ")
-                )
-            };
-            let problem = self
-                .new_problem(
-                    ProblemKind::UnknownVariable,
-                    span,
-                    format!(
-                        "`{{env.{}}}` is not set for environment `{environment}`",
-                        quoted(key)
-                    ),
-                    format!("environment `{environment}` has no `{}`", quoted(key)),
-                )
-                .with_secondary(env.name.span, format!("environment `{environment}`"))
-                .with_help(help);
-            self.missing_env.insert(id, self.problems.len());
-            self.problem(problem);
             return;
         }
+        let file = self.file;
+        let others: Vec<&str> = file
+            .environments
+            .iter()
+            .filter(|other| other.values.iter().any(|(k, _)| k.value == key))
+            .map(|other| other.name.value.as_str())
+            .collect();
+        let key_shown = quoted(key);
+        let help = if others.is_empty() {
+            format!("add `{key_shown}: …` to `environments.{environment}`")
+        } else {
+            format!(
+                "add `{key_shown}: …` to `environments.{environment}`, as {} set it",
+                others.join(", ")
+            )
+        };
+        let problem = self
+            .new_problem(
+                ProblemKind::UnknownVariable,
+                span,
+                format!(
+                    "`{{env.{}}}` is not set for environment `{environment}`",
+                    quoted(key)
+                ),
+                format!("environment `{environment}` has no `{}`", quoted(key)),
+            )
+            .with_secondary(env.name.span, format!("environment `{environment}`"))
+            .with_help(help);
+        self.missing_env.insert(id, self.problems.len());
+        self.problem(problem);
+    }
+
+    fn unknown_variable(&mut self, name: &str, span: SourceSpan, vars: &BTreeMap<String, String>) {
+        // `{env.KEY}` with an `env` axis: the key is missing in this one environment. It is
+        // reported once per environment and key, at its first use, with the lines of the
+        // other uses named in its label.
+        if let (Some(key), Some(environment)) = (name.strip_prefix("env."), vars.get("env")) {
+            let file = self.file;
+            let found = file
+                .environments
+                .iter()
+                .find(|env| env.name.value == *environment);
+            match found {
+                Some(env) => {
+                    self.missing_env_value(key, environment, env, span);
+                    return;
+                }
+                // An environment that `environments:` does not define is reported as such.
+                None if !file.environments.is_empty() => return,
+                None => {}
+            }
+        }
+
         let known: Vec<&str> = vars.keys().map(String::as_str).collect();
         let help = match closest(name, known.iter().copied()) {
             Some(suggestion) => format!(

@@ -19,7 +19,7 @@ const MAX_REPORTED: usize = 10;
 pub(crate) fn too_large(name: &str, size: Option<usize>, limits: &Limits) -> Problem {
     let source = SourceFile::new(name, "");
     let size = match size {
-        Some(size) => format!("{size} bytes"),
+        Some(size) => format!("{size} bytes, more"),
         None => "larger".to_string(),
     };
     Problem::new(
@@ -27,7 +27,7 @@ pub(crate) fn too_large(name: &str, size: Option<usize>, limits: &Limits) -> Pro
         &source,
         SourceSpan::from((0, 0)),
         format!(
-            "Fleet file is {size}, more than the limit of {} bytes",
+            "Fleet file {name} is {size} than the limit of {} bytes",
             limits.file_bytes
         ),
         "",

@@ -574,7 +574,10 @@ mod tests {
         };
         let error = refused("a: &a [x, y]\nb: *a\nc: *a\n", &limits);
         assert_eq!(error.kind, ProblemKind::Limit);
-        assert_eq!(error.offset, 22, "the second alias, which copies nodes 4 to 6");
+        assert_eq!(
+            error.offset, 22,
+            "the second alias, which copies nodes 4 to 6"
+        );
     }
 
     #[test]
