@@ -1,6 +1,6 @@
 //! Any bytes through the whole loader: `spec::compile_bytes` must return (never panic, never
-//! allocate without bound), and every problem must point inside the file on a character
-//! boundary.
+//! allocate without bound), every problem must point inside the file on a character
+//! boundary, and the report must render with miette's graphical handler, as the CLI prints it.
 //!
 //!   cargo +nightly fuzz run compile fuzz/corpus/compile fleets -- -max_total_time=60
 //!
@@ -32,5 +32,10 @@ fuzz_target!(|bytes: &[u8]| {
             }
             let _ = problem.location();
         }
+        let mut rendered = String::new();
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+            .with_width(100)
+            .render_report(&mut rendered, &invalid)
+            .expect("the report renders");
     }
 });
