@@ -33,7 +33,7 @@ const SEEDS: [(&str, &str); 4] = [
 
 /// Cases per run: enough to meet every mutation many times over, few enough to stay fast in a
 /// debug build.
-const CASES: u64 = 2_000;
+const CASES: u64 = 4_000;
 
 /// SplitMix64: a tiny deterministic generator, so a failing case replays exactly.
 struct Rng(u64);
