@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use fleet_engine::spec::Limits;
 
 /// Infrastructure as code for CI runner fleets.
 ///
@@ -113,6 +114,31 @@ pub(crate) struct Global {
     )]
     pub(crate) retry_for: u64,
 
+    /// Largest fleet file read, in bytes.
+    #[arg(long, global = true, value_name = "BYTES", env = "FLEET_MAX_FILE_SIZE",
+        default_value_t = Limits::DEFAULT_FILE_BYTES, hide_short_help = true)]
+    pub(crate) max_file_size: usize,
+
+    /// Most YAML nodes that aliases (`*name`) may copy in one fleet file, all together.
+    #[arg(long, global = true, value_name = "N", env = "FLEET_MAX_ALIAS_NODES",
+        default_value_t = Limits::DEFAULT_ALIAS_NODES, hide_short_help = true)]
+    pub(crate) max_alias_nodes: usize,
+
+    /// Most members of one pool (`size`) or one matrix entry (`matrix.count`).
+    #[arg(long, global = true, value_name = "N", env = "FLEET_MAX_POOL_SIZE",
+        default_value_t = Limits::DEFAULT_POOL_SIZE, hide_short_help = true)]
+    pub(crate) max_pool_size: u32,
+
+    /// Most combinations of one matrix (the product of its axes' lengths).
+    #[arg(long, global = true, value_name = "N", env = "FLEET_MAX_MATRIX",
+        default_value_t = Limits::DEFAULT_MATRIX_COMBINATIONS, hide_short_help = true)]
+    pub(crate) max_matrix: usize,
+
+    /// Most resources a fleet file may expand to, hosts included.
+    #[arg(long, global = true, value_name = "N", env = "FLEET_MAX_RESOURCES",
+        default_value_t = Limits::DEFAULT_RESOURCES, hide_short_help = true)]
+    pub(crate) max_resources: usize,
+
     /// Simulator: latency of every API call, in milliseconds.
     #[arg(
         long,
@@ -162,6 +188,19 @@ pub(crate) struct Global {
         hide_short_help = true
     )]
     pub(crate) sim_fail_create: Vec<String>,
+}
+
+impl Global {
+    /// The limits fleet files are compiled under.
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            file_bytes: self.max_file_size,
+            alias_nodes: self.max_alias_nodes,
+            pool_size: self.max_pool_size,
+            matrix_combinations: self.max_matrix,
+            resources: self.max_resources,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -23,6 +23,13 @@ pub(crate) fn warn(text: &str) {
     eprintln!("{text}");
 }
 
+/// Writes a diagnostic to standard error with the installed miette handler. Fleet-file
+/// problems whose lines are too long to draw carry no snippet (`spec::diagnostic`), so this
+/// cannot hit the graphical handler's 65,535-column limit.
+pub(crate) fn diagnostic(report: miette::Report) {
+    warn(&format!("{report:?}"));
+}
+
 /// Whether to colour standard output.
 pub(crate) fn color() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stdout().is_terminal()

@@ -58,6 +58,19 @@ pub struct Delivery {
     pub values: BTreeMap<String, String>,
 }
 
+/// What follows `${` in a secret reference `${secret:NAME}`.
+pub const REFERENCE_KEYWORD: &str = "secret:";
+
+/// Whether `name` can name a secret: one or more ASCII letters, digits, `_`, `-` and `.`.
+/// Apply looks a name up as `FLEET_SECRET_<NAME>` or in `--secrets-file`, so an empty name or
+/// one with spaces, braces or non-ASCII characters could only ever be missing.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
 /// Every secret referenced by some metadata.
 pub fn references<'a>(metadata: impl IntoIterator<Item = &'a String>) -> BTreeSet<String> {
     metadata

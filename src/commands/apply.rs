@@ -104,7 +104,7 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
             (plan, desired, clouds)
         }
         None => {
-            let desired = super::compile(&args.file)?;
+            let desired = super::compile(&args.file, &global.limits())?;
             let clouds = clouds::connect(global, &desired).await?;
             let source = crate::secrets::Secrets::for_run(global)?;
             let names = fleet_engine::secrets::references(

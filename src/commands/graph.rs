@@ -10,7 +10,7 @@ use crate::cli::Global;
 use crate::{clouds, output};
 
 pub(crate) async fn run(global: &Global, file: &Path) -> Result<u8> {
-    let desired = super::compile(file)?;
+    let desired = super::compile(file, &global.limits())?;
     let clouds = clouds::connect(global, &desired).await?;
     let options = PlanOptions {
         only_cloud: clouds::only_cloud(global),

@@ -8,7 +8,7 @@ use crate::cli::{Format, Global, PlanArgs};
 use crate::{clouds, output};
 
 pub(crate) async fn run(global: &Global, args: &PlanArgs) -> Result<u8> {
-    let desired = super::compile(&args.file)?;
+    let desired = super::compile(&args.file, &global.limits())?;
     let clouds = clouds::connect(global, &desired).await?;
     let source = crate::secrets::Secrets::for_run(global)?;
     let names = fleet_engine::secrets::references(

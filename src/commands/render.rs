@@ -4,14 +4,15 @@ use std::path::Path;
 
 use fleet_engine::render;
 use fleet_engine::secrets;
+use fleet_engine::spec::Limits;
 use miette::{IntoDiagnostic, Result, WrapErr};
 
 use crate::cli::RenderArgs;
 use crate::output;
 use crate::secrets::Secrets;
 
-pub(crate) fn run(args: &RenderArgs, secrets_file: Option<&Path>) -> Result<u8> {
-    let desired = super::compile(&args.file)?;
+pub(crate) fn run(args: &RenderArgs, secrets_file: Option<&Path>, limits: &Limits) -> Result<u8> {
+    let desired = super::compile(&args.file, limits)?;
     let mut machines: Vec<(String, Vec<(String, String)>)> = Vec::new();
     for resource in desired.resources.values() {
         let files: Vec<(String, String)> = resource

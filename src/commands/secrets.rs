@@ -10,7 +10,7 @@ use crate::output;
 use crate::secrets::Secrets;
 
 pub(crate) fn run(global: &Global, file: &Path) -> Result<u8> {
-    let desired = super::compile(file)?;
+    let desired = super::compile(file, &global.limits())?;
     let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for resource in desired.resources.values() {
         for name in fleet_engine::secrets::references(resource.spec.metadata.values()) {

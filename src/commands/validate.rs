@@ -3,14 +3,15 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use fleet_engine::spec::Limits;
 use miette::Result;
 
 use crate::output;
 
-pub(crate) fn run(files: &[PathBuf]) -> Result<u8> {
+pub(crate) fn run(files: &[PathBuf], limits: &Limits) -> Result<u8> {
     let mut failed = false;
     for path in files {
-        match fleet_engine::spec::compile_file(path) {
+        match fleet_engine::spec::compile_file(path, limits) {
             Ok(desired) => {
                 let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
                 for resource in desired.resources.values() {
@@ -27,7 +28,7 @@ pub(crate) fn run(files: &[PathBuf]) -> Result<u8> {
             }
             Err(invalid) => {
                 failed = true;
-                output::warn(&format!("{:?}", miette::Report::new(invalid)));
+                output::diagnostic(miette::Report::new(invalid));
             }
         }
     }

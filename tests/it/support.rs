@@ -57,7 +57,7 @@ pub(crate) struct Run {
     pub(crate) code: i32,
     pub(crate) stdout: String,
     pub(crate) stderr: String,
-    args: String,
+    pub(crate) args: String,
 }
 
 impl Run {

@@ -303,3 +303,377 @@ fn networking_keys_are_checked_per_cloud() {
         "{stderr}"
     );
 }
+
+// ---- A total loader: any bytes give located problems, never a panic, a truncation or an
+// unbounded allocation.
+
+/// Writes raw bytes (not necessarily UTF-8) into the scratch directory.
+fn write_bytes(env: &Env, name: &str, bytes: &[u8]) -> String {
+    std::fs::write(env.path().join(name), bytes).expect("write");
+    name.to_string()
+}
+
+/// Runs `fleet ARGS…` with its address space capped at 512 MiB, as a CI runner with little
+/// memory would: a file that made fleet allocate in proportion to a number in it aborts here.
+fn fleet_capped(env: &Env, args: &[&str]) -> crate::support::Run {
+    let inner = env.command(args, &[]);
+    let mut capped = std::process::Command::new("sh");
+    capped
+        .arg("-c")
+        .arg("ulimit -v 524288 && exec \"$0\" \"$@\"")
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .current_dir(env.path());
+    for (key, value) in inner.get_envs() {
+        match value {
+            Some(value) => capped.env(key, value),
+            None => capped.env_remove(key),
+        };
+    }
+    let output = capped.output().expect("run fleet under a memory cap");
+    crate::support::Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        args: args.join(" "),
+    }
+}
+
+#[test]
+fn a_nul_byte_in_a_comment_is_located_and_plan_refuses_instead_of_deleting() {
+    let env = Env::new();
+    let original = std::fs::read_to_string(crate::support::repo().join("fleets/arm-builders.yaml"))
+        .expect("read the fleet");
+    let file = env.write("arm.yaml", &original);
+    env.converge(&file);
+    // A NUL in the comment above `image:` used to end the file there: the pool vanished, the
+    // file was "valid" and the plan deleted the four builders.
+    let broken = original.replacen("# An Ubuntu", "# An\0 Ubuntu", 1);
+    let line = broken[..broken.find('\0').unwrap()].matches('\n').count() + 1;
+    env.write("arm.yaml", &broken);
+    let validate = env.fleet(&["validate", &file]).code(1);
+    let location = format!("[arm.yaml:{line}:9]");
+    assert!(
+        validate.stderr.contains("fleet::spec::encoding") && validate.stderr.contains(&location),
+        "{}",
+        validate.stderr
+    );
+    assert!(
+        validate.stderr.contains("A NUL byte"),
+        "{}",
+        validate.stderr
+    );
+    let plan = env.fleet(&["plan", &file]).code(1);
+    assert!(plan.stderr.contains(&location), "{}", plan.stderr);
+    assert!(!plan.stdout.contains("delete"), "{}", plan.stdout);
+    let builders = env
+        .sim_list()
+        .into_iter()
+        .filter(|object| object.to_string().contains("arm-builder-"))
+        .count();
+    assert_eq!(builders, 4, "the builders are still there");
+}
+
+#[test]
+fn a_leading_byte_order_mark_is_skipped_and_locations_stay_exact() {
+    let env = Env::new();
+    let mut bytes = "\u{feff}".as_bytes().to_vec();
+    bytes.extend_from_slice(format!("{HEAD}bogus: 1\n").as_bytes());
+    let file = write_bytes(&env, "bad.yaml", &bytes);
+    let run = env.fleet(&["validate", &file]).code(1);
+    assert!(run.stderr.contains("1 problem"), "{}", run.stderr);
+    expect(
+        &run.stderr,
+        "fleet::spec::unknown_key",
+        "8:1",
+        "Unknown key `bogus`",
+    );
+    // A valid file with a byte-order mark is valid.
+    let mut bytes = "\u{feff}".as_bytes().to_vec();
+    bytes.extend_from_slice(HEAD.as_bytes());
+    write_bytes(&env, "good.yaml", &bytes);
+    env.fleet(&["validate", "good.yaml"]).ok();
+    // Anywhere else it is an invisible character in a value: refused where it is.
+    let stderr = invalid(&format!(
+        "{HEAD}managers:\n  m-1:\u{feff}\n    cloud: gcp\n"
+    ));
+    expect(
+        &stderr,
+        "fleet::spec::encoding",
+        "9:7",
+        "A byte-order mark inside the fleet file",
+    );
+}
+
+#[test]
+fn non_ascii_text_before_a_typo_keeps_its_location_exact() {
+    // Comments and block scalars with multi-byte characters before the typo: every one used
+    // to shift the location (or panic, when the shifted offset fell inside a character).
+    let stderr = invalid(&format!(
+        "# naïve café 🦀\n{HEAD}managers:\n  m-1:\n    description: |\n      Ünïcödé 東京 🦀🦀\n      more\n    cloud: gcp\n    machine_tyep: n1-standard-4 # é\n"
+    ));
+    expect(
+        &stderr,
+        "fleet::spec::unknown_key",
+        "15:5",
+        "did you mean `machine_type`?",
+    );
+    // On the same line, the column counts characters, as editors do.
+    let stderr = invalid(&format!("{HEAD}managers: {{é-1: {{zöne: x}}}}\n"));
+    expect(
+        &stderr,
+        "fleet::spec::unknown_key",
+        "8:18",
+        "Unknown key `zöne`",
+    );
+}
+
+#[test]
+fn invalid_utf8_is_located_at_its_byte() {
+    let env = Env::new();
+    let mut bytes = format!("{HEAD}# caf").into_bytes();
+    bytes.push(0xE9);
+    bytes.extend_from_slice(b" latin-1\nmanagers: {}\n");
+    let file = write_bytes(&env, "bad.yaml", &bytes);
+    let run = env.fleet(&["validate", &file]).code(1);
+    expect(
+        &run.stderr,
+        "fleet::spec::encoding",
+        "8:6",
+        "byte 0xE9 is not UTF-8",
+    );
+    assert!(!run.stderr.contains("Cannot read"), "{}", run.stderr);
+}
+
+#[test]
+fn a_70000_character_key_or_value_is_reported_without_a_panic() {
+    let long = "k".repeat(70_000);
+    // As a key it is a YAML syntax error at column 70,001; as a value, an invalid fleet name.
+    for text in [
+        format!("{HEAD}{long}: 1\n"),
+        HEAD.replacen("fleet: f", &format!("fleet: {long}"), 1),
+        format!("{HEAD}managers:\n  m-1: {{cloud: gcp, \"{long}\": 1}}\n"),
+    ] {
+        let stderr = invalid(&text);
+        assert!(
+            stderr.contains("bad.yaml:"),
+            "{}",
+            &stderr[..stderr.len().min(2000)]
+        );
+        assert!(
+            stderr.len() < 10_000,
+            "{} bytes of diagnostics",
+            stderr.len()
+        );
+    }
+}
+
+#[test]
+fn sizes_that_would_exhaust_memory_are_refused_under_a_memory_cap() {
+    let env = Env::new();
+    let mut bomb =
+        String::from("fleet: f\na0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for level in 1..10 {
+        let previous = format!("*a{}", level - 1);
+        bomb.push_str(&format!(
+            "a{level}: &a{level} [{}]\n",
+            vec![previous; 9].join(", ")
+        ));
+    }
+    assert!(bomb.len() < 700, "{} bytes", bomb.len());
+    let cases = [
+        ("bomb.yaml", bomb, "7:10", "Aliases copy more than 100000 YAML nodes"),
+        (
+            "size.yaml",
+            format!("{HEAD}pools:\n  p-{{n}}:\n    size: 2147483648\n    cloud: aws\n"),
+            "10:11",
+            "`size` of 2147483648 is more than the limit of 10000 members",
+        ),
+        (
+            "million.yaml",
+            format!("{HEAD}pools:\n  p-{{n}}:\n    size: 1000000\n    cloud: aws\n"),
+            "10:11",
+            "`size` of 1000000 is more than the limit",
+        ),
+        (
+            "count.yaml",
+            format!("{HEAD}managers:\n  m-{{n}}:\n    matrix: {{count: 65536}}\n    cloud: gcp\n"),
+            "10:21",
+            "`matrix.count` of 65536 is more than the limit",
+        ),
+        (
+            "matrix.yaml",
+            format!(
+                "{HEAD}helpers:\n  h-{{a}}-{{b}}-{{c}}:\n    matrix:\n      a: &v [{}]\n      b: *v\n      c: *v\n    cloud: gcp\n",
+                (0..30).map(|i| format!("v{i}")).collect::<Vec<_>>().join(", ")
+            ),
+            "13:7",
+            "The matrix makes more than 10000 combinations",
+        ),
+    ];
+    for (name, text, at, message) in cases {
+        let file = env.write(name, &text);
+        let run = fleet_capped(&env, &["validate", &file]).code(1);
+        let location = format!("[{name}:{at}]");
+        assert!(
+            run.stderr.contains("fleet::spec::limit")
+                && run.stderr.contains(&location)
+                && run.stderr.contains(message),
+            "{name}: no limit at {at} saying {message:?} in:\n{}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn the_limit_options_raise_each_limit() {
+    let env = Env::new();
+    let pool = env.write(
+        "pool.yaml",
+        &format!("{HEAD}pools:\n  p-{{n}}:\n    size: 10001\n    cloud: aws\n"),
+    );
+    env.fleet(&["validate", &pool]).code(1);
+    let run = env
+        .fleet(&["--max-pool-size", "10001", "validate", &pool])
+        .ok();
+    assert!(run.stdout.contains("10001 resources"), "{}", run.stdout);
+
+    let fleet = env.write(
+        "fleet.yaml",
+        &format!("{HEAD}managers:\n  m-{{a}}-{{n}}:\n    matrix: {{a: [x, y, z], count: 4}}\n    cloud: gcp\n"),
+    );
+    let run = env
+        .fleet(&["--max-resources", "11", "validate", &fleet])
+        .code(1);
+    assert!(
+        run.stderr
+            .contains("The fleet expands to more than 11 resources")
+            && run.stderr.contains("--max-resources N"),
+        "{}",
+        run.stderr
+    );
+    env.fleet(&["--max-resources", "12", "validate", &fleet])
+        .ok();
+    let run = env
+        .fleet(&["--max-matrix", "2", "validate", &fleet])
+        .code(1);
+    assert!(
+        run.stderr.contains("more than 2 combinations"),
+        "{}",
+        run.stderr
+    );
+    env.fleet(&["--max-matrix", "3", "validate", &fleet]).ok();
+
+    // A file of 5 MiB, mostly comments: over the default of 4 MiB.
+    let big = format!(
+        "{HEAD}{}",
+        "# padding padding padding padding padding padding\n".repeat(105_000)
+    );
+    let big_file = env.write("big.yaml", &big);
+    let run = env.fleet(&["validate", &big_file]).code(1);
+    assert!(
+        run.stderr.contains("--max-file-size BYTES"),
+        "{}",
+        run.stderr
+    );
+    env.fleet(&["--max-file-size", "6000000", "validate", &big_file])
+        .ok();
+
+    let aliases = env.write(
+        "aliases.yaml",
+        &format!("{HEAD}managers:\n  m-1:\n    cloud: gcp\n    labels: &l {{a: b, c: d}}\n  m-2:\n    cloud: gcp\n    labels: *l\n"),
+    );
+    let run = env
+        .fleet(&["--max-alias-nodes", "4", "validate", &aliases])
+        .code(1);
+    assert!(
+        run.stderr.contains("more than 4 YAML nodes"),
+        "{}",
+        run.stderr
+    );
+    env.fleet(&["--max-alias-nodes", "5", "validate", &aliases])
+        .ok();
+}
+
+#[test]
+fn an_empty_or_malformed_secret_reference_is_refused_where_it_is() {
+    let stderr = invalid(&format!(
+        "{HEAD}managers:\n  m-1:\n    cloud: gcp\n    runner: {{version: \"16.11.1\"}}\n    runners:\n      - name: a\n        token: \"${{secret:}}\"\n      - name: b\n        token: \"x-${{secret:A B}}\"\n      - name: c\n        token: \"${{secret:OPEN\"\n"
+    ));
+    expect(
+        &stderr,
+        "fleet::spec::invalid_value",
+        "14:17",
+        "Empty secret name",
+    );
+    expect(
+        &stderr,
+        "fleet::spec::invalid_value",
+        "16:19",
+        "Invalid secret name `A B`",
+    );
+    expect(
+        &stderr,
+        "fleet::spec::invalid_value",
+        "18:17",
+        "Unclosed secret reference",
+    );
+    assert!(!stderr.contains("FLEET_SECRET_ "), "{stderr}");
+}
+
+#[test]
+fn an_environment_value_missing_in_one_environment_is_reported_once_naming_it() {
+    let stderr = invalid(&format!(
+        "{HEAD}environments:\n  com: {{url: https://gitlab.com/}}\n  dev: {{other: x}}\nmanagers:\n  m-{{env}}-{{n}}:\n    matrix: {{env: [com, dev], count: 2}}\n    cloud: gcp\n    runner: {{version: \"16.11.1\"}}\n    runners:\n      - {{name: a, url: \"{{env.url}}\"}}\n      - {{name: b, url: \"{{env.url}}\"}}\n      - {{name: c, url: \"{{env.url}}\"}}\n"
+    ));
+    assert!(stderr.contains("1 problem in the fleet file"), "{stderr}");
+    expect(
+        &stderr,
+        "fleet::spec::unknown_variable",
+        "17:25",
+        "`{env.url}` is not set for environment `dev`",
+    );
+    assert!(stderr.contains("also used on line 18, 19"), "{stderr}");
+    assert!(
+        stderr.contains("add `url: …` to `environments.dev`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn gcp_label_values_may_be_international_lowercase() {
+    let env = Env::new();
+    let good = env.write(
+        "good.yaml",
+        &format!("{HEAD}managers:\n  m-1:\n    cloud: gcp\n    labels: {{team: café, city: 東京, owner: straße_2, ñandú: x-1}}\n"),
+    );
+    env.fleet(&["validate", &good]).ok();
+    let stderr = invalid(&format!(
+        "{HEAD}managers:\n  m-1:\n    cloud: gcp\n    labels: {{team: Café, x: \"a b\", y: {}, Ünï: x}}\n",
+        "é".repeat(64)
+    ));
+    expect(
+        &stderr,
+        "fleet::spec::invalid_value",
+        "11:20",
+        "Invalid label value `Café`",
+    );
+    expect(
+        &stderr,
+        "fleet::spec::invalid_value",
+        "11:29",
+        "Invalid label value `a b`",
+    );
+    expect(
+        &stderr,
+        "fleet::spec::invalid_value",
+        "11:39",
+        "Invalid label value",
+    );
+    expect(
+        &stderr,
+        "fleet::spec::invalid_value",
+        "11:105",
+        "Invalid label key `Ünï`",
+    );
+}

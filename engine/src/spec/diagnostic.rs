@@ -27,16 +27,106 @@ impl SourceFile {
         }
     }
 
-    /// 1-based line and column of a byte offset.
+    /// 1-based line and column (in characters) of a byte offset. An offset inside a character
+    /// counts as that character; a leading byte-order mark is invisible in editors, so it takes
+    /// no column.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
-        let before = &self.text[..offset.min(self.text.len())];
+        let offset = floor_char_boundary(&self.text, offset);
+        let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
-        let column = before
-            .rsplit('\n')
-            .next()
-            .map_or(0, |tail| tail.chars().count())
-            + 1;
-        (line, column)
+        let tail = before.rsplit('\n').next().unwrap_or_default();
+        let tail = if line == 1 {
+            tail.strip_prefix(BYTE_ORDER_MARK).unwrap_or(tail)
+        } else {
+            tail
+        };
+        (line, tail.chars().count() + 1)
+    }
+
+    /// The span moved inside the text and onto character boundaries, so that whatever a
+    /// check computed, slicing the text at it cannot panic.
+    pub fn clamp(&self, span: SourceSpan) -> SourceSpan {
+        let start = floor_char_boundary(&self.text, span.offset());
+        let end = ceil_char_boundary(&self.text, span.offset().saturating_add(span.len()));
+        SourceSpan::from((start, end.max(start) - start))
+    }
+
+    /// Whether every line the labels touch, and the lines around them that a snippet shows,
+    /// is short enough to be drawn. miette's graphical handler pads with `{:width$}`, whose
+    /// width must fit in 16 bits, so a label 65,536 columns into a line panics there; far
+    /// shorter lines are unreadable anyway.
+    fn drawable(&self, spans: &[SourceSpan]) -> bool {
+        spans.iter().all(|span| {
+            let start = floor_char_boundary(&self.text, span.offset());
+            let end = ceil_char_boundary(&self.text, span.offset().saturating_add(span.len()));
+            let mut from = self.text[..start].rfind('\n').map_or(0, |at| at + 1);
+            for _ in 0..SNIPPET_CONTEXT_LINES {
+                from = self.text[..from.saturating_sub(1)]
+                    .rfind('\n')
+                    .map_or(0, |at| at + 1);
+            }
+            let mut to = end;
+            for _ in 0..=SNIPPET_CONTEXT_LINES {
+                to = self.text[to..]
+                    .find('\n')
+                    .map_or(self.text.len(), |at| to + at + 1);
+            }
+            self.text[from..to]
+                .split('\n')
+                .all(|line| line.chars().count() <= MAX_DRAWN_LINE)
+        })
+    }
+}
+
+/// U+FEFF, which some editors put at the start of a UTF-8 file.
+pub(crate) const BYTE_ORDER_MARK: char = '\u{feff}';
+
+/// The longest line (in characters) drawn in a snippet; a problem on a longer line is reported
+/// with its location in words instead.
+const MAX_DRAWN_LINE: usize = 1_000;
+
+/// Lines around a label that a snippet may show (miette's default is one).
+const SNIPPET_CONTEXT_LINES: usize = 3;
+
+/// The longest piece of fleet-file text quoted in a message.
+const MAX_QUOTED: usize = 60;
+
+fn floor_char_boundary(text: &str, offset: usize) -> usize {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    offset
+}
+
+fn ceil_char_boundary(text: &str, offset: usize) -> usize {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset += 1;
+    }
+    offset
+}
+
+/// A message or label cut to a readable length. Messages quote values through [`quoted`];
+/// this is the backstop for any that does not.
+fn bounded(text: String) -> String {
+    const MAX_MESSAGE: usize = 400;
+    match text.char_indices().nth(MAX_MESSAGE) {
+        None => text,
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+    }
+}
+
+/// Fleet-file text to quote in a message: whole if short, else its start and an ellipsis, so a
+/// 70,000-character key does not become a 70,000-character message.
+pub fn quoted(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(MAX_QUOTED) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((cut, _)) => std::borrow::Cow::Owned(format!(
+            "{}… ({} characters)",
+            &text[..cut],
+            text.chars().count()
+        )),
     }
 }
 
@@ -45,8 +135,12 @@ impl SourceFile {
 pub enum ProblemKind {
     /// The file could not be read.
     Io,
+    /// Bytes that are not text: invalid UTF-8, a NUL byte, a byte-order mark past the start.
+    Encoding,
     /// Not valid YAML.
     Syntax,
+    /// A file, alias expansion, pool, matrix or fleet larger than fleet's limits.
+    Limit,
     /// A key fleet does not know in this place.
     UnknownKey,
     /// A key given twice in one mapping.
@@ -82,7 +176,9 @@ impl ProblemKind {
     pub fn code(self) -> &'static str {
         match self {
             ProblemKind::Io => "fleet::spec::io",
+            ProblemKind::Encoding => "fleet::spec::encoding",
             ProblemKind::Syntax => "fleet::spec::yaml_syntax",
+            ProblemKind::Limit => "fleet::spec::limit",
             ProblemKind::UnknownKey => "fleet::spec::unknown_key",
             ProblemKind::DuplicateKey => "fleet::spec::duplicate_key",
             ProblemKind::MissingField => "fleet::spec::missing_field",
@@ -121,7 +217,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// A problem at one span.
+    /// A problem at one span (moved inside the text if a check computed it past the end).
     pub fn new(
         kind: ProblemKind,
         source: &SourceFile,
@@ -129,11 +225,12 @@ impl Problem {
         message: impl Into<String>,
         label: impl Into<String>,
     ) -> Problem {
+        let label = bounded(label.into());
         Problem {
             kind,
-            message: message.into(),
-            span,
-            label: label.into(),
+            message: bounded(message.into()),
+            span: source.clamp(span),
+            label,
             secondary: Vec::new(),
             help: None,
             source: source.clone(),
@@ -148,6 +245,7 @@ impl Problem {
 
     /// Adds a second labelled place.
     pub fn with_secondary(mut self, span: SourceSpan, label: impl Into<String>) -> Problem {
+        let span = self.source.clamp(span);
         self.secondary.push((span, label.into()));
         self
     }
@@ -157,11 +255,32 @@ impl Problem {
         let (line, column) = self.source.line_col(self.span.offset());
         format!("{}:{line}:{column}", self.source.name)
     }
+
+    /// Whether a snippet of the file can be drawn under the message; when not, the message
+    /// says where and what instead.
+    fn has_snippet(&self) -> bool {
+        let mut spans = vec![self.span];
+        spans.extend(self.secondary.iter().map(|(span, _)| *span));
+        self.source.drawable(&spans)
+    }
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        f.write_str(&self.message)?;
+        if !self.has_snippet() {
+            write!(f, "\n  at {}: {}", self.location(), quoted(&self.label))?;
+            for (span, label) in &self.secondary {
+                let (line, column) = self.source.line_col(span.offset());
+                write!(
+                    f,
+                    "\n  and {}:{line}:{column}: {}",
+                    self.source.name,
+                    quoted(label)
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -179,10 +298,17 @@ impl Diagnostic for Problem {
     }
 
     fn source_code(&self) -> Option<&dyn SourceCode> {
-        Some(self)
+        if self.has_snippet() {
+            Some(self)
+        } else {
+            None
+        }
     }
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        if !self.has_snippet() {
+            return None;
+        }
         let primary = LabeledSpan::new_primary_with_span(Some(self.label.clone()), self.span);
         let secondary = self
             .secondary
@@ -203,12 +329,14 @@ impl SourceCode for Problem {
             self.source
                 .text
                 .read_span(span, context_lines_before, context_lines_after)?;
+        // miette counts columns in bytes; fleet counts characters, as editors do.
+        let (line, column) = self.source.line_col(contents.span().offset());
         Ok(Box::new(miette::MietteSpanContents::new_named(
             self.source.name.clone(),
             contents.data(),
             *contents.span(),
-            contents.line(),
-            contents.column(),
+            line - 1,
+            column - 1,
             contents.line_count(),
         )))
     }

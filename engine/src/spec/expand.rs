@@ -10,15 +10,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use miette::SourceSpan;
 use petgraph::graphmap::DiGraphMap;
 
-use super::diagnostic::{closest, Problem, ProblemKind, SourceFile};
+use super::diagnostic::{closest, quoted, Problem, ProblemKind, SourceFile};
+use super::limits::Limits;
 use super::model::{
-    ConfigTable, ConfigValue, FleetFile, MachineDefaults, ResourceDecl, ResourceKind, RunnerGlobal,
-    Spanned,
+    ConfigTable, ConfigValue, Environment, FleetFile, MachineDefaults, ResourceDecl, ResourceKind,
+    RunnerGlobal, Spanned,
 };
 use crate::catalog::{self, Arch};
 use crate::desired::{metadata_hash, spec_hash, Address, CloudTarget, Desired, DesiredResource};
 use crate::provider::{labels, Cloud, MachineSpec, Networking, ObjectKind};
 use crate::render;
+use crate::secrets;
 
 const GCP_DISK_TYPES: &[&str] = &[
     "pd-standard",
@@ -88,10 +90,13 @@ struct Expanded {
 ///
 /// # Errors
 /// Every problem found, not the first.
-pub fn expand(file: &FleetFile) -> Result<Desired, Vec<Problem>> {
+pub fn expand(file: &FleetFile, limits: &Limits) -> Result<Desired, Vec<Problem>> {
     let mut expander = Expander {
         file,
         source: &file.source,
+        limits: *limits,
+        missing_env: BTreeMap::new(),
+        missing_env_lines: BTreeMap::new(),
         problems: Vec::new(),
         hosts: Vec::new(),
         bootstraps: BTreeMap::new(),
@@ -107,6 +112,12 @@ pub fn expand(file: &FleetFile) -> Result<Desired, Vec<Problem>> {
 struct Expander<'f> {
     file: &'f FleetFile,
     source: &'f SourceFile,
+    limits: Limits,
+    /// `{env.KEY}` missing in an environment, by (environment, key): the index of its problem,
+    /// so every later use adds a place to it instead of another problem.
+    missing_env: BTreeMap<(String, String), usize>,
+    /// The other lines where such a key is used, by the index of its problem.
+    missing_env_lines: BTreeMap<usize, Vec<usize>>,
     problems: Vec<Problem>,
     hosts: Vec<Host>,
     /// Bootstraps rendered so far, by their input: most machines share one.
@@ -156,7 +167,7 @@ impl Expander<'_> {
                     .new_problem(
                         ProblemKind::UnknownZone,
                         gcp.region.span,
-                        format!("Unknown GCP region `{}`", gcp.region.value),
+                        format!("Unknown GCP region `{}`", quoted(&gcp.region.value)),
                         "not a GCP region fleet knows",
                     )
                     .with_help(format!("known GCP regions: {}", known.join(", ")));
@@ -180,7 +191,7 @@ impl Expander<'_> {
                     .new_problem(
                         ProblemKind::UnknownZone,
                         aws.region.span,
-                        format!("Unknown AWS region `{}`", aws.region.value),
+                        format!("Unknown AWS region `{}`", quoted(&aws.region.value)),
                         "not an AWS region fleet knows",
                     )
                     .with_help(format!("known AWS regions: {}", known.join(", ")));
@@ -198,8 +209,43 @@ impl Expander<'_> {
             );
         }
 
-        let mut expanded: Vec<Expanded> = Vec::new();
+        // Sizes are checked before anything is expanded: a `size: 2147483648` must be refused,
+        // not allocated.
+        let mut total: usize = 0;
+        let mut within = Vec::new();
         for decl in &file.resources {
+            let Some(members) = self.members(decl) else {
+                continue;
+            };
+            total = total.saturating_add(members);
+            if total > self.limits.resources {
+                let problem = self
+                    .new_problem(
+                        ProblemKind::Limit,
+                        decl.name.span,
+                        format!(
+                            "The fleet expands to more than {} resources",
+                            self.limits.resources
+                        ),
+                        format!("{total} resources with this one"),
+                    )
+                    .with_help(format!(
+                        "split the fleet into several fleet files, or allow a larger fleet with `--max-resources N` (default {})",
+                        Limits::DEFAULT_RESOURCES
+                    ));
+                self.problem(problem);
+                return Desired {
+                    hosts: BTreeMap::new(),
+                    fleet: file.fleet.value.clone(),
+                    source: file.source.name.clone(),
+                    clouds,
+                    resources: BTreeMap::new(),
+                };
+            }
+            within.push(decl);
+        }
+        let mut expanded: Vec<Expanded> = Vec::new();
+        for decl in within {
             self.expand_decl(decl, &clouds, &mut expanded);
         }
         self.check_duplicates(&expanded);
@@ -223,58 +269,254 @@ impl Expander<'_> {
         }
     }
 
-    /// Substitutes `{variable}`s; reports unknown ones at their place in the file.
-    fn interpolate(&mut self, text: &Spanned<String>, vars: &BTreeMap<String, String>) -> String {
-        let mut out = String::with_capacity(text.value.len());
-        let mut rest = text.value.as_str();
-        let raw = &self.source.text[text.span.offset()..text.span.offset() + text.span.len()];
-        let quote_shift = usize::from(raw.starts_with('"') || raw.starts_with('\''));
-        while let Some(open) = rest.find('{') {
-            out.push_str(&rest[..open]);
-            // `${secret:NAME}` is a secret reference, not a variable; `{variables}` inside its
-            // name are still filled in, and its closing brace passes through below.
-            if open > 0 && rest.as_bytes()[open - 1] == b'$' {
-                out.push('{');
-                rest = &rest[open + 1..];
-                continue;
+    /// How many resources a declaration expands to, or `None` (with the problem reported) if
+    /// its count or its matrix is over the limits. Nothing is allocated in proportion to either.
+    fn members(&mut self, decl: &ResourceDecl) -> Option<usize> {
+        let count = decl.count.as_ref().map_or(1, |count| count.value);
+        if let Some(written) = &decl.count {
+            if count > self.limits.pool_size {
+                let key = if decl.kind == ResourceKind::Pool {
+                    "size"
+                } else {
+                    "matrix.count"
+                };
+                let problem = self
+                    .new_problem(
+                        ProblemKind::Limit,
+                        written.span,
+                        format!(
+                            "`{key}` of {count} is more than the limit of {} members",
+                            self.limits.pool_size
+                        ),
+                        format!("at most {}", self.limits.pool_size),
+                    )
+                    .with_help(format!(
+                        "split it into several {}, or allow more members with `--max-pool-size N` (default {})",
+                        if decl.kind == ResourceKind::Pool { "pools" } else { "declarations" },
+                        Limits::DEFAULT_POOL_SIZE
+                    ));
+                self.problem(problem);
+                return None;
             }
-            let Some(close) = rest[open..].find('}') else {
-                out.push_str(&rest[open..]);
-                rest = "";
+        }
+        let mut combinations: usize = 1;
+        for axis in &decl.matrix {
+            combinations = combinations.saturating_mul(axis.values.len());
+            if combinations > self.limits.matrix_combinations {
+                let problem = self
+                    .new_problem(
+                        ProblemKind::Limit,
+                        axis.name.span,
+                        format!(
+                            "The matrix makes more than {} combinations",
+                            self.limits.matrix_combinations
+                        ),
+                        format!("{combinations} combinations up to this axis"),
+                    )
+                    .with_help(format!(
+                        "use fewer axis values, or allow a larger matrix with `--max-matrix N` (default {})",
+                        Limits::DEFAULT_MATRIX_COMBINATIONS
+                    ));
+                self.problem(problem);
+                return None;
+            }
+        }
+        // Both factors are within their limits, so the product fits in a usize.
+        Some(combinations.saturating_mul(count as usize))
+    }
+
+    /// Substitutes `{variable}`s; reports unknown ones at their place in the file, and checks
+    /// `${secret:NAME}` references (whose names may hold variables).
+    fn interpolate(&mut self, text: &Spanned<String>, vars: &BTreeMap<String, String>) -> String {
+        let value = text.value.as_str();
+        let mut out = String::with_capacity(value.len());
+        let raw = &self.source.text[self.source.clamp(text.span).offset()..];
+        let quote_shift = usize::from(raw.starts_with('"') || raw.starts_with('\''));
+        let base = text.span.offset() + quote_shift;
+        let span_of = |from: usize, to: usize| SourceSpan::from((base + from, to - from));
+        // Where the open `${secret:` started in `value`, and where its name starts in `out`.
+        let mut secret: Option<(usize, usize)> = None;
+        let mut at = 0;
+        while at < value.len() {
+            let rest = &value[at..];
+            let next = rest.find(|c| c == '{' || (secret.is_some() && c == '}'));
+            let Some(found) = next else {
+                out.push_str(rest);
                 break;
             };
-            let name = &rest[open + 1..open + close];
+            out.push_str(&rest[..found]);
+            let open = at + found;
+            if value.as_bytes()[open] == b'}' {
+                if let Some((start, name_from)) = secret.take() {
+                    let name = out[name_from..].to_string();
+                    self.check_secret_name(&name, span_of(start, open + 1));
+                }
+                out.push('}');
+                at = open + 1;
+                continue;
+            }
+            // `${…}` is not a variable: `${secret:NAME}` is a secret reference, and anything
+            // else (a shell's `${HOME}` in a script) passes through as written.
+            if secret.is_none() && value[..open].ends_with('$') {
+                if value[open + 1..].starts_with(secrets::REFERENCE_KEYWORD) {
+                    out.push('{');
+                    out.push_str(secrets::REFERENCE_KEYWORD);
+                    secret = Some((open - 1, out.len()));
+                    at = open + 1 + secrets::REFERENCE_KEYWORD.len();
+                } else {
+                    out.push('{');
+                    at = open + 1;
+                }
+                continue;
+            }
+            let Some(close) = value[open..].find('}') else {
+                out.push_str(&value[open..]);
+                break;
+            };
+            let name = &value[open + 1..open + close];
             match vars.get(name) {
                 Some(value) => out.push_str(value),
                 None => {
-                    let offset_in_text = text.value.len() - rest.len() + open;
-                    let span = SourceSpan::from((
-                        text.span.offset() + quote_shift + offset_in_text,
-                        close + 1,
-                    ));
-                    let known: Vec<&str> = vars.keys().map(String::as_str).collect();
-                    let help = match closest(name, known.iter().copied()) {
-                        Some(suggestion) => format!("did you mean `{{{suggestion}}}`? Variables here: {}", braces(&known)),
-                        None if name.starts_with("env.") && !vars.contains_key("env") => {
-                            "`{env.KEY}` needs a matrix axis `env` whose values are keys of `environments:`".to_string()
-                        }
-                        None => format!("variables here: {}", braces(&known)),
-                    };
-                    let problem = self
-                        .new_problem(
-                            ProblemKind::UnknownVariable,
-                            span,
-                            format!("Unknown variable `{{{name}}}`"),
-                            "nothing defines this variable",
-                        )
-                        .with_help(help);
-                    self.problem(problem);
+                    let span = span_of(open, open + close + 1);
+                    self.unknown_variable(name, span, vars);
                 }
             }
-            rest = &rest[open + close + 1..];
+            at = open + close + 1;
         }
-        out.push_str(rest);
+        if let Some((start, _)) = secret {
+            let problem = self
+                .new_problem(
+                    ProblemKind::InvalidValue,
+                    span_of(start, value.len()),
+                    "Unclosed secret reference",
+                    "no `}` ends this `${secret:`",
+                )
+                .with_help("end the reference with `}`, e.g. `${secret:RUNNER_TOKEN}`");
+            self.problem(problem);
+        }
         out
+    }
+
+    fn check_secret_name(&mut self, name: &str, span: SourceSpan) {
+        if name.is_empty() {
+            let problem = self
+                .new_problem(ProblemKind::InvalidValue, span, "Empty secret name", "`${secret:}` names no secret")
+                .with_help("name the secret, e.g. `${secret:RUNNER_TOKEN}`; apply reads it from `FLEET_SECRET_RUNNER_TOKEN` or `--secrets-file`");
+            self.problem(problem);
+        } else if !secrets::is_valid_name(name) {
+            let problem = self
+                .new_problem(
+                    ProblemKind::InvalidValue,
+                    span,
+                    format!("Invalid secret name `{}`", quoted(name)),
+                    "not a secret name",
+                )
+                .with_help("secret names are ASCII letters, digits, `_`, `-` and `.`, e.g. `${secret:RUNNER_TOKEN}`");
+            self.problem(problem);
+        }
+    }
+
+    /// `{env.KEY}` where environment `environment` (declared as `env`) has no `KEY`.
+    fn missing_env_value(
+        &mut self,
+        key: &str,
+        environment: &str,
+        env: &Environment,
+        span: SourceSpan,
+    ) {
+        let id = (environment.to_string(), key.to_string());
+        if let Some(&index) = self.missing_env.get(&id) {
+            // Named by line in the label rather than drawn: the uses of one key are often
+            // far apart, and a snippet spanning them all would bury the message.
+            let (line, _) = self.source.line_col(span.offset());
+            let problem = &mut self.problems[index];
+            let (first_line, _) = self.source.line_col(problem.span.offset());
+            let lines = self.missing_env_lines.entry(index).or_default();
+            if line != first_line && !lines.contains(&line) {
+                lines.push(line);
+                let shown: Vec<String> = lines.iter().map(usize::to_string).collect();
+                problem.label = format!(
+                    "environment `{environment}` has no `{}`; also used on line {}",
+                    quoted(key),
+                    shown.join(", ")
+                );
+            }
+            return;
+        }
+        let file = self.file;
+        let others: Vec<&str> = file
+            .environments
+            .iter()
+            .filter(|other| other.values.iter().any(|(k, _)| k.value == key))
+            .map(|other| other.name.value.as_str())
+            .collect();
+        let key_shown = quoted(key);
+        let help = if others.is_empty() {
+            format!("add `{key_shown}: …` to `environments.{environment}`")
+        } else {
+            format!(
+                "add `{key_shown}: …` to `environments.{environment}`, as {} set it",
+                others.join(", ")
+            )
+        };
+        let problem = self
+            .new_problem(
+                ProblemKind::UnknownVariable,
+                span,
+                format!(
+                    "`{{env.{}}}` is not set for environment `{environment}`",
+                    quoted(key)
+                ),
+                format!("environment `{environment}` has no `{}`", quoted(key)),
+            )
+            .with_secondary(env.name.span, format!("environment `{environment}`"))
+            .with_help(help);
+        self.missing_env.insert(id, self.problems.len());
+        self.problem(problem);
+    }
+
+    fn unknown_variable(&mut self, name: &str, span: SourceSpan, vars: &BTreeMap<String, String>) {
+        // `{env.KEY}` with an `env` axis: the key is missing in this one environment. It is
+        // reported once per environment and key, at its first use, with the lines of the
+        // other uses named in its label.
+        if let (Some(key), Some(environment)) = (name.strip_prefix("env."), vars.get("env")) {
+            let file = self.file;
+            let found = file
+                .environments
+                .iter()
+                .find(|env| env.name.value == *environment);
+            match found {
+                Some(env) => {
+                    self.missing_env_value(key, environment, env, span);
+                    return;
+                }
+                // An environment that `environments:` does not define is reported as such.
+                None if !file.environments.is_empty() => return,
+                None => {}
+            }
+        }
+
+        let known: Vec<&str> = vars.keys().map(String::as_str).collect();
+        let help = match closest(name, known.iter().copied()) {
+            Some(suggestion) => format!(
+                "did you mean `{{{suggestion}}}`? Variables here: {}",
+                braces(&known)
+            ),
+            None if name.starts_with("env.") => {
+                "`{env.KEY}` needs a matrix axis `env` whose values are keys of `environments:`"
+                    .to_string()
+            }
+            None => format!("variables here: {}", braces(&known)),
+        };
+        let problem = self
+            .new_problem(
+                ProblemKind::UnknownVariable,
+                span,
+                format!("Unknown variable `{{{}}}`", quoted(name)),
+                "nothing defines this variable",
+            )
+            .with_help(help);
+        self.problem(problem);
     }
 
     fn expand_decl(
@@ -342,7 +584,7 @@ impl Expander<'_> {
                                     .new_problem(
                                         ProblemKind::DanglingReference,
                                         value.span,
-                                        format!("Unknown environment `{}`", value.value),
+                                        format!("Unknown environment `{}`", quoted(&value.value)),
                                         "not a key of `environments:`",
                                     )
                                     .with_help(format!(
@@ -380,7 +622,7 @@ impl Expander<'_> {
         };
         if !valid_cloud_name(&name, max_len) {
             let problem = self
-                .new_problem(ProblemKind::InvalidValue, decl.name.span, format!("Invalid name `{name}`"), "not a valid machine name")
+                .new_problem(ProblemKind::InvalidValue, decl.name.span, format!("Invalid name `{}`", quoted(&name)), "not a valid machine name")
                 .with_help(format!("names are lowercase letters, digits and `-`, start with a letter, end with a letter or digit, at most {max_len} characters (GCE's rule, applied on both clouds so names carry over)"));
             self.problem(problem);
         }
@@ -414,7 +656,7 @@ impl Expander<'_> {
                             .new_problem(
                                 ProblemKind::InvalidValue,
                                 cloud.span,
-                                format!("Unknown cloud `{text}`"),
+                                format!("Unknown cloud `{}`", quoted(&text)),
                                 "not a cloud fleet supports",
                             )
                             .with_help("`cloud` is `gcp` or `aws`");
@@ -472,7 +714,7 @@ impl Expander<'_> {
                         .new_problem(
                             ProblemKind::InvalidValue,
                             disk_type.span,
-                            format!("Unknown disk type `{value}`"),
+                            format!("Unknown disk type `{}`", quoted(&value)),
                             format!("not a {cloud} disk type"),
                         )
                         .with_help(help);
@@ -552,7 +794,7 @@ impl Expander<'_> {
                         .new_problem(
                             ProblemKind::UnknownZone,
                             *zone_span,
-                            format!("Unknown zone `{zone}`"),
+                            format!("Unknown zone `{}`", quoted(zone)),
                             format!("not a {cloud} zone fleet knows"),
                         )
                         .with_help(help);
@@ -589,7 +831,7 @@ impl Expander<'_> {
                         .new_problem(
                             ProblemKind::UnknownMachineType,
                             *machine_span,
-                            format!("Unknown machine type `{machine_type}`"),
+                            format!("Unknown machine type `{}`", quoted(machine_type)),
                             format!("not a {cloud} machine type"),
                         )
                         .with_help(help);
@@ -623,7 +865,7 @@ impl Expander<'_> {
                         .new_problem(
                             ProblemKind::InvalidValue,
                             text.span,
-                            format!("Unknown architecture `{}`", text.value),
+                            format!("Unknown architecture `{}`", quoted(&text.value)),
                             "not an architecture",
                         )
                         .with_help("`arch` is amd64, arm64 or armv7");
@@ -649,11 +891,11 @@ impl Expander<'_> {
                 continue;
             }
             if !valid_label(&key.value, true) {
-                let problem = self.new_problem(ProblemKind::InvalidValue, key.span, format!("Invalid label key `{}`", key.value), "not a valid label key").with_help("label keys are lowercase letters, digits, `-` and `_`, start with a letter, at most 63 characters");
+                let problem = self.new_problem(ProblemKind::InvalidValue, key.span, format!("Invalid label key `{}`", quoted(&key.value)), "not a valid label key").with_help("label keys are lowercase letters (international ones too), digits, `-` and `_`, start with a letter, at most 63 characters");
                 self.problem(problem);
             }
             if !valid_label(&value_text, false) {
-                let problem = self.new_problem(ProblemKind::InvalidValue, value.span, format!("Invalid label value `{value_text}`"), "not a valid label value").with_help("label values are lowercase letters, digits, `-` and `_`, at most 63 characters");
+                let problem = self.new_problem(ProblemKind::InvalidValue, value.span, format!("Invalid label value `{}`", quoted(&value_text)), "not a valid label value").with_help("label values are lowercase letters (international ones too), digits, `-` and `_`, at most 63 characters");
                 self.problem(problem);
             }
             labels_map.insert(key.value.clone(), value_text);
@@ -666,7 +908,7 @@ impl Expander<'_> {
                         .new_problem(
                             ProblemKind::InvalidValue,
                             role.span,
-                            format!("Invalid role `{value}`"),
+                            format!("Invalid role `{}`", quoted(&value)),
                             "not a valid label value",
                         )
                         .with_help(
@@ -706,7 +948,7 @@ impl Expander<'_> {
             match Address::parse(&text) {
                 Some(address) => references.push((address, dependency.span)),
                 None => {
-                    let problem = self.new_problem(ProblemKind::InvalidValue, dependency.span, format!("`{text}` is not an address"), "expected `kind.name`").with_help("addresses are `template.NAME`, `manager.NAME`, `pool.NAME` or `helper.NAME`");
+                    let problem = self.new_problem(ProblemKind::InvalidValue, dependency.span, format!("`{}` is not an address", quoted(&text)), "expected `kind.name`").with_help("addresses are `template.NAME`, `manager.NAME`, `pool.NAME` or `helper.NAME`");
                     self.problem(problem);
                 }
             }
@@ -1305,7 +1547,7 @@ impl Expander<'_> {
                 Cloud::Aws => {
                     if !is_aws_id(&value, "subnet-") {
                         let problem = self
-                            .new_problem(ProblemKind::InvalidValue, subnet.span, format!("`{value}` is not a subnet id"), "expected `subnet-` and lowercase hex digits")
+                            .new_problem(ProblemKind::InvalidValue, subnet.span, format!("`{}` is not a subnet id", quoted(&value)), "expected `subnet-` and lowercase hex digits")
                             .with_help("use the subnet's id, e.g. `subnet-0a1b2c3d4e5f60718` (`aws ec2 describe-subnets`)");
                         self.problem(problem);
                     }
@@ -1335,7 +1577,7 @@ impl Expander<'_> {
                     let value = self.interpolate(group, vars);
                     if !is_aws_id(&value, "sg-") {
                         let problem = self
-                            .new_problem(ProblemKind::InvalidValue, group.span, format!("`{value}` is not a security group id"), "expected `sg-` and lowercase hex digits")
+                            .new_problem(ProblemKind::InvalidValue, group.span, format!("`{}` is not a security group id", quoted(&value)), "expected `sg-` and lowercase hex digits")
                             .with_help("use the group's id, e.g. `sg-0123456789abcdef0` (`aws ec2 describe-security-groups`); names are not accepted because they are ambiguous outside the default VPC");
                         self.problem(problem);
                     }
@@ -1373,7 +1615,7 @@ impl Expander<'_> {
             }
             _ => {
                 let problem = self
-                    .new_problem(ProblemKind::InvalidValue, span, format!("`{value}` is not a {what}"), format!("expected a {what} name or `{example}`"))
+                    .new_problem(ProblemKind::InvalidValue, span, format!("`{}` is not a {what}", quoted(value)), format!("expected a {what} name or `{example}`"))
                     .with_help(format!("name a {what} of the fleet's project (lowercase letters, digits and `-`), or one of a shared VPC's host project as `{example}`"));
                 self.problem(problem);
                 return value.to_string();
@@ -1398,7 +1640,7 @@ impl Expander<'_> {
     fn check_label_value(&mut self, value: &Spanned<String>, what: &str) {
         if !value.value.is_empty() && !valid_label(&value.value, true) {
             let problem = self
-                .new_problem(ProblemKind::InvalidValue, value.span, format!("Invalid {what} `{}`", value.value), "fleet puts this in a label on every machine")
+                .new_problem(ProblemKind::InvalidValue, value.span, format!("Invalid {what} `{}`", quoted(&value.value)), "fleet puts this in a label on every machine")
                 .with_help("use lowercase letters, digits, `-` and `_`, starting with a letter, at most 63 characters");
             self.problem(problem);
         }
@@ -1460,7 +1702,7 @@ impl Expander<'_> {
                             ProblemKind::DanglingReference,
                             self.source,
                             *span,
-                            format!("Unknown resource `{reference}`"),
+                            format!("Unknown resource `{}`", quoted(reference.as_str())),
                             "nothing in this fleet file has this address",
                         )
                         .with_help(help),
@@ -1489,7 +1731,7 @@ impl Expander<'_> {
                             ProblemKind::DanglingReference,
                             self.source,
                             template.span,
-                            format!("Unknown template `{}`", template.value),
+                            format!("Unknown template `{}`", quoted(&template.value)),
                             "no template has this name",
                         )
                         .with_help(help),
@@ -1505,7 +1747,7 @@ impl Expander<'_> {
                                 ProblemKind::InvalidValue,
                                 self.source,
                                 arch_text.span,
-                                format!("Unknown architecture `{}`", arch_text.value),
+                                format!("Unknown architecture `{}`", quoted(&arch_text.value)),
                                 "not an architecture",
                             )
                             .with_help("`arch` is amd64, arm64 or armv7"),
@@ -1553,7 +1795,7 @@ impl Expander<'_> {
                             ProblemKind::DanglingReference,
                             self.source,
                             pattern.span,
-                            format!("`{}` matches no resource", pattern.value),
+                            format!("`{}` matches no resource", quoted(&pattern.value)),
                             "scrapes nothing",
                         )
                         .with_help(
@@ -1649,13 +1891,26 @@ fn valid_cloud_name(name: &str, max_len: usize) -> bool {
         && !name.ends_with('-')
 }
 
-/// GCE's label rule (EC2 tags accept a superset).
+/// GCE's label rule, which EC2 tags accept too: keys `[\p{Ll}\p{Lo}][\p{Ll}\p{Lo}\p{N}_-]{0,62}`,
+/// values `[\p{Ll}\p{Lo}\p{N}_-]{0,63}`, counted in characters. International characters
+/// are allowed as long as they are lowercase (`café`, `straße`) or of a script without case
+/// (`東京`); `Café` is refused, as Google refuses it.
 fn valid_label(text: &str, is_key: bool) -> bool {
-    text.len() <= 63
-        && (!is_key || text.as_bytes().first().is_some_and(u8::is_ascii_lowercase))
+    text.chars().count() <= 63
+        && (!is_key || text.chars().next().is_some_and(is_label_letter))
         && text
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            .chars()
+            .all(|c| is_label_letter(c) || c.is_numeric() || c == '-' || c == '_')
+}
+
+/// `\p{Ll}` or `\p{Lo}`: a lowercase letter, or a letter of a script without case (one that
+/// has neither an upper nor a lower case form).
+fn is_label_letter(c: char) -> bool {
+    c.is_lowercase()
+        || (c.is_alphabetic()
+            && !c.is_uppercase()
+            && c.to_uppercase().eq(std::iter::once(c))
+            && c.to_lowercase().eq(std::iter::once(c)))
 }
 
 /// A GCE network or subnetwork name.

@@ -7,7 +7,8 @@
 
 use miette::SourceSpan;
 
-use super::diagnostic::{closest, Problem, ProblemKind, SourceFile};
+use super::diagnostic::{closest, quoted, Problem, ProblemKind, SourceFile};
+use super::limits::Limits;
 use super::model::{
     AwsSettings, Axis, ConfigTable, ConfigValue, Environment, FleetFile, GcpSettings,
     MachineDefaults, PrometheusDecl, ResourceDecl, ResourceKind, RunnerDecl, RunnerGlobal, Spanned,
@@ -77,25 +78,25 @@ fn keys_for(kind: ResourceKind) -> Vec<&'static str> {
 }
 
 /// Parses and reads one fleet file. Returns the model (as far as it could be read) and
-/// every problem found; the model is only meaningful when there are none.
-pub fn load(name: &str, text: &str) -> (Option<FleetFile>, Vec<Problem>) {
+/// every problem found; the model is only meaningful when there are none. Text the parser
+/// must not see (NUL bytes, a byte-order mark past the start) and a file over the size limit
+/// stop here, before parsing.
+pub fn load(name: &str, text: &str, limits: &Limits) -> (Option<FleetFile>, Vec<Problem>) {
     let source = SourceFile::new(name, text);
+    let problems = super::text::check(&source, limits);
+    if !problems.is_empty() {
+        return (None, problems);
+    }
     let mut reader = Reader {
         source: &source,
         problems: Vec::new(),
     };
-    let root = match yaml::parse(text) {
+    let root = match yaml::parse(text, limits) {
         Ok(root) => root,
         Err(error) => {
             let span = SourceSpan::from((error.offset, 0));
-            let problem = Problem::new(
-                ProblemKind::Syntax,
-                &source,
-                span,
-                "Invalid YAML",
-                error.message.clone(),
-            )
-            .with_help("fix the YAML syntax here; the rest of the file is checked once it parses");
+            let problem = Problem::new(error.kind, &source, span, error.message, error.label)
+                .with_help(error.help);
             return (None, vec![problem]);
         }
     };
@@ -223,7 +224,7 @@ impl<'s> Reader<'s> {
                 self.problem(
                     ProblemKind::UnknownKey,
                     *key_span,
-                    format!("Unknown key `{name}`"),
+                    format!("Unknown key `{}`", quoted(name)),
                     label,
                     Some(help),
                 );
@@ -277,12 +278,22 @@ impl<'s> Reader<'s> {
                 span,
             } => match value.parse::<u32>() {
                 Ok(number) => Some(Spanned::new(number, *span)),
+                Err(_) if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                    self.problem(
+                        ProblemKind::Limit,
+                        *span,
+                        format!("`{what}` is too large"),
+                        format!("{} is more than {}", quoted(value), u32::MAX),
+                        Some(format!("write `{what}` as a number up to {}", u32::MAX)),
+                    );
+                    None
+                }
                 Err(_) => {
                     self.problem(
                         ProblemKind::WrongType,
                         *span,
                         format!("Expected a whole number for `{what}`"),
-                        format!("`{value}` is not a whole number"),
+                        format!("`{}` is not a whole number", quoted(value)),
                         Some(format!("write `{what}` as a number such as 100")),
                     );
                     None
@@ -801,7 +812,7 @@ mod tests {
     #[test]
     fn unknown_key_suggests_the_right_one() {
         let text = "fleet: f\nmanagers:\n  m-1:\n    machine_tyep: n1-standard-2\n";
-        let (_, problems) = load("f.yaml", text);
+        let (_, problems) = load("f.yaml", text, &Limits::default());
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].kind, ProblemKind::UnknownKey);
         assert!(problems[0]
@@ -815,7 +826,7 @@ mod tests {
     #[test]
     fn every_problem_is_reported() {
         let text = "fleet: f\nbogus: 1\nmanagers:\n  m-1:\n    zone: [a]\n    disk: {size_gb: big}\npools:\n  p-{n}:\n    zone: x\n";
-        let (_, problems) = load("f.yaml", text);
+        let (_, problems) = load("f.yaml", text, &Limits::default());
         let kinds: Vec<_> = problems.iter().map(|p| p.kind).collect();
         assert!(kinds.contains(&ProblemKind::UnknownKey), "{kinds:?}");
         assert!(kinds.contains(&ProblemKind::WrongType), "{kinds:?}");

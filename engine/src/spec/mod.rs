@@ -6,24 +6,48 @@
 
 pub mod diagnostic;
 pub mod expand;
+pub mod limits;
 pub mod load;
 pub mod model;
+pub(crate) mod text;
 pub(crate) mod yaml;
 
 pub use diagnostic::{Invalid, Problem, ProblemKind, SourceFile};
+pub use limits::Limits;
 
 use crate::desired::Desired;
 
-/// Loads, validates and expands a fleet file's text.
+/// Loads, validates and expands a fleet file's text under the default [`Limits`].
 ///
 /// # Errors
 /// [`Invalid`] with every problem found.
 pub fn compile(name: &str, text: &str) -> Result<Desired, Invalid> {
-    let (file, mut problems) = load::load(name, text);
+    compile_with(name, text, &Limits::default())
+}
+
+/// Loads, validates and expands a fleet file's bytes: the total entry point. Whatever the
+/// bytes, it returns (never panics, never truncates, never allocates without bound), and
+/// every problem points inside the file on a character boundary.
+///
+/// # Errors
+/// [`Invalid`] with every problem found.
+pub fn compile_bytes(name: &str, bytes: &[u8], limits: &Limits) -> Result<Desired, Invalid> {
+    match text::decode(name, bytes, limits) {
+        Ok(text) => compile_with(name, &text, limits),
+        Err(problems) => Err(Invalid::new(problems)),
+    }
+}
+
+/// Loads, validates and expands a fleet file's text under `limits`.
+///
+/// # Errors
+/// [`Invalid`] with every problem found.
+pub fn compile_with(name: &str, text: &str, limits: &Limits) -> Result<Desired, Invalid> {
+    let (file, mut problems) = load::load(name, text, limits);
     let Some(file) = file else {
         return Err(Invalid::new(problems));
     };
-    match expand::expand(&file) {
+    match expand::expand(&file, limits) {
         Ok(desired) if problems.is_empty() => Ok(desired),
         Ok(_) => Err(Invalid::new(problems)),
         Err(more) => {
@@ -33,14 +57,27 @@ pub fn compile(name: &str, text: &str) -> Result<Desired, Invalid> {
     }
 }
 
-/// Reads and compiles a fleet file from disk.
+/// Reads and compiles a fleet file from disk. At most one byte more than the size limit is
+/// read, so a huge file is refused without being loaded.
 ///
 /// # Errors
 /// [`Invalid`] with the problems, or one [`ProblemKind::Io`] problem if the file cannot be read.
-pub fn compile_file(path: &std::path::Path) -> Result<Desired, Invalid> {
+pub fn compile_file(path: &std::path::Path, limits: &Limits) -> Result<Desired, Invalid> {
+    use std::io::Read;
     let name = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => compile(&name, &text),
+    let read = std::fs::File::open(path).and_then(|file| {
+        let mut bytes = Vec::new();
+        let most = u64::try_from(limits.file_bytes)
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        file.take(most).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    });
+    match read {
+        Ok(bytes) if bytes.len() > limits.file_bytes => {
+            Err(Invalid::new(vec![text::too_large(&name, None, limits)]))
+        }
+        Ok(bytes) => compile_bytes(&name, &bytes, limits),
         Err(error) => {
             let source = SourceFile::new(name.clone(), "");
             let problem = Problem::new(
@@ -55,3 +92,6 @@ pub fn compile_file(path: &std::path::Path) -> Result<Desired, Invalid> {
         }
     }
 }
+
+#[cfg(test)]
+mod property_tests;
