@@ -274,9 +274,19 @@ fn a_5000_instance_plan_under_30_percent_faults_retries_each_faulted_page_once()
 
 #[test]
 fn a_list_that_lags_behind_its_writes_makes_no_duplicate_and_the_apply_verifies() {
+    let prompt = Env::new();
+    prompt.converge("fleets/arm-builders.yaml");
+    let prompt_lists = stat(&prompt.sim_stats(), "ec2:DescribeInstances");
     let env = Env::new().with_env("FLEET_SIM_LIST_LAG", "3");
     env.converge("fleets/arm-builders.yaml");
     let stats = env.sim_stats();
+    // The verification does not see the new builders for three list calls: it lists again,
+    // three more times than against a prompt cloud, and then verifies.
+    assert_eq!(
+        stat(&stats, "ec2:DescribeInstances"),
+        prompt_lists + 3,
+        "{stats:?}"
+    );
     assert_eq!(stat(&stats, "ec2:RunInstances"), 1, "{stats:?}");
     let listed = env.sim_list();
     assert_eq!(listed.len(), 4, "{listed:?}");

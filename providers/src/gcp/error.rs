@@ -244,10 +244,9 @@ pub(crate) fn from_gax(
         .as_deref()
         .and_then(GceReason::from_reason)
         .unwrap_or_else(|| GceReason::from_http(http));
-    let status = u16::try_from(http).unwrap_or_default();
     let reason = match reason {
         // A reason that contradicts the status (e.g. `notFound` on a 400) follows the status.
-        GceReason::NotFound if status != 404 => GceReason::from_http(status),
+        GceReason::NotFound if http != 404 => GceReason::from_http(http),
         reason => reason,
     };
     call(

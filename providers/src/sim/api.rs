@@ -58,8 +58,8 @@ pub(crate) const GCE_OPERATION_POLLS: u32 = 1;
 /// What one list call shows of a stored object.
 #[derive(Debug)]
 pub(crate) enum View {
-    /// Listed, as it looks now.
-    Listed(LiveResource),
+    /// Listed, as it looks now (boxed: a resource is large, the other answers are not).
+    Listed(Box<LiveResource>),
     /// Made so recently that list calls do not show it yet (the list lag).
     Hidden,
     /// Gone for good: its deletion finished.
@@ -71,9 +71,9 @@ pub(crate) enum View {
 pub(crate) fn view(object: &StoredObject, now: u64, lag: u64) -> View {
     let resource = &object.resource;
     if resource.kind != ObjectKind::Instance {
-        return View::Listed(resource.clone());
+        return View::Listed(Box::new(resource.clone()));
     }
-    let mut listed = resource.clone();
+    let mut listed = Box::new(resource.clone());
     if resource.cloud == Cloud::Aws {
         // EC2 reports the ClientToken an instance was launched with, "" when none.
         listed.creation_token = Some(object.token.clone().unwrap_or_default());
@@ -422,7 +422,7 @@ fn listing(
             continue;
         }
         match view(object, now, lag) {
-            View::Listed(resource) if keep(&resource) => listed.push(resource),
+            View::Listed(resource) if keep(&resource) => listed.push(*resource),
             View::Listed(_) | View::Hidden => {}
             View::Vanished => vanished.push(object.clone()),
         }

@@ -299,7 +299,7 @@ impl SimCloud {
                         Cloud::Aws => clocks[1],
                     };
                     match api::view(object, now, 0) {
-                        api::View::Listed(resource) => Some(resource),
+                        api::View::Listed(resource) => Some(*resource),
                         api::View::Hidden | api::View::Vanished => None,
                     }
                 })
