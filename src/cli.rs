@@ -188,6 +188,17 @@ pub(crate) struct Global {
         hide_short_help = true
     )]
     pub(crate) sim_fail_create: Vec<String>,
+
+    /// Simulator: list calls that do not show an instance yet after its creation, to see
+    /// lists that lag behind writes handled.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEET_SIM_LIST_LAG",
+        default_value_t = 0,
+        hide_short_help = true
+    )]
+    pub(crate) sim_list_lag: u64,
 }
 
 impl Global {

@@ -73,8 +73,9 @@ pub(crate) fn open_sim(global: &Global) -> Result<SimCloud> {
         rate_limit: global.sim_rate_limit.filter(|rate| *rate > 0.0),
         fault_rate: global.sim_fault_rate,
         seed: global.sim_seed,
+        list_lag: global.sim_list_lag,
     };
-    let sim = SimCloud::open(&global.sim_dir, config)?;
+    let sim = SimCloud::open(&global.sim_dir, config)?.with_retry_policy(retry_policy(global));
     sim.fail_creates_matching(global.sim_fail_create.clone());
     Ok(sim)
 }
@@ -156,6 +157,7 @@ async fn gcp_provider(global: &Global, target: &CloudTarget) -> Result<Arc<dyn P
     };
     let mut config = GcpConfig::new(project, target.region.clone());
     config.endpoint = given(&global.gcp_endpoint);
+    config.retry = retry_policy(global);
     if std::env::var("FLEET_GCP_ANONYMOUS").is_ok_and(|value| value == "1" || value == "true") {
         config.auth = GcpAuth::Anonymous;
     }

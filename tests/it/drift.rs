@@ -25,12 +25,80 @@ fn a_stopped_builder_is_replaced_because_it_counts_against_the_cap() {
         "{text}"
     );
     env.converge("fleets/arm-builders.yaml");
-    let builders = env.sim_list();
+    let (going, builders): (Vec<_>, Vec<_>) = env
+        .sim_list()
+        .into_iter()
+        .partition(|b| b["status"] == "deleting");
     assert_eq!(builders.len(), 4);
     assert!(
         builders.iter().all(|b| b["status"] == "running"),
         "{builders:?}"
     );
+    // The stopped one was terminated and is still listed, shutting down, for a while.
+    assert_eq!(going.len(), 1, "{going:?}");
+    assert_eq!(going[0]["name"], "arm-builder-2");
+}
+
+fn sim_count(env: &Env, operation: &str) -> u64 {
+    env.sim_stats()
+        .get(operation)
+        .and_then(|count| count.as_u64())
+        .unwrap_or(0)
+}
+
+fn listed_names(env: &Env) -> Vec<String> {
+    env.sim_list()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn an_ec2_instance_shutting_down_is_not_counted_not_deleted_twice_and_then_gone() {
+    let env = Env::new();
+    env.converge("fleets/arm-builders.yaml");
+    let smaller = std::fs::read_to_string(env.path().join("fleets/arm-builders.yaml"))
+        .unwrap()
+        .replace("size: 4", "size: 3");
+    let file = env.write("smaller.yaml", &smaller);
+    env.converge(&file);
+    let terminations = sim_count(&env, "ec2:TerminateInstances");
+    assert_eq!(terminations, 1);
+    // Right after the apply, arm-builder-4 is shutting down, still listed by EC2.
+    let going: Vec<String> = env
+        .sim_list()
+        .iter()
+        .filter(|o| o["status"] == "deleting")
+        .map(|o| o["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(going, ["arm-builder-4"]);
+    // While it shuts down and then is terminated, it is neither an orphan to delete again
+    // nor a member of the pool: the smaller fleet has nothing to do, the full one lacks it.
+    for _ in 0..2 {
+        env.fleet(&["plan", &file, "--detailed-exitcode"])
+            .unchanged();
+    }
+    assert!(listed_names(&env).contains(&"arm-builder-4".to_string()));
+    let plan = plan_json(&env, "fleets/arm-builders.yaml");
+    assert_eq!(actions_of(&plan, "pool.arm-builder-4"), ["create"]);
+    // That plan listed twice (its discovery, then the names it did not find): the fourth
+    // list call since the termination found it gone.
+    assert_eq!(
+        listed_names(&env),
+        ["arm-builder-1", "arm-builder-2", "arm-builder-3"]
+    );
+    env.fleet(&["plan", &file, "--detailed-exitcode"])
+        .unchanged();
+    assert_eq!(
+        sim_count(&env, "ec2:TerminateInstances"),
+        terminations,
+        "never deleted twice"
+    );
+    // Made again, it is a new machine: the token that made the first has expired with it.
+    env.converge("fleets/arm-builders.yaml");
+    assert_eq!(listed_names(&env).len(), 4);
+    env.fleet(&["plan", "fleets/arm-builders.yaml", "--detailed-exitcode"])
+        .unchanged();
 }
 
 #[test]
@@ -212,9 +280,11 @@ fn an_orphan_is_deleted_and_others_are_left_alone() {
     assert_eq!(actions_of(&plan, "pool.arm-builder-4"), ["delete"]);
     assert_eq!(reasons_of(&plan, "pool.arm-builder-4"), ["orphan"]);
     env.converge(&file);
+    // The orphan is shutting down: still listed by EC2, going away.
     let names: Vec<String> = env
         .sim_list()
         .iter()
+        .filter(|o| o["status"] != "deleting")
         .map(|o| o["name"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(

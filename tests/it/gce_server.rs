@@ -14,6 +14,13 @@
 //! in GCE's JSON error format) and counters of every call received, by operation
 //! (`compute.instances.insert`, …), from [`GceServer::calls`] or `GET /__stats`.
 //!
+//! States take time as on GCE, counted in calls rather than seconds: an operation is PENDING
+//! when answered, RUNNING while polls are left ([`GceServer::set_operation_polls`]) and DONE
+//! at the last; a new VM is PROVISIONING until its insert operation is done, then STAGING for
+//! the next GET or list call, then RUNNING; a VM being deleted is STOPPING until its delete
+//! operation is done, then gone; a VM stopped from the console ([`GceServer::stop`]) is
+//! STOPPING for one GET or list call, then TERMINATED.
+//!
 //! Like real GCE, an instance in a list response carries its machine type and zone as URLs
 //! and its boot disk's size, but not the disk's `initializeParams` (source image, disk type):
 //! those live on the disk resource, which this server does not serve.
@@ -72,9 +79,16 @@ struct Knobs {
 struct StoredOperation {
     operation: Operation,
     polls_left: u32,
-    /// What happens when it finishes: instances (zone, name) to mark RUNNING.
+    /// What happens when it finishes: instances (zone, name) that start booting (STAGING).
     starts: Vec<(String, String)>,
+    /// Instances (zone, name) that are gone when it finishes.
+    removes: Vec<(String, String)>,
 }
+
+/// GET or list calls a booting VM is STAGING for, and a VM stopped from the console is
+/// STOPPING for. One: the list right after an apply (its verification) sees the machine
+/// still starting, the next sees it settled, so a plan saved then does not go stale.
+const SETTLING_VIEWS: u32 = 1;
 
 /// The server's state: the project's objects, operations and counters.
 #[derive(Debug, Default)]
@@ -92,6 +106,9 @@ struct World {
     mutations_in_flight: u32,
     max_mutations_in_flight: u32,
     knobs: Knobs,
+    /// Instances in a passing state (STAGING, STOPPING), with the GET or list calls left
+    /// before the next (RUNNING, TERMINATED).
+    settling: BTreeMap<(String, String), u32>,
 }
 
 /// An error answered the way GCE does: `{"error": {"code", "message", "errors": [{reason}]}}`.
@@ -293,7 +310,21 @@ impl GceServer {
         self.world().knobs.page_cap = Some(cap);
     }
 
-    /// Sets an instance's status out of band, as a stop from the console would.
+    /// Stops an instance from the console: STOPPING for the next GET or list call, then
+    /// TERMINATED.
+    pub(crate) fn stop(&self, name: &str) {
+        let mut world = self.world();
+        let key = world
+            .instances
+            .keys()
+            .find(|key| key.1 == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no instance {name}"));
+        world.instances.get_mut(&key).expect("found").status = Some(instance::Status::Stopping);
+        world.settling.insert(key, SETTLING_VIEWS);
+    }
+
+    /// Sets an instance's status out of band, at once.
     pub(crate) fn set_status(&self, name: &str, status: instance::Status) {
         let mut world = self.world();
         let instance = world
@@ -623,6 +654,7 @@ impl World {
         let answer = match *route {
             Route::AggregatedInstances(_) => {
                 let answer = self.aggregated_list(query);
+                self.settle();
                 if let Some((left, name)) = self.knobs.stop_after_lists.take() {
                     if left <= 1 {
                         let instance = self.instances.iter_mut().find(|(key, _)| key.1 == name);
@@ -635,14 +667,22 @@ impl World {
                 }
                 answer
             }
-            Route::ListInstances(_, zone) => self.list_instances(zone, query),
+            Route::ListInstances(_, zone) => {
+                let answer = self.list_instances(zone, query);
+                self.settle();
+                answer
+            }
             Route::InsertInstance(_, zone) => self.insert_instance(zone, parse_body(body)?),
             Route::BulkInsert(_, zone) => self.bulk_insert(zone, parse_body(body)?),
-            Route::GetInstance(_, zone, name) => self
-                .instances
-                .get(&(zone.to_string(), name.to_string()))
-                .map(to_json)
-                .ok_or_else(|| ApiError::not_found(&self.instance_path(zone, name))),
+            Route::GetInstance(_, zone, name) => {
+                let answer = self
+                    .instances
+                    .get(&(zone.to_string(), name.to_string()))
+                    .map(to_json)
+                    .ok_or_else(|| ApiError::not_found(&self.instance_path(zone, name)));
+                self.settle();
+                answer
+            }
             Route::DeleteInstance(_, zone, name) => self.delete_instance(zone, name),
             Route::SetLabels(_, zone, name) => self.set_labels(zone, name, parse_body(body)?),
             Route::SetMetadata(_, zone, name) => self.set_metadata(zone, name, parse_body(body)?),
@@ -663,6 +703,28 @@ impl World {
             }
         }
         Ok(answer)
+    }
+
+    /// One GET or list call has seen the instances in a passing state: those it was the last
+    /// for move on (STAGING → RUNNING, STOPPING → TERMINATED).
+    fn settle(&mut self) {
+        let mut settled = Vec::new();
+        for (key, left) in self.settling.iter_mut() {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                settled.push(key.clone());
+            }
+        }
+        for key in settled {
+            self.settling.remove(&key);
+            if let Some(instance) = self.instances.get_mut(&key) {
+                instance.status = match instance.status {
+                    Some(instance::Status::Staging) => Some(instance::Status::Running),
+                    Some(instance::Status::Stopping) => Some(instance::Status::Terminated),
+                    ref other => other.clone(),
+                };
+            }
+        }
     }
 
     fn project_url(&self) -> String {
@@ -699,7 +761,7 @@ impl World {
         operation.name = Some(name.clone());
         operation.operation_type = Some(kind.into());
         operation.target_link = Some(format!("{BASE}/{target}"));
-        operation.status = Some(operation::Status::Running);
+        operation.status = Some(operation::Status::Pending);
         operation.progress = Some(0);
         operation.insert_time = Some("2024-01-01T00:00:00.000-07:00".into());
         operation.user = Some("fleet-test@example.iam.gserviceaccount.com".into());
@@ -734,6 +796,7 @@ impl World {
                 operation,
                 polls_left,
                 starts,
+                removes: Vec::new(),
             },
         );
         value
@@ -754,21 +817,32 @@ impl World {
             let scope = zone.map_or("global".to_string(), |zone| format!("zones/{zone}"));
             return Err(ApiError::not_found(&format!("{scope}/operations/{name}")));
         };
+        if hang && stored.operation.status == Some(operation::Status::Pending) {
+            stored.operation.status = Some(operation::Status::Running);
+        }
         if stored.operation.status != Some(operation::Status::Done) && !hang {
             if stored.polls_left > 0 {
                 stored.polls_left -= 1;
+                stored.operation.status = Some(operation::Status::Running);
+                stored.operation.progress = Some(50);
             } else {
                 stored.operation.status = Some(operation::Status::Done);
                 stored.operation.progress = Some(100);
                 stored.operation.end_time = Some("2024-01-01T00:00:01.000-07:00".into());
                 let starts = std::mem::take(&mut stored.starts);
+                let removes = std::mem::take(&mut stored.removes);
                 let value = to_json(&stored.operation);
                 for key in starts {
                     if let Some(instance) = self.instances.get_mut(&key) {
                         if instance.status == Some(instance::Status::Provisioning) {
-                            instance.status = Some(instance::Status::Running);
+                            instance.status = Some(instance::Status::Staging);
+                            self.settling.insert(key, SETTLING_VIEWS);
                         }
                     }
+                }
+                for key in removes {
+                    self.instances.remove(&key);
+                    self.settling.remove(&key);
                 }
                 return Ok(value);
             }
@@ -1005,16 +1079,23 @@ impl World {
         Ok(self.new_operation(Some(zone), "bulkInsert", target, None, starts))
     }
 
+    /// The VM is STOPPING until the operation is done, then gone; its name stays taken
+    /// until then.
     fn delete_instance(&mut self, zone: &str, name: &str) -> Answer {
         let path = self.instance_path(zone, name);
-        if self
-            .instances
-            .remove(&(zone.to_string(), name.to_string()))
-            .is_none()
-        {
+        let key = (zone.to_string(), name.to_string());
+        let Some(instance) = self.instances.get_mut(&key) else {
             return Err(ApiError::not_found(&path));
+        };
+        instance.status = Some(instance::Status::Stopping);
+        self.settling.remove(&key);
+        let answer = self.new_operation(Some(zone), "delete", path, None, Vec::new());
+        if let Some(name) = answer["name"].as_str() {
+            if let Some(stored) = self.operations.get_mut(name) {
+                stored.removes.push(key);
+            }
         }
-        Ok(self.new_operation(Some(zone), "delete", path, None, Vec::new()))
+        Ok(answer)
     }
 
     fn set_labels(&mut self, zone: &str, name: &str, body: InstancesSetLabelsRequest) -> Answer {

@@ -338,7 +338,11 @@ fn request(name: &str, token: &str) -> CreateRequest {
             image: "projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts-arm64".into(),
             disk_type: "pd-ssd".into(),
             disk_size_gb: 100,
-            labels: [("fleet".to_string(), "builders".to_string())].into(),
+            labels: [
+                ("fleet".to_string(), "builders".to_string()),
+                ("fleet-kind".to_string(), "pool".to_string()),
+            ]
+            .into(),
             metadata: BTreeMap::new(),
             // As GCE reports a machine on the default network: discovery gives back the spec.
             networking: Networking {
@@ -367,6 +371,8 @@ async fn the_same_request_id_makes_one_vm() {
     assert_eq!(server.count("compute.instances.insert"), 2);
     // The repeat got the first call's operation, already done: no more waiting.
     assert_eq!(server.count("compute.zoneOperations.wait"), 3);
+    // It looked once that the machine of that operation is still there.
+    assert_eq!(server.count("compute.instances.get"), 1);
     assert_eq!(server.instances().len(), 1);
     let discovered = provider.discover("builders").await.unwrap();
     assert_eq!(discovered.len(), 1);
@@ -1032,4 +1038,57 @@ fn an_auto_approved_apply_plans_again_if_the_cloud_moved_before_the_lock() {
     let helper = server.instance("prometheus-01-us-east1-c").unwrap();
     assert_eq!(helper.status, Some(instance::Status::Running));
     assert_no_changes(&env, &server, &file);
+}
+
+#[test]
+fn autoscaled_vms_appearing_after_the_plan_cost_no_page_and_the_saved_plan_applies() {
+    let server = GceServer::start(PROJECT);
+    let env = Env::new();
+    converge(&env, &server, FLEET);
+    server.set_status("prometheus-01-us-east1-c", instance::Status::Terminated);
+    live(&env, &server, &["plan", FLEET, "-o", "plan.json"]).ok();
+    let fleet_machines = server.instances().len();
+    // The runners' autoscaler starts 600 VMs carrying `fleet=` (Prometheus finds them by
+    // it) but no `fleet-kind`: more than one page, were they listed.
+    for n in 0..600 {
+        server.add_instance(
+            "us-east1-c",
+            &format!("runner-autoscaled-{n:04}"),
+            &[("fleet", "ci-shared-runners")],
+        );
+    }
+    server.reset_calls();
+    let run = live(&env, &server, &["apply", "plan.json", "--auto-approve"]).verified();
+    let calls = api_calls(&run);
+    // Discovery before the apply and its verification: one page each.
+    assert_eq!(calls["compute.instances.aggregatedList"], 2, "{calls:?}");
+    assert_eq!(server.instances().len(), fleet_machines + 600);
+    assert_no_changes(&env, &server, FLEET);
+}
+
+#[test]
+fn a_vm_stopping_from_the_console_is_replaced_once_it_is_seen() {
+    let server = GceServer::start(PROJECT);
+    let env = Env::new();
+    converge(&env, &server, FLEET);
+    server.stop("prometheus-01-us-east1-c");
+    let plan = live(&env, &server, &["plan", FLEET, "--format", "json"])
+        .ok()
+        .json();
+    // STOPPING does no work: the machine is replaced, its name freed first.
+    assert_eq!(
+        actions_of(&plan, "helper.prometheus-01-us-east1-c"),
+        ["delete", "create"]
+    );
+    let before = server.instances().len();
+    converge(&env, &server, FLEET);
+    assert_eq!(server.instances().len(), before, "one machine, not two");
+    let vm = server.instance("prometheus-01-us-east1-c").unwrap();
+    assert_ne!(vm.status, Some(instance::Status::Terminated));
+    assert_no_changes(&env, &server, FLEET);
+    assert_eq!(
+        server.instance("prometheus-01-us-east1-c").unwrap().status,
+        Some(instance::Status::Running),
+        "STAGING settles into RUNNING"
+    );
 }

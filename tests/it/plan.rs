@@ -236,3 +236,122 @@ fn discovery_is_one_list_call_per_page_not_one_per_machine() {
         - before.values().filter_map(|v| v.as_u64()).sum::<u64>();
     assert_eq!(calls, 2, "a no-change plan made other calls: {after:?}");
 }
+
+fn stat(stats: &serde_json::Map<String, serde_json::Value>, operation: &str) -> u64 {
+    stats
+        .get(operation)
+        .and_then(|count| count.as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_5000_instance_plan_under_30_percent_faults_retries_each_faulted_page_once() {
+    let env = Env::new();
+    let big = std::fs::read_to_string(env.path().join("fleets/arm-builders.yaml"))
+        .unwrap()
+        .replace("size: 4", "size: 5000");
+    let file = env.write("big.yaml", &big);
+    env.converge(&file);
+    let before = env.sim_stats();
+    let run = env.fleet_with(
+        &["plan", &file, "--detailed-exitcode"],
+        &[("FLEET_SIM_FAULT_RATE", "0.3"), ("FLEET_SIM_SEED", "3")],
+    );
+    run.unchanged();
+    let after = env.sim_stats();
+    let delta = |operation: &str| stat(&after, operation) - stat(&before, operation);
+    // 5,000 instances are 5 pages of 1,000 and one page of launch templates: each page is
+    // asked for once, and once more for each fault on it; nothing else is listed again.
+    let instance_faults = delta("fault:ec2:DescribeInstances");
+    let template_faults = delta("fault:ec2:DescribeLaunchTemplates");
+    assert!(
+        instance_faults + template_faults > 0,
+        "the seed gave no fault: {after:?}"
+    );
+    assert_eq!(delta("ec2:DescribeInstances"), 5 + instance_faults);
+    assert_eq!(delta("ec2:DescribeLaunchTemplates"), 1 + template_faults);
+}
+
+#[test]
+fn a_list_that_lags_behind_its_writes_makes_no_duplicate_and_the_apply_verifies() {
+    let prompt = Env::new();
+    prompt.converge("fleets/arm-builders.yaml");
+    let prompt_lists = stat(&prompt.sim_stats(), "ec2:DescribeInstances");
+    let env = Env::new().with_env("FLEET_SIM_LIST_LAG", "3");
+    env.converge("fleets/arm-builders.yaml");
+    let stats = env.sim_stats();
+    // The verification does not see the new builders for three list calls: it lists again,
+    // three more times than against a prompt cloud, and then verifies.
+    assert_eq!(
+        stat(&stats, "ec2:DescribeInstances"),
+        prompt_lists + 3,
+        "{stats:?}"
+    );
+    assert_eq!(stat(&stats, "ec2:RunInstances"), 1, "{stats:?}");
+    let listed = env.sim_list();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    env.fleet(&["plan", "fleets/arm-builders.yaml", "--detailed-exitcode"])
+        .unchanged();
+    // A second apply right away has nothing to do and makes nothing.
+    let again = env
+        .fleet(&["apply", "fleets/arm-builders.yaml", "--auto-approve"])
+        .ok();
+    assert!(again.stdout.contains("No changes"), "{}", again.stdout);
+    assert_eq!(stat(&env.sim_stats(), "ec2:RunInstances"), 1);
+    assert_eq!(env.sim_list().len(), 4);
+}
+
+#[test]
+fn autoscaled_machines_appearing_after_the_plan_leave_the_saved_plan_valid() {
+    use fleet_engine::provider::{labels, Cloud, CreateRequest, MachineSpec, ObjectKind};
+    use fleet_providers::sim::{SimCloud, SimConfig};
+
+    let env = Env::new();
+    env.converge("fleets/arm-builders.yaml");
+    env.fleet(&["sim", "stop", "arm-builder-2"]).ok();
+    env.fleet(&["plan", "fleets/arm-builders.yaml", "-o", "plan.json"])
+        .ok();
+    // The runners' autoscaler starts 1,001 build machines: they carry `fleet=` (Prometheus
+    // finds them by it) but no `fleet-kind`.
+    let sim = SimCloud::open(&env.path().join("sim-state"), SimConfig::default()).unwrap();
+    let requests: Vec<CreateRequest> = (0..1001)
+        .map(|n| CreateRequest {
+            kind: ObjectKind::Instance,
+            name: format!("runner-autoscaled-{n:04}"),
+            spec: MachineSpec {
+                machine_type: "m6g.2xlarge".into(),
+                zone: "us-east-1a".into(),
+                image: "ami-0c9f35b1b63e7d2a4".into(),
+                disk_type: "gp3".into(),
+                disk_size_gb: 100,
+                labels: [(labels::FLEET.to_string(), "arm-builders".to_string())].into(),
+                metadata: Default::default(),
+                networking: Default::default(),
+            },
+            idempotency_token: format!("autoscaler-{n}"),
+        })
+        .collect();
+    let made = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(sim.provider(Cloud::Aws).create_batch(&requests));
+    assert!(made.iter().all(Result::is_ok));
+    drop(sim);
+    let before = env.sim_stats();
+    let run = env
+        .fleet(&["apply", "plan.json", "--auto-approve"])
+        .verified();
+    assert!(run.stdout.contains("1 created"), "{}", run.stdout);
+    // Not one page of them: the list filter leaves them out. The apply lists twice (before
+    // and to verify), one page each.
+    let after = env.sim_stats();
+    assert_eq!(
+        stat(&after, "ec2:DescribeInstances") - stat(&before, "ec2:DescribeInstances"),
+        2,
+        "{after:?}"
+    );
+    assert_eq!(
+        env.sim_list().len(),
+        1001 + 4 + 1,
+        "the stopped one is going"
+    );
+}

@@ -177,6 +177,7 @@ impl Env {
             "FLEET_SIM_FAULT_RATE",
             "FLEET_SIM_SEED",
             "FLEET_SIM_FAIL_CREATE",
+            "FLEET_SIM_LIST_LAG",
             "FLEET_SECRETS_FILE",
         ] {
             command.env_remove(key);

@@ -438,6 +438,19 @@ pub(crate) fn label_filter(field_prefix: &str, key: &str, value: &str) -> String
     format!("{field_prefix}labels.{key} = \"{}\"", escape(value))
 }
 
+/// The GCE list filter of a fleet's own objects: `fleet=FLEET` and a `fleet-kind` label,
+/// `(labels.fleet = "FLEET") (labels.fleet-kind:*)` (for templates under `properties.`).
+/// Expressions in parentheses side by side are ANDed, and `:*` tests that a label key is
+/// set, in Compute Engine's filter syntax. Autoscaled build machines carry `fleet=` but no
+/// `fleet-kind`: they are not listed, so they cost no pages.
+pub(crate) fn fleet_filter(field_prefix: &str, fleet: &str) -> String {
+    format!(
+        "({}) ({field_prefix}labels.{}:*)",
+        label_filter(field_prefix, fleet_engine::provider::labels::FLEET, fleet),
+        fleet_engine::provider::labels::KIND
+    )
+}
+
 /// A GCE list filter matching any of `names`: `(name = "a") OR (name = "b")`.
 pub(crate) fn names_filter(names: &[String]) -> String {
     names

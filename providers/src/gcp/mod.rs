@@ -12,10 +12,17 @@
 //! - **One retry loop.** The client library's own retries are switched off
 //!   (`NeverRetry`); throttling (403 `rateLimitExceeded`, 429) and 5xx come back as
 //!   [`ErrorKind::Throttled`] / [`ErrorKind::Transient`] and the engine's executor retries
-//!   them with jittered backoff, bounded. Two layers would multiply each other's attempts.
-//!   The one exception is polling an operation that is already under way: a throttled or
-//!   failed poll is repeated here a few times, because giving up would make the executor
-//!   re-send the mutation (harmless thanks to `requestId`, but slower).
+//!   mutations with jittered backoff, bounded. Two layers would multiply each other's
+//!   attempts. List calls follow their pages with `retry::follow_pages` under the run's
+//!   policy (`GcpConfig::retry`): a failed page is asked for again with its own token. Polling
+//!   an operation that is already under way is retried here under a short policy of its own
+//!   (`retry::with_retry`), because giving up would make the executor re-send the mutation
+//!   (harmless thanks to `requestId`, but slower).
+//! - **Errors are data.** GCE's error reasons become a [`error::GceReason`] at this edge
+//!   (from the structured `errors[].reason` / `ErrorInfo`, an operation's `errors[].code`,
+//!   or the HTTP status) and are mapped to an [`ErrorKind`] once; the provider decides on
+//!   reasons (`AlreadyExists`, `ConditionNotMet`, `NotFound`) and on where a failure came
+//!   from (a failed operation spends its `requestId`), never on message text.
 //! - **Idempotency.** Every mutation carries a `requestId`, a UUID derived from the step's
 //!   idempotency token and the call ([`request_id`]): GCE answers a repeat with the
 //!   operation of the first, so a retried insert never makes a second VM. An insert that
@@ -26,7 +33,9 @@
 //!   templates) is kept in the reserved metadata item [`MACHINE_KEY`] as compact JSON, and
 //!   stripped again when reading; what GCE does return (machine type, zone, boot disk
 //!   size) is read from GCE itself, so a hand edit there shows as drift.
-//! - **Discovery is O(pages).** `maxResults=500`, page tokens followed. The client does not
+//! - **Discovery is O(pages).** `maxResults=500`, page tokens followed; the filter asks for
+//!   `fleet=FLEET` *and* a `fleet-kind` label (`labels.fleet-kind:*`), so the autoscaled
+//!   build machines, which carry `fleet=` for Prometheus but are not fleet's, cost no pages. The client does not
 //!   expose `returnPartialSuccess`, but GCE's aggregated list names the zones it could not
 //!   reach anyway (in `unreachables` or as an `UNREACHABLE` scope warning).
 //!   [`Provider::discover_reachable`] returns them with what the other zones hold, and the
@@ -49,9 +58,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use fleet_engine::provider::{
-    batch_calls, labels, Cloud, CreateRequest, DeleteRequest, Discovery, ErrorKind, LiveResource,
+    batch_calls, Cloud, CreateRequest, DeleteRequest, Discovery, ErrorKind, LiveResource,
     ObjectKind, Provider, ProviderError, ProviderLimits, UpdateRequest,
 };
+use fleet_engine::retry::{follow_pages, with_retry, RetryPolicy};
 use google_cloud_auth::credentials::Credentials;
 use google_cloud_compute_v1::client::{
     GlobalOperations, InstanceTemplates, Instances, ZoneOperations,
@@ -61,7 +71,8 @@ use google_cloud_compute_v1::model::{
     Operation,
 };
 use google_cloud_gax::retry_policy::NeverRetry;
-use rand::Rng;
+
+use self::error::{GceError, GceReason, Origin};
 
 pub use convert::{request_id, MACHINE_KEY};
 pub use error::ConnectError;
@@ -75,8 +86,8 @@ const PAGE_SIZE: u32 = 500;
 /// Names per `find_by_names` filter, to keep filter expressions short.
 const NAMES_PER_FILTER: usize = 50;
 
-/// How often a throttled or failed operation poll is repeated before giving up.
-const POLL_RETRIES: u32 = 6;
+/// Attempts of one operation poll that is throttled or fails, the first included.
+const POLL_ATTEMPTS: u32 = 7;
 
 /// How the provider authenticates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +125,8 @@ pub struct GcpConfig {
     pub credentials_timeout: Duration,
     /// The network new machines are attached to.
     pub network: String,
+    /// How each list page is retried (`--max-attempts`, `--retry-for`).
+    pub retry: RetryPolicy,
 }
 
 impl GcpConfig {
@@ -130,6 +143,7 @@ impl GcpConfig {
             attempt_timeout: Duration::from_secs(180),
             credentials_timeout: Duration::from_secs(20),
             network: convert::DEFAULT_NETWORK.to_string(),
+            retry: RetryPolicy::default(),
         }
     }
 }
@@ -240,13 +254,15 @@ impl GcpProvider {
         self.seen.lock().expect("seen lock").remove(id);
     }
 
-    /// Follows a list call's pages: `fetch` is given the page token and answers the page and
-    /// the next token; `each` takes every page. One call counted per page.
+    /// Follows a list call's pages with `retry::follow_pages`, under the run's policy: a page
+    /// that fails in a retryable way is asked for again with its own token. `fetch` is given
+    /// the page token and answers the page and the next token; `each` takes every page. One
+    /// call counted per attempt.
     async fn every_page<P, F, Fut>(
         &self,
         operation: &str,
         mut fetch: F,
-        mut each: impl FnMut(P),
+        each: impl FnMut(P),
     ) -> Result<(), ProviderError>
     where
         F: FnMut(Option<String>) -> Fut,
@@ -254,18 +270,15 @@ impl GcpProvider {
             Output = Result<(P, Option<String>), google_cloud_gax::error::Error>,
         >,
     {
-        let mut page_token: Option<String> = None;
-        loop {
+        let fetch = |token: Option<String>| {
             self.count(operation);
-            let (page, next) = fetch(page_token.take())
-                .await
-                .map_err(|error| error::from_gax(operation, "", &error))?;
-            each(page);
-            match next.filter(|token| !token.is_empty()) {
-                Some(token) => page_token = Some(token),
-                None => return Ok(()),
+            let page = fetch(token);
+            async move {
+                page.await
+                    .map_err(|error| ProviderError::from(error::from_gax(operation, "", &error)))
             }
-        }
+        };
+        follow_pages(self.config.retry, fetch, each).await
     }
 
     /// Lists instances, all pages, with `filter`: what the zones that answered hold, and the
@@ -368,33 +381,34 @@ impl GcpProvider {
         current: Operation,
         operation: &str,
         resource: &str,
-    ) -> Result<Operation, ProviderError> {
-        let name = current.name.clone();
+    ) -> Result<Operation, GceError> {
         let result = self.wait(scope, current, operation, resource).await;
-        if let (Err(error), Some(name)) = (&result, &name) {
-            if error.message.contains(&format!("operation {name} failed")) {
-                *self
-                    .failed_creations
-                    .lock()
-                    .expect("failed creations lock")
-                    .entry(key.to_string())
-                    .or_default() += 1;
+        if let Err(error) = &result {
+            if error.origin == Origin::Operation {
+                self.spend_request_id(key);
             }
         }
         result
     }
 
-    /// Follows an operation until it is done; its error, if any, becomes the result.
+    /// Follows an operation until it is done; its error, if any, becomes the result. A poll
+    /// that is throttled or fails is repeated under a short policy of its own (the operation
+    /// is under way either way).
     async fn wait(
         &self,
         scope: Scope<'_>,
         mut current: Operation,
         operation: &str,
         resource: &str,
-    ) -> Result<Operation, ProviderError> {
+    ) -> Result<Operation, GceError> {
         let started = Instant::now();
         let deadline = started + self.config.operation_timeout;
-        let mut failed_polls = 0;
+        let poll_policy = RetryPolicy {
+            max_attempts: POLL_ATTEMPTS,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(6),
+            max_elapsed: self.config.operation_timeout,
+        };
         loop {
             if current.status == Some(operation::Status::Done) {
                 return match error::from_operation(operation, resource, &current) {
@@ -403,15 +417,15 @@ impl GcpProvider {
                 };
             }
             let Some(name) = current.name.clone() else {
-                return Err(ProviderError::new(
-                    ErrorKind::Fatal,
+                return Err(GceError::new(
+                    GceReason::Invalid,
+                    Origin::Call,
                     operation,
-                    "invalidOperation",
+                    Some("invalidOperation"),
                     format!("{resource}: GCE answered with an operation that has no name"),
                 ));
             };
-            let now = Instant::now();
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 return Err(operation_timeout(
                     operation,
                     resource,
@@ -419,33 +433,66 @@ impl GcpProvider {
                     self.config.operation_timeout,
                 ));
             }
-            let (poll, result) = match scope {
-                Scope::Zone(zone) => {
-                    let poll = "compute.zoneOperations.wait";
-                    self.count(poll);
-                    let call = self
-                        .zone_operations
-                        .wait()
-                        .set_project(&self.config.project)
-                        .set_zone(zone)
-                        .set_operation(&name)
-                        .send();
-                    (poll, tokio::time::timeout(deadline - now, call).await)
-                }
-                Scope::Global => {
-                    let poll = "compute.globalOperations.wait";
-                    self.count(poll);
-                    let call = self
-                        .global_operations
-                        .wait()
-                        .set_project(&self.config.project)
-                        .set_operation(&name)
-                        .send();
-                    (poll, tokio::time::timeout(deadline - now, call).await)
-                }
+            let poll = match scope {
+                Scope::Zone(_) => "compute.zoneOperations.wait",
+                Scope::Global => "compute.globalOperations.wait",
             };
-            match result {
-                Err(_) => {
+            let name = name.as_str();
+            // The last retryable failure, kept whole for when the policy gives up.
+            let last_failure: std::sync::Mutex<Option<GceError>> = std::sync::Mutex::new(None);
+            let last_failure = &last_failure;
+            // `Ok(Ok(None))`: the deadline passed while waiting; `Ok(Err(_))`: a failure
+            // that is not retried.
+            let polled = with_retry(
+                poll_policy,
+                |_| async move {
+                    self.count(poll);
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let answer = match scope {
+                        Scope::Zone(zone) => {
+                            let call = self
+                                .zone_operations
+                                .wait()
+                                .set_project(&self.config.project)
+                                .set_zone(zone)
+                                .set_operation(name)
+                                .send();
+                            tokio::time::timeout(left, call).await
+                        }
+                        Scope::Global => {
+                            let call = self
+                                .global_operations
+                                .wait()
+                                .set_project(&self.config.project)
+                                .set_operation(name)
+                                .send();
+                            tokio::time::timeout(left, call).await
+                        }
+                    };
+                    match answer {
+                        Err(_) => Ok(Ok(None)),
+                        Ok(Ok(next)) => Ok(Ok(Some(next))),
+                        Ok(Err(failure)) => {
+                            let failure = error::from_gax(poll, resource, &failure);
+                            if failure.error.kind.is_retryable() {
+                                let retried = failure.error.clone();
+                                *last_failure.lock().expect("poll failure lock") = Some(failure);
+                                Err(retried)
+                            } else {
+                                Ok(Err(failure))
+                            }
+                        }
+                    }
+                },
+                |_, _, _| {},
+            )
+            .await;
+            let failure = match polled {
+                Ok(Ok(Some(next))) => {
+                    current = next;
+                    continue;
+                }
+                Ok(Ok(None)) => {
                     return Err(operation_timeout(
                         operation,
                         resource,
@@ -453,25 +500,25 @@ impl GcpProvider {
                         self.config.operation_timeout,
                     ))
                 }
-                Ok(Ok(next)) => current = next,
-                Ok(Err(failure)) => {
-                    let failure = error::from_gax(poll, resource, &failure);
-                    if !failure.kind.is_retryable() || failed_polls >= POLL_RETRIES {
-                        return Err(ProviderError {
-                            operation: operation.to_string(),
-                            message: format!(
-                                "{} (while waiting for operation {name} with {poll})",
-                                failure.message
-                            ),
-                            ..failure
-                        });
-                    }
-                    failed_polls += 1;
-                    let cap = 100u64 << failed_polls.min(6);
-                    let pause = rand::rng().random_range(cap / 10..=cap);
-                    tokio::time::sleep(Duration::from_millis(pause)).await;
-                }
-            }
+                Ok(Err(failure)) => failure,
+                Err(_) => last_failure
+                    .lock()
+                    .expect("poll failure lock")
+                    .take()
+                    .expect("a retried poll failure was kept"),
+            };
+            return Err(GceError {
+                origin: Origin::Poll,
+                error: ProviderError {
+                    operation: operation.to_string(),
+                    message: format!(
+                        "{} (while waiting for operation {name} with {poll})",
+                        failure.error.message
+                    ),
+                    ..failure.error
+                },
+                ..failure
+            });
         }
     }
 
@@ -494,6 +541,12 @@ impl GcpProvider {
     }
 
     /// Creates one instance with `instances.insert`.
+    ///
+    /// An insert answered at once with a finished operation is a replay: GCE knew the
+    /// `requestId`. The machine that operation made may since have been deleted (a machine
+    /// made again after a deletion can carry the same creation token: GCE's id of a VM is its
+    /// zone and name), so one GET looks; if it is gone, the insert is sent again under a new
+    /// `requestId`.
     async fn insert_instance(
         &self,
         request: &CreateRequest,
@@ -501,27 +554,49 @@ impl GcpProvider {
         const OPERATION: &str = "compute.instances.insert";
         let zone = request.spec.zone.as_str();
         let id = convert::instance_id(zone, &request.name);
-        self.count(OPERATION);
-        let sent = self
-            .instances
-            .insert()
-            .set_project(&self.config.project)
-            .set_zone(zone)
-            .set_request_id(self.creation_request_id(&request.idempotency_token, "insert"))
-            .set_body(convert::instance_body(request, &self.config.network))
-            .send()
-            .await;
-        let operation = match sent {
-            Ok(operation) => operation,
-            Err(failure) => {
-                let failure = error::from_gax(OPERATION, &id, &failure);
-                return self.created_already(request, failure).await;
-            }
-        };
         let key = &request.idempotency_token;
-        self.wait_creation(key, Scope::Zone(zone), operation, OPERATION, &id)
-            .await?;
+        for last_try in [false, true] {
+            self.count(OPERATION);
+            let sent = self
+                .instances
+                .insert()
+                .set_project(&self.config.project)
+                .set_zone(zone)
+                .set_request_id(self.creation_request_id(key, "insert"))
+                .set_body(convert::instance_body(request, &self.config.network))
+                .send()
+                .await;
+            let operation = match sent {
+                Ok(operation) => operation,
+                Err(failure) => {
+                    let failure = error::from_gax(OPERATION, &id, &failure);
+                    return self.created_already(request, failure).await;
+                }
+            };
+            let replayed = operation.status == Some(operation::Status::Done);
+            self.wait_creation(key, Scope::Zone(zone), operation, OPERATION, &id)
+                .await
+                .map_err(ProviderError::from)?;
+            if !replayed || last_try {
+                break;
+            }
+            match self.current_instance(&id, zone, &request.name, true).await {
+                Ok(_) => break,
+                Err(gone) if gone.kind == ErrorKind::NotFound => self.spend_request_id(key),
+                Err(failure) => return Err(failure),
+            }
+        }
         Ok(created(request, id))
+    }
+
+    /// Moves the creations keyed `key` on to a new `requestId`: the current one is spent.
+    fn spend_request_id(&self, key: &str) {
+        *self
+            .failed_creations
+            .lock()
+            .expect("failed creations lock")
+            .entry(key.to_string())
+            .or_default() += 1;
     }
 
     /// Creates one template with `instanceTemplates.insert`.
@@ -554,7 +629,8 @@ impl GcpProvider {
             OPERATION,
             &id,
         )
-        .await?;
+        .await
+        .map_err(ProviderError::from)?;
         Ok(created(request, id))
     }
 
@@ -562,19 +638,19 @@ impl GcpProvider {
     async fn created_already(
         &self,
         request: &CreateRequest,
-        failure: ProviderError,
+        failure: GceError,
     ) -> Result<LiveResource, ProviderError> {
-        if failure.code != "alreadyExists" {
-            return Err(failure);
+        if failure.reason != GceReason::AlreadyExists {
+            return Err(failure.into());
         }
         match self.existing_match(request).await? {
             Some(live) => Ok(live),
-            None => Err(failure),
+            None => Err(failure.into()),
         }
     }
 
     /// Creates instances identical but for their names with one `instances.bulkInsert`.
-    async fn bulk_insert(&self, group: &[&CreateRequest]) -> Result<(), ProviderError> {
+    async fn bulk_insert(&self, group: &[&CreateRequest]) -> Result<(), GceError> {
         const OPERATION: &str = "compute.instances.bulkInsert";
         let zone = group[0].spec.zone.as_str();
         let names: Vec<&str> = group.iter().map(|request| request.name.as_str()).collect();
@@ -623,7 +699,7 @@ impl GcpProvider {
             .set_instance(name)
             .send()
             .await
-            .map_err(|failure| error::from_gax(OPERATION, id, &failure))?;
+            .map_err(|failure| ProviderError::from(error::from_gax(OPERATION, id, &failure)))?;
         self.remember(id, &instance);
         Ok(instance)
     }
@@ -677,15 +753,16 @@ impl GcpProvider {
             match sent {
                 Ok(done) => {
                     self.wait(Scope::Zone(zone), done, operation, &request.id)
-                        .await?;
+                        .await
+                        .map_err(ProviderError::from)?;
                     self.forget(&request.id);
                     return Ok(current);
                 }
                 Err(failure) => {
                     let failure = error::from_gax(operation, &request.id, &failure);
-                    if failure.code != "conditionNotMet" || attempt == 1 {
+                    if failure.reason != GceReason::ConditionNotMet || attempt == 1 {
                         self.forget(&request.id);
-                        return Err(failure);
+                        return Err(failure.into());
                     }
                     current = self.current_instance(&request.id, zone, name, true).await?;
                 }
@@ -732,11 +809,12 @@ fn operation_timeout(
     resource: &str,
     current: &Operation,
     limit: Duration,
-) -> ProviderError {
-    ProviderError::new(
-        ErrorKind::Transient,
+) -> GceError {
+    GceError::new(
+        GceReason::Timeout,
+        Origin::Poll,
         operation,
-        "operationTimeout",
+        Some("operationTimeout"),
         format!(
             "{resource}: operation {} was still {} after {} s; it may yet finish (a retry with \
              the same requestId picks it up again, and the next plan shows its outcome)",
@@ -848,10 +926,10 @@ impl Provider for GcpProvider {
     /// (`us-east1-d`) with what the other zones hold.
     async fn discover_reachable(&self, fleet: &str) -> Result<Discovery, ProviderError> {
         let (mut objects, unreachable_zones) = self
-            .list_instances(&convert::label_filter("", labels::FLEET, fleet))
+            .list_instances(&convert::fleet_filter("", fleet))
             .await?;
         objects.extend(
-            self.list_templates(&convert::label_filter("properties.", labels::FLEET, fleet))
+            self.list_templates(&convert::fleet_filter("properties.", fleet))
                 .await?,
         );
         objects.sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
@@ -916,7 +994,7 @@ impl Provider for GcpProvider {
             let outcome = self.bulk_insert(&group).await;
             if outcome
                 .as_ref()
-                .is_err_and(|error| error.code == "alreadyExists")
+                .is_err_and(|error| error.reason == GceReason::AlreadyExists)
             {
                 // Some member exists already (made by an earlier, interrupted apply): one
                 // insert each, which tells the requested object from a stranger.
@@ -932,7 +1010,7 @@ impl Provider for GcpProvider {
                         request,
                         convert::instance_id(&request.spec.zone, &request.name),
                     )),
-                    Err(error) => Err(error.clone()),
+                    Err(error) => Err(error.error.clone()),
                 });
             }
         }
@@ -1048,16 +1126,17 @@ impl Provider for GcpProvider {
             Ok(done) => done,
             Err(failure) => {
                 let failure = error::from_gax(operation, &request.id, &failure);
-                return match failure.kind {
-                    ErrorKind::NotFound => Ok(()),
-                    _ => Err(failure),
+                return match failure.reason {
+                    GceReason::NotFound => Ok(()),
+                    _ => Err(failure.into()),
                 };
             }
         };
         match self.wait(scope, done, operation, &request.id).await {
             Ok(_) => Ok(()),
-            Err(failure) if failure.code == "RESOURCE_NOT_FOUND" => Ok(()),
-            Err(failure) => Err(failure),
+            // Someone else deleted it meanwhile: what was asked for is done.
+            Err(failure) if failure.reason == GceReason::NotFound => Ok(()),
+            Err(failure) => Err(failure.into()),
         }
     }
 }

@@ -5,14 +5,28 @@
 //! `ProviderError`s the real APIs return, with the real operation names and error codes.
 //! Each API call passes the [`Gate`](super::calls::Gate) (count, rate limit, latency,
 //! faults) and then changes the state in one store transaction.
+//!
+//! States take time, counted in instance list calls (the store's clock): an EC2 instance is
+//! `pending` for [`EC2_PENDING_LISTS`] list calls after its launch, then running; a
+//! terminated one is `shutting-down` for [`EC2_SHUTTING_DOWN_LISTS`] and `terminated` for
+//! [`EC2_TERMINATED_LISTS`] more (both [`InstanceStatus::Deleting`]), then gone, and its
+//! token with it. A GCE mutation answers with an operation that is done after
+//! [`GCE_OPERATION_POLLS`] `wait` calls. With a list lag K (`SimConfig::list_lag`) a new
+//! instance is missing from list calls for its first K.
+//!
+//! List calls follow their pages with `retry::follow_pages`: a fault on a page costs one more
+//! call for that page. A provider remembers the instances it made in this process until a
+//! list call shows them; a discovery that misses one lists again, under the retry policy, so
+//! the verification after an apply does not mistake a lagging list for a missing machine.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 
 use fleet_engine::provider::{
-    batch_calls, Cloud, CreateRequest, DeleteRequest, ErrorKind, InstanceStatus, LiveResource,
-    ObjectKind, Provider, ProviderError, ProviderLimits, UpdateRequest,
+    batch_calls, labels, Cloud, CreateRequest, DeleteRequest, ErrorKind, InstanceStatus,
+    LiveResource, ObjectKind, Provider, ProviderError, ProviderLimits, UpdateRequest,
 };
+use fleet_engine::retry::{follow_pages, with_retry, RetryPolicy};
 
 use super::calls::{transient, Outcome};
 use super::error::SimError;
@@ -27,6 +41,66 @@ pub(crate) const AWS_PAGE: usize = 1000;
 
 /// Mutating calls the executor may have in flight against the simulator.
 const MAX_CONCURRENT_MUTATIONS: usize = 16;
+
+/// Instance list calls that show a new EC2 instance as `pending` (fleet's
+/// [`InstanceStatus::Provisioning`]). One: the list call right after an apply (its
+/// verification) sees it pending, the next one running, so a plan saved after an apply does
+/// not go stale only because its machines finished booting.
+pub(crate) const EC2_PENDING_LISTS: u64 = 1;
+/// Instance list calls that show a terminated EC2 instance as `shutting-down`.
+pub(crate) const EC2_SHUTTING_DOWN_LISTS: u64 = 2;
+/// Instance list calls that show it `terminated` after that; then it is gone.
+pub(crate) const EC2_TERMINATED_LISTS: u64 = 2;
+/// `wait` calls a GCE operation takes before it is DONE: it answers PENDING, is RUNNING,
+/// and is DONE at its first wait.
+pub(crate) const GCE_OPERATION_POLLS: u32 = 1;
+
+/// What one list call shows of a stored object.
+#[derive(Debug)]
+pub(crate) enum View {
+    /// Listed, as it looks now (boxed: a resource is large, the other answers are not).
+    Listed(Box<LiveResource>),
+    /// Made so recently that list calls do not show it yet (the list lag).
+    Hidden,
+    /// Gone for good: its deletion finished.
+    Vanished,
+}
+
+/// What an instance list call answered when the clock showed `now` shows of `object`, with
+/// a list lag of `lag` calls. Templates are always as stored.
+pub(crate) fn view(object: &StoredObject, now: u64, lag: u64) -> View {
+    let resource = &object.resource;
+    if resource.kind != ObjectKind::Instance {
+        return View::Listed(Box::new(resource.clone()));
+    }
+    let mut listed = Box::new(resource.clone());
+    if resource.cloud == Cloud::Aws {
+        // EC2 reports the ClientToken an instance was launched with, "" when none.
+        listed.creation_token = Some(object.token.clone().unwrap_or_default());
+    }
+    if let Some(deleted_at) = object.deleted_at {
+        if now.saturating_sub(deleted_at) >= EC2_SHUTTING_DOWN_LISTS + EC2_TERMINATED_LISTS {
+            return View::Vanished;
+        }
+        listed.status = InstanceStatus::Deleting;
+        return View::Listed(listed);
+    }
+    let age = now.saturating_sub(object.born);
+    if age < lag {
+        return View::Hidden;
+    }
+    if resource.cloud == Cloud::Aws {
+        match resource.status {
+            // Set by hand (`sim set … status terminated`): listed, going away.
+            InstanceStatus::Terminated => listed.status = InstanceStatus::Deleting,
+            InstanceStatus::Running if age < EC2_PENDING_LISTS => {
+                listed.status = InstanceStatus::Provisioning;
+            }
+            _ => {}
+        }
+    }
+    View::Listed(listed)
+}
 
 /// The real API operation names of one cloud.
 pub(crate) struct Operations {
@@ -234,25 +308,26 @@ fn already_exists(cloud: Cloud, operation: &str, existing: &LiveResource) -> Pro
     }
 }
 
-/// Creates one object inside a transaction, honouring its idempotency token.
+/// Creates one object inside a transaction, honouring its idempotency token. Answers the
+/// object and whether this call made it (`false`: a replayed token).
 fn commit_create(
     txn: &mut Txn<'_>,
     inner: &Inner,
     cloud: Cloud,
     operation: &str,
     request: &CreateRequest,
-) -> Result<LiveResource, CallError> {
+) -> Result<(LiveResource, bool), CallError> {
     let mut replay_id = None;
     if let Some(record) = txn.token(cloud, &request.idempotency_token)? {
         if let Some(object) = txn.get(cloud, &record.id)? {
-            return Ok(object.resource);
-        }
-        if record.deleted {
-            return Ok(record.record);
+            return Ok((object.resource, false));
         }
         // The token was written and the object was not: a crash in between. The create
-        // never finished, so finish it now under the same id.
-        replay_id = Some(record.id);
+        // never finished, so finish it now under the same id. (A record marked deleted is
+        // from an older sim dir and has expired: the create is new.)
+        if !record.deleted {
+            replay_id = Some(record.id);
+        }
     }
     if let Some(pattern) = inner.failing_create_pattern(&request.name) {
         return Err(ProviderError::new(
@@ -307,11 +382,55 @@ fn commit_create(
             deleted: false,
         },
     )?;
-    txn.put(&StoredObject {
-        resource: resource.clone(),
-        token: Some(request.idempotency_token.clone()),
-    })?;
-    Ok(resource)
+    let born = txn.clock(cloud)?;
+    txn.put(&StoredObject::new(
+        resource.clone(),
+        Some(request.idempotency_token.clone()),
+        born,
+    ))?;
+    Ok((resource, true))
+}
+
+/// The error of a discovery that listed again and again and still missed instances this
+/// process made: only seen inside the provider, which then answers what the cloud lists.
+fn not_yet_listed(operation: &str, missing: usize) -> ProviderError {
+    ProviderError::new(
+        ErrorKind::Transient,
+        operation,
+        "notYetListed",
+        format!("{missing} instance(s) made by this process are not listed yet"),
+    )
+}
+
+/// What the first page of an instance or template list call sees, in a transaction: the
+/// instance list ticks the clock and removes the instances whose deletion has finished.
+fn listing(
+    txn: &mut Txn<'_>,
+    cloud: Cloud,
+    kind: ObjectKind,
+    lag: u64,
+    keep: &dyn Fn(&LiveResource) -> bool,
+) -> Result<Vec<LiveResource>, SimError> {
+    let now = match kind {
+        ObjectKind::Instance => txn.tick(cloud)?,
+        ObjectKind::InstanceTemplate => txn.clock(cloud)?,
+    };
+    let mut listed = Vec::new();
+    let mut vanished = Vec::new();
+    for object in txn.snapshot()?.objects() {
+        if object.resource.cloud != cloud || object.resource.kind != kind {
+            continue;
+        }
+        match view(object, now, lag) {
+            View::Listed(resource) if keep(&resource) => listed.push(*resource),
+            View::Listed(_) | View::Hidden => {}
+            View::Vanished => vanished.push(object.clone()),
+        }
+    }
+    for object in &vanished {
+        txn.remove(object)?;
+    }
+    Ok(listed)
 }
 
 /// Which half of an in-place update one API call carries.
@@ -325,11 +444,60 @@ enum UpdatePart {
 pub(crate) struct SimProvider {
     cloud: Cloud,
     inner: Arc<Inner>,
+    /// How list pages and operation polls are retried (`--max-attempts`, `--retry-for`).
+    retry: RetryPolicy,
 }
 
 impl SimProvider {
-    pub(crate) fn new(cloud: Cloud, inner: Arc<Inner>) -> SimProvider {
-        SimProvider { cloud, inner }
+    pub(crate) fn new(cloud: Cloud, inner: Arc<Inner>, retry: RetryPolicy) -> SimProvider {
+        SimProvider {
+            cloud,
+            inner,
+            retry,
+        }
+    }
+
+    /// Instances of this cloud made in this process that no list call has shown yet: id →
+    /// fleet label. Kept in the simulator this process opened, shared by its providers.
+    fn awaited(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        self.inner.awaited[match self.cloud {
+            Cloud::Gcp => 0,
+            Cloud::Aws => 1,
+        }]
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Notes an instance this provider made, to be waited for by the next discovery.
+    fn await_listing(&self, made: &LiveResource) {
+        // Only what a discovery lists: fleet's own instances.
+        if made.kind == ObjectKind::Instance && made.label(labels::KIND).is_some() {
+            let fleet = made.label(labels::FLEET).unwrap_or_default().to_owned();
+            self.awaited().insert(made.id.clone(), fleet);
+        }
+    }
+
+    /// Waits for a GCE operation: [`GCE_OPERATION_POLLS`] `wait` calls, each retried under
+    /// the policy when it faults (the operation is under way; a failed poll changes nothing).
+    /// EC2 answers its calls at once.
+    async fn wait_operation(&self, kind: ObjectKind, key: &str) -> Result<(), ProviderError> {
+        if self.cloud != Cloud::Gcp {
+            return Ok(());
+        }
+        let poll = match kind {
+            ObjectKind::Instance => "compute.zoneOperations.wait",
+            ObjectKind::InstanceTemplate => "compute.globalOperations.wait",
+        };
+        for number in 0..GCE_OPERATION_POLLS {
+            let fault_key = format!("{key}#{number}");
+            with_retry(
+                self.retry,
+                |_| self.inner.gate.call(self.cloud, poll, &fault_key, false),
+                |_, _, _| {},
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Runs store work off the async runtime: the file lock may wait for another process.
@@ -351,77 +519,80 @@ impl SimProvider {
         }
     }
 
-    /// Lists the objects that `keep` selects, one counted call per page: instances, then
-    /// templates. All pages are served from one snapshot taken at the first page, like a
-    /// page token pinned to a consistent listing.
+    /// Lists the objects that `keep` selects: instances, then templates, each one counted
+    /// call per page, each page retried under the policy.
     async fn list_paged(
         &self,
         fault_key: &str,
-        keep: impl Fn(&LiveResource) -> bool + Send + 'static,
+        keep: impl Fn(&LiveResource) -> bool + Send + Sync + 'static,
     ) -> Result<Vec<LiveResource>, ProviderError> {
-        let cloud = self.cloud;
-        let operations = operations(cloud);
-        let page_size = match cloud {
-            Cloud::Gcp => GCP_PAGE,
-            Cloud::Aws => AWS_PAGE,
-        };
-        let pages = |count: usize| count.div_ceil(page_size).max(1);
-        let gate = &self.inner.gate;
-        gate.call(
-            cloud,
-            operations.list_instances,
-            &format!("{fault_key}#0"),
-            false,
-        )
-        .await?;
-        let (mut instances, mut templates) = self
-            .blocking(operations.list_instances, move |inner| {
-                let listing = inner.store.read(|snapshot| {
-                    let mut instances = Vec::new();
-                    let mut templates = Vec::new();
-                    for object in snapshot.objects() {
-                        let resource = &object.resource;
-                        if resource.cloud != cloud || !keep(resource) {
-                            continue;
-                        }
-                        match resource.kind {
-                            // EC2 keeps terminated instances listed for a while; they are
-                            // gone for every purpose of fleet.
-                            ObjectKind::Instance
-                                if cloud == Cloud::Aws
-                                    && resource.status == InstanceStatus::Terminated => {}
-                            ObjectKind::Instance => instances.push(resource.clone()),
-                            ObjectKind::InstanceTemplate => templates.push(resource.clone()),
-                        }
-                    }
-                    (instances, templates)
-                })?;
-                Ok(listing)
-            })
+        let keep: Arc<dyn Fn(&LiveResource) -> bool + Send + Sync> = Arc::new(keep);
+        let mut instances = self
+            .list_kind(ObjectKind::Instance, fault_key, Arc::clone(&keep))
             .await?;
-        for page in 1..pages(instances.len()) {
-            gate.call(
-                cloud,
-                operations.list_instances,
-                &format!("{fault_key}#{page}"),
-                false,
-            )
+        let mut templates = self
+            .list_kind(ObjectKind::InstanceTemplate, fault_key, keep)
             .await?;
-        }
-        for page in 0..pages(templates.len()) {
-            gate.call(
-                cloud,
-                operations.list_templates,
-                &format!("{fault_key}#{page}"),
-                false,
-            )
-            .await?;
-        }
         let order = |a: &LiveResource, b: &LiveResource| (&a.name, &a.id).cmp(&(&b.name, &b.id));
         instances.sort_by(order);
         templates.sort_by(order);
         instances.append(&mut templates);
         Ok(instances)
+    }
+
+    /// One paginated list call of one kind of object. The first page takes a snapshot (and,
+    /// for instances, ticks the cloud's list clock and removes what has vanished); the
+    /// later pages are served from it, like a page token pinned to a consistent listing.
+    async fn list_kind(
+        &self,
+        kind: ObjectKind,
+        fault_key: &str,
+        keep: Arc<dyn Fn(&LiveResource) -> bool + Send + Sync>,
+    ) -> Result<Vec<LiveResource>, ProviderError> {
+        let cloud = self.cloud;
+        let operation = match kind {
+            ObjectKind::Instance => operations(cloud).list_instances,
+            ObjectKind::InstanceTemplate => operations(cloud).list_templates,
+        };
+        let page_size = match cloud {
+            Cloud::Gcp => GCP_PAGE,
+            Cloud::Aws => AWS_PAGE,
+        };
+        let lag = self.inner.list_lag;
+        let snapshot: Mutex<Arc<Vec<LiveResource>>> = Mutex::new(Arc::new(Vec::new()));
+        let snapshot = &snapshot;
+        let mut found = Vec::new();
+        let fetch = |token: Option<String>| {
+            let keep = Arc::clone(&keep);
+            async move {
+                let page: usize = token.and_then(|token| token.parse().ok()).unwrap_or(0);
+                self.inner
+                    .gate
+                    .call(cloud, operation, &format!("{fault_key}#{page}"), false)
+                    .await?;
+                if page == 0 {
+                    let listing = self
+                        .blocking(operation, move |inner| {
+                            Ok(inner
+                                .store
+                                .write(|txn| listing(txn, cloud, kind, lag, &*keep))?)
+                        })
+                        .await?;
+                    *snapshot.lock().unwrap_or_else(|poison| poison.into_inner()) =
+                        Arc::new(listing);
+                }
+                let all = Arc::clone(&snapshot.lock().unwrap_or_else(|poison| poison.into_inner()));
+                let start = (page * page_size).min(all.len());
+                let end = (start + page_size).min(all.len());
+                let next = (end < all.len()).then(|| (page + 1).to_string());
+                Ok((all[start..end].to_vec(), next))
+            }
+        };
+        follow_pages(self.retry, fetch, |page: Vec<LiveResource>| {
+            found.extend(page)
+        })
+        .await?;
+        Ok(found)
     }
 
     /// One bulk call creating every request in `group` (same shape, at least two).
@@ -461,13 +632,33 @@ impl SimProvider {
                 })?)
             })
             .await;
-        match (committed, outcome) {
-            (Err(error), _) => vec![Err(error); count],
-            (Ok(_), Outcome::LoseResponse) => {
-                vec![Err(transient(cloud, operation, false, true)); count]
-            }
-            (Ok(results), Outcome::Answer) => results,
+        let results = match committed {
+            Err(error) => return vec![Err(error); count],
+            Ok(results) => results,
+        };
+        // What this call made is awaited by the next discovery even if the answer is lost:
+        // the executor's retry replays the token and is answered without making anything.
+        let results: Vec<Result<LiveResource, ProviderError>> = results
+            .into_iter()
+            .map(|result| {
+                result.map(|(made, fresh)| {
+                    if fresh {
+                        self.await_listing(&made);
+                    }
+                    made
+                })
+            })
+            .collect();
+        if outcome == Outcome::LoseResponse {
+            return vec![Err(transient(cloud, operation, false, true)); count];
         }
+        if let Err(error) = self
+            .wait_operation(ObjectKind::Instance, &format!("bulk:{fault_key}"))
+            .await
+        {
+            return vec![Err(error); count];
+        }
+        results
     }
 
     /// One `setLabels`/`setMetadata` (`CreateTags`/`ModifyInstanceAttribute`) call.
@@ -495,7 +686,10 @@ impl SimProvider {
         let updated = self
             .blocking(operation, move |inner| {
                 inner.store.write(|txn| {
-                    let Some(mut object) = txn.get(cloud, &id)? else {
+                    let Some(mut object) = txn
+                        .get(cloud, &id)?
+                        .filter(|object| object.deleted_at.is_none())
+                    else {
                         return Err(not_found(cloud, operation, &id).into());
                     };
                     match part {
@@ -508,7 +702,11 @@ impl SimProvider {
             })
             .await?;
         match outcome {
-            Outcome::Answer => Ok(updated),
+            Outcome::Answer => {
+                self.wait_operation(ObjectKind::Instance, &format!("{operation}:{}", request.id))
+                    .await?;
+                Ok(updated)
+            }
             Outcome::LoseResponse => Err(transient(cloud, operation, false, true)),
         }
     }
@@ -531,7 +729,7 @@ impl Provider for SimProvider {
         )
     }
 
-    fn call_counts(&self) -> std::collections::BTreeMap<String, u64> {
+    fn call_counts(&self) -> BTreeMap<String, u64> {
         let prefix = match self.cloud {
             Cloud::Gcp => "compute.",
             Cloud::Aws => "ec2:",
@@ -551,12 +749,59 @@ impl Provider for SimProvider {
         }
     }
 
+    /// # Guarantees
+    /// Lists what carries `fleet=FLEET` and a `fleet-kind` label, as the real list filters
+    /// do: autoscaled build machines carry `fleet=` but no `fleet-kind`, and never cost a
+    /// page. When an instance this provider made is missing (a list that lags behind its
+    /// writes), lists again under the retry policy; once the policy gives up, answers what
+    /// the cloud lists.
     async fn discover(&self, fleet: &str) -> Result<Vec<LiveResource>, ProviderError> {
-        let wanted = fleet.to_owned();
-        self.list_paged(&format!("discover:{fleet}"), move |resource| {
-            resource.label(fleet_engine::provider::labels::FLEET) == Some(wanted.as_str())
-        })
-        .await
+        let operation = operations(self.cloud).list_instances;
+        let last: Mutex<Option<Vec<LiveResource>>> = Mutex::new(None);
+        let last = &last;
+        let listed = with_retry(
+            self.retry,
+            |_| async move {
+                let wanted = fleet.to_owned();
+                let found = match self
+                    .list_paged(&format!("discover:{fleet}"), move |resource| {
+                        resource.label(labels::FLEET) == Some(wanted.as_str())
+                            && resource.label(labels::KIND).is_some()
+                    })
+                    .await
+                {
+                    Ok(found) => found,
+                    // Each page has had its retries already: not retried again here.
+                    Err(error) => return Ok(Err(error)),
+                };
+                let ids: BTreeSet<&str> = found.iter().map(|object| object.id.as_str()).collect();
+                let missing = {
+                    let mut awaited = self.awaited();
+                    awaited.retain(|id, _| !ids.contains(id.as_str()));
+                    awaited.values().filter(|owner| *owner == fleet).count()
+                };
+                if missing == 0 {
+                    return Ok(Ok(found));
+                }
+                *last.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(found);
+                Err(not_yet_listed(operation, missing))
+            },
+            |_, _, _| {},
+        )
+        .await;
+        match listed {
+            Ok(result) => result,
+            Err(_) => {
+                // The policy gave up waiting: what the cloud lists is the answer, and the
+                // instances it misses are awaited no longer.
+                self.awaited().retain(|_, owner| owner != fleet);
+                let found = last
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .take();
+                Ok(found.unwrap_or_default())
+            }
+        }
     }
 
     async fn find_by_names(&self, names: &[String]) -> Result<Vec<LiveResource>, ProviderError> {
@@ -582,16 +827,27 @@ impl Provider for SimProvider {
             .gate
             .call(cloud, operation, &request.idempotency_token, true)
             .await?;
-        let request = request.clone();
+        let owned = request.clone();
         let created = self
             .blocking(operation, move |inner| {
                 inner
                     .store
-                    .write(|txn| commit_create(txn, inner, cloud, operation, &request))
+                    .write(|txn| commit_create(txn, inner, cloud, operation, &owned))
             })
             .await?;
+        let (created, fresh) = created;
+        if fresh {
+            self.await_listing(&created);
+        }
         match outcome {
-            Outcome::Answer => Ok(created),
+            Outcome::Answer => {
+                self.wait_operation(
+                    request.kind,
+                    &format!("{operation}:{}", request.idempotency_token),
+                )
+                .await?;
+                Ok(created)
+            }
             Outcome::LoseResponse => Err(transient(cloud, operation, false, true)),
         }
     }
@@ -643,7 +899,8 @@ impl Provider for SimProvider {
                 Ok(inner.store.get(cloud, &id)?)
             })
             .await?;
-        let Some(current) = current else {
+        // An EC2 instance shutting down cannot be changed any more: as good as gone.
+        let Some(current) = current.filter(|object| object.deleted_at.is_none()) else {
             // The client sends the call and the cloud answers 404.
             self.inner
                 .gate
@@ -709,16 +966,29 @@ impl Provider for SimProvider {
         let id = request.id.clone();
         self.blocking(operation, move |inner| {
             Ok(inner.store.write(|txn| {
-                // Deleting what is gone succeeds: a resumed apply repeats deletes.
-                if let Some(object) = txn.get(cloud, &id)? {
+                // Deleting what is gone (or going) succeeds: a resumed apply repeats deletes.
+                let Some(mut object) = txn.get(cloud, &id)? else {
+                    return Ok::<_, SimError>(());
+                };
+                if cloud == Cloud::Aws && object.resource.kind == ObjectKind::Instance {
+                    // EC2 keeps listing it, shutting down and then terminated, for a while.
+                    if object.deleted_at.is_none() {
+                        object.deleted_at = Some(txn.clock(cloud)?);
+                        txn.put(&object)?;
+                    }
+                } else {
                     txn.remove(&object)?;
                 }
-                Ok::<_, SimError>(())
+                Ok(())
             })?)
         })
         .await?;
+        self.awaited().remove(&request.id);
         match outcome {
-            Outcome::Answer => Ok(()),
+            Outcome::Answer => {
+                self.wait_operation(request.kind, &format!("{operation}:{}", request.id))
+                    .await
+            }
             Outcome::LoseResponse => Err(transient(cloud, operation, false, true)),
         }
     }

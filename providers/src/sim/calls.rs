@@ -12,6 +12,11 @@ use std::time::{Duration, Instant};
 use fleet_engine::provider::{Cloud, ErrorKind, ProviderError};
 use sha2::{Digest, Sha256};
 
+/// The prefix of the stats entries that count injected faults: `fault:ec2:DescribeInstances`
+/// is how many `ec2:DescribeInstances` calls failed (or lost their answer) on purpose; they are
+/// counted under `ec2:DescribeInstances` too.
+pub(crate) const FAULT_PREFIX: &str = "fault:";
+
 /// What the caller does after the call was let through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -41,8 +46,9 @@ impl Bucket {
         }
     }
 
-    fn try_take(&mut self) -> bool {
-        let now = Instant::now();
+    /// Takes a token at `now` if one is there; refills first for the time since the last
+    /// take. The caller passes the time, so the pace can be checked without waiting.
+    fn try_take(&mut self, now: Instant) -> bool {
         let elapsed = now.duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
@@ -138,7 +144,7 @@ impl Gate {
         *lock(&self.pending).entry(operation.to_owned()).or_default() += 1;
         *lock(&self.session).entry(operation.to_owned()).or_default() += 1;
         if let Some(bucket) = &self.bucket {
-            if !lock(bucket).try_take() {
+            if !lock(bucket).try_take(Instant::now()) {
                 return Err(throttled(
                     cloud,
                     operation,
@@ -173,6 +179,10 @@ impl Gate {
         if draw >= self.fault_rate {
             return Ok(Outcome::Answer);
         }
+        // Counted apart, so that a test can check that each fault cost exactly one more call.
+        let fault = format!("{FAULT_PREFIX}{operation}");
+        *lock(&self.pending).entry(fault.clone()).or_default() += 1;
+        *lock(&self.session).entry(fault).or_default() += 1;
         let lose_response = mutating && digest[8] & 1 == 1;
         if lose_response {
             Ok(Outcome::LoseResponse)
@@ -239,5 +249,65 @@ pub(crate) fn transient(
             "InternalError",
             format!("An internal error has occurred. ({when})"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    /// Polls a call once: `Ready` if it answered without waiting.
+    fn poll_once<T>(future: impl Future<Output = T>) -> Poll<T> {
+        let mut future = pin!(future);
+        future
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[test]
+    fn a_bucket_refills_at_its_rate() {
+        let start = Instant::now();
+        let mut bucket = Bucket::new(2.0);
+        bucket.last = start;
+        assert!(
+            bucket.try_take(start) && bucket.try_take(start),
+            "it starts full"
+        );
+        assert!(!bucket.try_take(start));
+        assert!(!bucket.try_take(start + Duration::from_millis(499)));
+        assert!(
+            bucket.try_take(start + Duration::from_millis(500)),
+            "half a second, one call"
+        );
+        // Idle for long, it holds no more than its capacity.
+        let later = start + Duration::from_secs(60);
+        assert!(bucket.try_take(later) && bucket.try_take(later));
+        assert!(!bucket.try_take(later));
+    }
+
+    #[tokio::test]
+    async fn a_call_waits_the_latency_and_a_throttled_one_fails_at_once() {
+        let gate = Gate::new(Duration::from_secs(3600), Some(0.001), 0.0, 0);
+        // The bucket's one token: the call is let through and waits its latency.
+        let waiting = poll_once(gate.call(Cloud::Aws, "ec2:RunInstances", "a", true));
+        assert!(waiting.is_pending(), "the call did not wait its latency");
+        // The next is over the rate (one call per 1,000 s): it fails without waiting.
+        match poll_once(gate.call(Cloud::Aws, "ec2:RunInstances", "b", true)) {
+            Poll::Ready(Err(error)) => {
+                assert_eq!(error.kind, ErrorKind::Throttled);
+                assert_eq!(error.code, "RequestLimitExceeded");
+            }
+            other => panic!("a throttled call waited or went through: {other:?}"),
+        }
+        assert_eq!(gate.session()["ec2:RunInstances"], 2, "both were counted");
+        let quick = Gate::new(Duration::ZERO, None, 0.0, 0);
+        assert!(matches!(
+            poll_once(quick.call(Cloud::Gcp, "compute.instances.insert", "c", true)),
+            Poll::Ready(Ok(Outcome::Answer))
+        ));
     }
 }

@@ -39,6 +39,7 @@ use fleet_engine::catalog;
 use fleet_engine::provider::{
     Cloud, InstanceStatus, LiveResource, MachineSpec, Networking, ObjectKind, Provider,
 };
+use fleet_engine::retry::RetryPolicy;
 
 pub use self::error::SimError;
 use self::store::{Store, StoredObject, Txn};
@@ -58,6 +59,9 @@ pub struct SimConfig {
     pub fault_rate: f64,
     /// Seeds the fault draws: the same seed and calls give the same faults.
     pub seed: u64,
+    /// Instance list calls that do not show an instance yet after its creation (0: lists
+    /// show it at once), to model lists that lag behind writes.
+    pub list_lag: u64,
 }
 
 impl Default for SimConfig {
@@ -68,6 +72,7 @@ impl Default for SimConfig {
             rate_limit: None,
             fault_rate: 0.0,
             seed: 0,
+            list_lag: 0,
         }
     }
 }
@@ -78,6 +83,11 @@ pub(crate) struct Inner {
     gate: calls::Gate,
     /// Name patterns whose creation fails; see [`SimCloud::fail_creates_matching`].
     failing_creates: std::sync::RwLock<Vec<String>>,
+    /// See [`SimConfig::list_lag`].
+    list_lag: u64,
+    /// Per cloud (GCP, AWS): the instances made in this process that no list call has shown
+    /// yet, id → fleet label, so a discovery can wait for them.
+    awaited: [std::sync::Mutex<BTreeMap<String, String>>; 2],
 }
 
 impl Inner {
@@ -188,6 +198,8 @@ const STATUSES: [InstanceStatus; 6] = [
 #[derive(Clone)]
 pub struct SimCloud {
     inner: Arc<Inner>,
+    /// How its providers retry list pages and operation polls.
+    retry: RetryPolicy,
 }
 
 impl fmt::Debug for SimCloud {
@@ -218,14 +230,28 @@ impl SimCloud {
                 store,
                 gate,
                 failing_creates: std::sync::RwLock::new(Vec::new()),
+                list_lag: config.list_lag,
+                awaited: Default::default(),
             }),
+            retry: RetryPolicy::default(),
         })
+    }
+
+    /// The same simulator, whose providers retry each list page and operation poll under
+    /// `retry` (`--max-attempts`, `--retry-for`) instead of the default policy.
+    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> SimCloud {
+        self.retry = retry;
+        self
     }
 
     /// The API of one cloud. Both clouds' providers share this simulator's state, rate limit
     /// and call counts.
     pub fn provider(&self, cloud: Cloud) -> Arc<dyn Provider> {
-        Arc::new(api::SimProvider::new(cloud, Arc::clone(&self.inner)))
+        Arc::new(api::SimProvider::new(
+            cloud,
+            Arc::clone(&self.inner),
+            self.retry,
+        ))
     }
 
     /// Makes every create (single or batched) of an object whose name matches one of
@@ -251,16 +277,32 @@ impl SimCloud {
         self.inner.flush_stats()
     }
 
-    /// Every instance and template of both clouds, sorted by (cloud, kind, name, id). Not an
-    /// API call: it is not counted and ignores latency, faults and the rate limit.
+    /// Every instance and template of both clouds, sorted by (cloud, kind, name, id), as the
+    /// next list call would show them (EC2 instances `provisioning` while pending and
+    /// `deleting` while shutting down or terminated), except that an instance a lagging list
+    /// would not show yet is included. Not an API call: it is not counted, does not advance
+    /// the list clock and ignores latency, faults and the rate limit.
     ///
     /// # Errors
     /// [`SimError::Io`] or [`SimError::Corrupt`] when the sim dir cannot be read.
     pub fn list(&self) -> Result<Vec<LiveResource>, SimError> {
+        let clocks = [
+            self.inner.store.clock(Cloud::Gcp)?,
+            self.inner.store.clock(Cloud::Aws)?,
+        ];
         let mut all = self.inner.store.read(|snapshot| {
             snapshot
                 .objects()
-                .map(|object| object.resource.clone())
+                .filter_map(|object| {
+                    let now = match object.resource.cloud {
+                        Cloud::Gcp => clocks[0],
+                        Cloud::Aws => clocks[1],
+                    };
+                    match api::view(object, now, 0) {
+                        api::View::Listed(resource) => Some(*resource),
+                        api::View::Hidden | api::View::Vanished => None,
+                    }
+                })
                 .collect::<Vec<_>>()
         })?;
         all.sort_by(|a, b| {
@@ -303,8 +345,9 @@ impl SimCloud {
         self.set_run_state(name, |_| InstanceStatus::Running)
     }
 
-    /// Deletes an instance or template, out of band; returns what was removed. A create
-    /// replayed with the token that made it returns this last state and creates nothing.
+    /// Deletes an instance or template, out of band and at once; returns what was removed.
+    /// The token that made it is forgotten with it: a create with that token makes a new
+    /// object.
     ///
     /// # Errors
     /// [`SimError::NotFound`], [`SimError::Ambiguous`].
@@ -463,10 +506,8 @@ impl SimCloud {
                     networking: Networking::default(),
                 },
             };
-            txn.put(&StoredObject {
-                resource: resource.clone(),
-                token: None,
-            })?;
+            let born = txn.clock(cloud)?;
+            txn.put(&StoredObject::new(resource.clone(), None, born))?;
             Ok(resource)
         })
     }
@@ -498,10 +539,22 @@ impl SimCloud {
             .filter(|object| object.resource.id == name)
             .collect();
         let matches = if by_id.is_empty() {
-            snapshot
+            // An EC2 instance going away keeps its name for a while; the one that is not
+            // going away is the one meant.
+            let named: Vec<&StoredObject> = snapshot
                 .objects()
                 .filter(|object| object.resource.name == name)
-                .collect()
+                .collect();
+            let staying: Vec<&StoredObject> = named
+                .iter()
+                .copied()
+                .filter(|object| object.deleted_at.is_none())
+                .collect();
+            if staying.is_empty() {
+                named
+            } else {
+                staying
+            }
         } else {
             by_id
         };

@@ -12,8 +12,14 @@
 //! objects/<cloud>/instances/     one JSON file per instance, named after its id
 //! objects/<cloud>/templates/     one JSON file per template
 //! tokens/<cloud>/<sha256>.json   idempotency token -> id and the object's last record
+//! clock.json                     list calls answered so far, per cloud (the sim's clock)
 //! stats.json                     API calls by operation, summed over processes
 //! ```
+//!
+//! Time in the simulator is counted in instance list calls, not seconds, so a test can step
+//! through states exactly: an object records the clock when it was made (`born`) and when
+//! its deletion began (`deleted_at`), and what a list call shows is derived from those and
+//! the clock ([`super::api`] decides what each state looks like).
 //!
 //! Every change happens in a [`Txn`]: under the in-process mutex and the exclusive file lock,
 //! files are written to a temporary name and renamed into place, so a crash leaves each file
@@ -48,6 +54,25 @@ pub(crate) struct StoredObject {
     /// The idempotency token of the create call that made it; none for unmanaged objects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) token: Option<String>,
+    /// The cloud's list clock when it was made (0 for objects of older sim dirs: long ago).
+    #[serde(default)]
+    pub(crate) born: u64,
+    /// The list clock when its deletion began (EC2 instances stay listed, shutting down and
+    /// then terminated, for a few list calls); `None` while it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) deleted_at: Option<u64>,
+}
+
+impl StoredObject {
+    /// A new object, made when the clock showed `born`.
+    pub(crate) fn new(resource: LiveResource, token: Option<String>, born: u64) -> StoredObject {
+        StoredObject {
+            resource,
+            token,
+            born,
+            deleted_at: None,
+        }
+    }
 }
 
 /// What one idempotency token made.
@@ -59,9 +84,11 @@ pub(crate) struct TokenRecord {
     pub(crate) id: String,
     /// The object as last known: as made, or as it was when deleted.
     pub(crate) record: LiveResource,
-    /// Whether the object has been deleted since. A record that is not deleted but whose
-    /// object is missing means a crash between writing the token and the object: the create
-    /// did not happen and may be done again.
+    /// Whether the object has been deleted since. Only sim dirs of older versions hold such
+    /// records: now a token is forgotten when its object vanishes (the simulator's model of
+    /// a token expiring), so a record whose object is missing means a crash between writing
+    /// the token and the object: the create did not happen and may be done again.
+    #[serde(default)]
     pub(crate) deleted: bool,
 }
 
@@ -298,6 +325,23 @@ impl Store {
 
     fn stats_path(&self) -> PathBuf {
         self.dir.join("stats.json")
+    }
+
+    fn clock_path(&self) -> PathBuf {
+        self.dir.join("clock.json")
+    }
+
+    /// The list clocks, under a lock the caller holds.
+    fn read_clocks(&self) -> Result<BTreeMap<Cloud, u64>, SimError> {
+        Ok(self.read_json(&self.clock_path())?.unwrap_or_default())
+    }
+
+    /// The list clock of `cloud` now, under the shared lock.
+    pub(crate) fn clock(&self, cloud: Cloud) -> Result<u64, SimError> {
+        let mut local = self.lock_local();
+        let local = &mut *local;
+        let _lock = FileLock::shared(self, &local.lock_file)?;
+        Ok(self.read_clocks()?.get(&cloud).copied().unwrap_or(0))
     }
 
     /// Reads a JSON file; `None` when it does not exist.
@@ -565,8 +609,25 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Removes an object. When a token made it, the token's record keeps its last state so a
-    /// replayed create returns it instead of creating again.
+    /// The list clock of `cloud`: how many instance list calls it has answered.
+    pub(crate) fn clock(&self, cloud: Cloud) -> Result<u64, SimError> {
+        Ok(self.store.read_clocks()?.get(&cloud).copied().unwrap_or(0))
+    }
+
+    /// Advances the list clock of `cloud` by one and returns its value before. It lives in a
+    /// file of its own and does not bump the generation: a list call changes no object, so
+    /// other processes keep their copies.
+    pub(crate) fn tick(&mut self, cloud: Cloud) -> Result<u64, SimError> {
+        let mut clocks = self.store.read_clocks()?;
+        let now = clocks.get(&cloud).copied().unwrap_or(0);
+        clocks.insert(cloud, now + 1);
+        self.store.write_json(&self.store.clock_path(), &clocks)?;
+        Ok(now)
+    }
+
+    /// Removes an object for good, and forgets the token that made it: a create with that
+    /// token makes a new object (the simulator's model of a token expiring once what it made
+    /// has vanished).
     pub(crate) fn remove(&mut self, object: &StoredObject) -> Result<(), SimError> {
         let cloud = object.resource.cloud;
         let Some(path) = self.store.object_path(cloud, &object.resource.id) else {
@@ -574,13 +635,12 @@ impl Txn<'_> {
         };
         self.bump()?;
         if let Some(token) = &object.token {
-            let record = TokenRecord {
-                token: token.clone(),
-                id: object.resource.id.clone(),
-                record: object.resource.clone(),
-                deleted: true,
-            };
-            self.put_token(cloud, &record)?;
+            let token_path = self.store.token_path(cloud, token);
+            match fs::remove_file(&token_path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == IoErrorKind::NotFound => {}
+                Err(error) => return Err(self.store.io_error(&token_path, "remove", error)),
+            }
         }
         match fs::remove_file(&path) {
             Ok(()) => {}

@@ -1,5 +1,9 @@
 //! Tests of the simulated cloud through its public surface: the providers and the admin
 //! calls, over real sim dirs in the system's temporary directory.
+//!
+//! No test measures wall-clock time or sleeps to wait for something: they count API calls
+//! (the sim's stats), step the sim's list clock with list calls, and check pacing (latency,
+//! the rate limit) on tokio's paused clock, where time moves only as the sim waits.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -210,7 +214,7 @@ async fn created_objects_survive_reopening_the_sim_dir() {
 }
 
 #[tokio::test]
-async fn a_replayed_token_creates_nothing_even_after_a_delete() {
+async fn a_replayed_token_dedupes_until_what_it_made_has_vanished() {
     let dir = TempDir::new("token");
     let sim = open(&dir);
     for cloud in Cloud::ALL {
@@ -230,18 +234,50 @@ async fn a_replayed_token_creates_nothing_even_after_a_delete() {
             replayed.status, stopped.status,
             "the current object is returned"
         );
+        let of_cloud = |sim: &SimCloud| {
+            sim.list()
+                .unwrap()
+                .into_iter()
+                .filter(|resource| resource.cloud == cloud)
+                .count()
+        };
+        assert_eq!(of_cloud(&sim), 1, "nothing was made twice");
 
+        // Deleted by hand: gone at once, and its token with it.
         sim.delete(&first.id).unwrap();
-        let after_delete = provider.create(&request).await.unwrap();
-        assert_eq!(after_delete.id, first.id, "the last record is returned");
-        assert!(
-            provider.discover("blue").await.unwrap().is_empty(),
-            "nothing was re-created"
+        let again = provider.create(&request).await.unwrap();
+        assert_eq!(
+            discover(&sim, cloud, "blue").await.len(),
+            1,
+            "an expired token makes the machine again"
         );
+        provider
+            .delete(&DeleteRequest {
+                kind: ObjectKind::Instance,
+                id: again.id.clone(),
+                name: again.name.clone(),
+                idempotency_token: "d".to_owned(),
+            })
+            .await
+            .unwrap();
+        if cloud == Cloud::Aws {
+            // Shutting down and then terminated for four list calls, the token still
+            // answering with it; then gone, and the token forgotten.
+            for _ in 0..4 {
+                let listed = discover(&sim, cloud, "blue").await;
+                assert_eq!(listed.len(), 1);
+                assert_eq!(listed[0].status, InstanceStatus::Deleting);
+                let replayed = provider.create(&request).await.unwrap();
+                assert_eq!(replayed.id, again.id, "the going instance is the answer");
+            }
+        }
+        assert!(discover(&sim, cloud, "blue").await.is_empty(), "{cloud}");
+        provider.create(&request).await.unwrap();
+        assert_eq!(discover(&sim, cloud, "blue").await.len(), 1);
     }
-    assert!(sim.list().unwrap().is_empty());
-    assert_eq!(count(&sim, "compute.instances.insert"), 4);
-    assert_eq!(count(&sim, "ec2:RunInstances"), 4);
+    assert_eq!(sim.list().unwrap().len(), 2);
+    assert_eq!(count(&sim, "compute.instances.insert"), 5);
+    assert_eq!(count(&sim, "ec2:RunInstances"), 9);
 }
 
 #[tokio::test]
@@ -509,7 +545,9 @@ async fn faults_make_a_retrying_client_converge_without_duplicates() {
         seed: 7,
         ..SimConfig::default()
     };
-    let sim = SimCloud::open(dir.path(), config).unwrap();
+    let sim = SimCloud::open(dir.path(), config)
+        .unwrap()
+        .with_retry_policy(eager_retries());
     let mut lost_responses = 0;
     for cloud in Cloud::ALL {
         let provider = sim.provider(cloud);
@@ -582,34 +620,35 @@ async fn the_same_seed_and_calls_give_the_same_ids_and_faults() {
 }
 
 #[tokio::test]
-async fn calls_over_the_rate_limit_fail_at_once_as_throttled() {
+async fn calls_over_the_rate_limit_fail_as_throttled_and_make_nothing() {
     let dir = TempDir::new("ratelimit");
+    // One call, then one per 1,000 s: the calls after the first are over the limit however
+    // slowly the test runs. The pace itself is checked in `calls` on given instants.
     let config = SimConfig {
-        rate_limit: Some(1.0),
+        rate_limit: Some(0.001),
         ..SimConfig::default()
     };
-    let sim = SimCloud::open(dir.path(), config).unwrap();
+    let sim = SimCloud::open(dir.path(), config)
+        .unwrap()
+        .with_retry_policy(fleet_engine::retry::RetryPolicy {
+            max_attempts: 1,
+            ..eager_retries()
+        });
     let gcp = sim.provider(Cloud::Gcp);
-    assert_eq!(gcp.limits().calls_per_second, Some(1.0));
+    assert_eq!(gcp.limits().calls_per_second, Some(0.001));
     assert_eq!(gcp.limits().max_concurrent_mutations, 16);
-    gcp.create(&instance("a", "us-east1-b", "e2-small", "a"))
+    let aws = sim.provider(Cloud::Aws);
+    aws.create(&instance("a", "us-east-2b", "t3.micro", "a"))
         .await
         .unwrap();
-    // The bucket holds one call and refills one per second: the next calls, well within that
-    // second, are over the limit.
-    let started = std::time::Instant::now();
     let throttled = gcp
         .create(&instance("b", "us-east1-b", "e2-small", "b"))
         .await
         .unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_millis(200),
-        "no sleep-and-succeed"
-    );
     assert_eq!(throttled.kind, ErrorKind::Throttled);
     assert_eq!(throttled.code, "rateLimitExceeded");
     assert!(throttled.message.contains("403"), "{}", throttled.message);
-    let aws_throttled = sim.provider(Cloud::Aws).discover("blue").await.unwrap_err();
+    let aws_throttled = aws.discover("blue").await.unwrap_err();
     assert_eq!(aws_throttled.kind, ErrorKind::Throttled);
     assert_eq!(aws_throttled.code, "RequestLimitExceeded");
     assert_eq!(
@@ -617,36 +656,9 @@ async fn calls_over_the_rate_limit_fail_at_once_as_throttled() {
         1,
         "the throttled create made nothing"
     );
-
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    gcp.create(&instance("b", "us-east1-b", "e2-small", "b"))
-        .await
-        .expect("the bucket refills at the rate");
-    assert_eq!(sim.list().unwrap().len(), 2);
-}
-
-#[tokio::test]
-async fn every_call_waits_the_configured_latency() {
-    let dir = TempDir::new("latency");
-    let config = SimConfig {
-        latency: Duration::from_millis(40),
-        ..SimConfig::default()
-    };
-    let sim = SimCloud::open(dir.path(), config).unwrap();
-    let started = std::time::Instant::now();
-    // One page of instances and one of templates.
-    discover(&sim, Cloud::Gcp, "blue").await;
-    assert!(
-        started.elapsed() >= Duration::from_millis(80),
-        "{:?}",
-        started.elapsed()
-    );
-    let started = std::time::Instant::now();
-    sim.list().unwrap();
-    assert!(
-        started.elapsed() < Duration::from_millis(40),
-        "admin calls are not API calls"
-    );
+    // Both clouds share the limit; throttled calls are counted: the cloud saw them.
+    assert_eq!(count(&sim, "ec2:RunInstances"), 1);
+    assert_eq!(count(&sim, "compute.instances.insert"), 1);
 }
 
 #[tokio::test]
@@ -691,9 +703,10 @@ async fn admin_changes_show_in_discovery() {
     );
 
     sim.set(&builder.id, "status", "terminated").unwrap();
-    assert!(
-        discover(&sim, Cloud::Aws, "blue").await.is_empty(),
-        "terminated EC2 is gone"
+    assert_eq!(
+        discover(&sim, Cloud::Aws, "blue").await[0].status,
+        InstanceStatus::Deleting,
+        "terminated EC2 is listed, going away"
     );
     sim.set(&builder.id, "status", "running").unwrap();
 
@@ -782,7 +795,12 @@ async fn admin_changes_show_in_discovery() {
         .find_by_names(&["legacy-runner".to_owned()])
         .await
         .unwrap();
-    assert_eq!(found, vec![unmanaged.clone()]);
+    // EC2 reports the ClientToken of what it lists: none for a hand-made instance.
+    let expected = LiveResource {
+        creation_token: Some(String::new()),
+        ..unmanaged.clone()
+    };
+    assert_eq!(found, vec![expected]);
     let taken = sim
         .create_unmanaged("runners-manager-blue-1", "us-east1-d", "e2-medium")
         .unwrap_err();
@@ -795,10 +813,11 @@ async fn admin_changes_show_in_discovery() {
     assert!(gone.help().unwrap().to_string().contains("sim list"));
 
     let admin_calls: u64 = sim.stats().unwrap().values().sum();
-    // Two creates, one replayed create, five discovers of two pages, one find_by_names of two.
+    // Two creates, one replayed create, the wait for each of the two GCE creates' operations,
+    // five discovers of two pages, one find_by_names of two.
     assert_eq!(
         admin_calls,
-        2 + 1 + 5 * 2 + 2,
+        2 + 1 + 2 + 5 * 2 + 2,
         "admin calls are not counted"
     );
 }
@@ -829,9 +848,10 @@ async fn another_handle_on_the_same_dir_sees_changes_at_once() {
         .await
         .unwrap();
     assert_eq!(again.id, made.id);
-    assert!(
-        console.list().unwrap().is_empty(),
-        "a replayed token does not re-create"
+    assert_eq!(
+        console.list().unwrap().len(),
+        1,
+        "the token of a vanished machine has expired: it is made again, once"
     );
 }
 
@@ -879,7 +899,7 @@ async fn update_sends_only_what_changed_and_delete_is_idempotent() {
             .await
             .expect("deleting what is gone succeeds");
         let gone = provider.update(&request).await.unwrap_err();
-        assert_eq!(gone.kind, ErrorKind::NotFound);
+        assert_eq!(gone.kind, ErrorKind::NotFound, "{cloud}");
     }
     let stats = sim.stats().unwrap();
     assert_eq!(
@@ -894,7 +914,12 @@ async fn update_sends_only_what_changed_and_delete_is_idempotent() {
     assert_eq!(stats["ec2:CreateTags"], 2);
     assert_eq!(stats["ec2:ModifyInstanceAttribute"], 1);
     assert_eq!(stats["ec2:TerminateInstances"], 2);
-    assert!(sim.list().unwrap().is_empty());
+    let left = sim.list().unwrap();
+    assert_eq!(left.len(), 1, "the EC2 instance is still shutting down");
+    assert_eq!(
+        (left[0].cloud, left[0].status),
+        (Cloud::Aws, InstanceStatus::Deleting)
+    );
 }
 
 #[tokio::test]
@@ -1044,4 +1069,151 @@ fn failing_create_patterns_match_whole_names() {
     assert!(glob_matches("exact", "exact"));
     assert!(!glob_matches("arm64-aws-*", "x-arm64-aws-v1"));
     assert!(!glob_matches("*-blue-?", "runners-blue-12"));
+}
+
+/// A policy that retries at once, for tests that count calls and do not care about pacing.
+fn eager_retries() -> fleet_engine::retry::RetryPolicy {
+    fleet_engine::retry::RetryPolicy {
+        max_attempts: 20,
+        base_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(1),
+        max_elapsed: Duration::from_secs(600),
+    }
+}
+
+#[tokio::test]
+async fn a_fault_on_a_list_page_costs_one_more_call_for_that_page_only() {
+    let dir = TempDir::new("page-faults");
+    {
+        let sim = open(&dir);
+        let requests: Vec<CreateRequest> = (0..2500)
+            .map(|n| {
+                instance(
+                    &format!("pool-{n:04}"),
+                    "us-east-1a",
+                    "m5.large",
+                    &format!("p{n}"),
+                )
+            })
+            .collect();
+        let made = sim.provider(Cloud::Aws).create_batch(&requests).await;
+        assert!(made.iter().all(Result::is_ok));
+    }
+    let config = SimConfig {
+        fault_rate: 0.3,
+        seed: 11,
+        ..SimConfig::default()
+    };
+    let sim = SimCloud::open(dir.path(), config)
+        .unwrap()
+        .with_retry_policy(eager_retries());
+    let before = sim.stats().unwrap();
+    let found = discover(&sim, Cloud::Aws, "blue").await;
+    assert_eq!(found.len(), 2500);
+    let after = sim.stats().unwrap();
+    let delta = |operation: &str| {
+        after.get(operation).copied().unwrap_or(0) - before.get(operation).copied().unwrap_or(0)
+    };
+    let faults = delta("fault:ec2:DescribeInstances") + delta("fault:ec2:DescribeLaunchTemplates");
+    assert!(
+        faults > 0,
+        "seed 11 gave no fault on a list page: {after:?}"
+    );
+    // Three pages of instances and one of templates, each asked for once more per fault.
+    assert_eq!(
+        delta("ec2:DescribeInstances"),
+        3 + delta("fault:ec2:DescribeInstances")
+    );
+    assert_eq!(
+        delta("ec2:DescribeLaunchTemplates"),
+        1 + delta("fault:ec2:DescribeLaunchTemplates")
+    );
+}
+
+#[tokio::test]
+async fn ec2_instances_are_pending_then_running_and_go_through_shutting_down_to_gone() {
+    let dir = TempDir::new("ec2-states");
+    let sim = open(&dir);
+    let aws = sim.provider(Cloud::Aws);
+    let made = aws
+        .create(&instance("builder-1", "us-east-1a", "m6g.large", "s"))
+        .await
+        .unwrap();
+    let statuses = |listed: Vec<LiveResource>| -> Vec<InstanceStatus> {
+        listed.iter().map(|resource| resource.status).collect()
+    };
+    assert_eq!(
+        statuses(discover(&sim, Cloud::Aws, "blue").await),
+        [InstanceStatus::Provisioning],
+        "pending at the first list call"
+    );
+    assert_eq!(
+        statuses(discover(&sim, Cloud::Aws, "blue").await),
+        [InstanceStatus::Running]
+    );
+    assert_eq!(
+        discover(&sim, Cloud::Aws, "blue").await[0]
+            .creation_token
+            .as_deref(),
+        Some("s"),
+        "EC2 reports the ClientToken"
+    );
+    let delete = DeleteRequest {
+        kind: ObjectKind::Instance,
+        id: made.id.clone(),
+        name: made.name.clone(),
+        idempotency_token: "d".to_owned(),
+    };
+    aws.delete(&delete).await.unwrap();
+    for _ in 0..4 {
+        assert_eq!(
+            statuses(discover(&sim, Cloud::Aws, "blue").await),
+            [InstanceStatus::Deleting],
+            "shutting-down, then terminated"
+        );
+        aws.delete(&delete)
+            .await
+            .expect("deleting what goes succeeds");
+    }
+    assert!(discover(&sim, Cloud::Aws, "blue").await.is_empty());
+    assert!(sim.list().unwrap().is_empty());
+    assert_eq!(count(&sim, "ec2:DescribeInstances"), 8);
+}
+
+#[tokio::test]
+async fn a_lagging_list_is_asked_again_until_it_shows_what_this_process_made() {
+    let dir = TempDir::new("lag");
+    let config = SimConfig {
+        list_lag: 3,
+        ..SimConfig::default()
+    };
+    let sim = SimCloud::open(dir.path(), config.clone())
+        .unwrap()
+        .with_retry_policy(eager_retries());
+    let gcp = sim.provider(Cloud::Gcp);
+    gcp.create(&instance("manager-1", "us-east1-c", "n1-standard-4", "l1"))
+        .await
+        .unwrap();
+    // Three list calls do not show it yet; the provider that made it lists until one does.
+    assert_eq!(
+        names(&discover(&sim, Cloud::Gcp, "blue").await),
+        ["manager-1"]
+    );
+    assert_eq!(count(&sim, "compute.instances.aggregatedList"), 4);
+    // Another process, which made nothing, takes the first answer.
+    gcp.create(&instance("manager-2", "us-east1-c", "n1-standard-4", "l2"))
+        .await
+        .unwrap();
+    sim.flush_stats().unwrap();
+    let other = SimCloud::open(dir.path(), config).unwrap();
+    assert_eq!(
+        names(&discover(&other, Cloud::Gcp, "blue").await),
+        ["manager-1"]
+    );
+    assert_eq!(count(&other, "compute.instances.aggregatedList"), 5);
+    // Planned again from that lagging view, the create carries the same token: one machine.
+    gcp.create(&instance("manager-2", "us-east1-c", "n1-standard-4", "l2"))
+        .await
+        .unwrap();
+    assert_eq!(sim.list().unwrap().len(), 2);
 }
