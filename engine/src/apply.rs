@@ -801,7 +801,7 @@ async fn run_batch(
                 metadata: with_secrets(&plan.fleet, &after.spec.metadata, secrets),
                 ..after.spec.clone()
             },
-            idempotency_token: creation_token(&plan.fleet, change, after, 0),
+            idempotency_token: creation_token(&plan.fleet, change, after),
         });
     }
     // A batch call that failed as a whole in a retryable way (throttled, 5xx) is repeated as
@@ -873,11 +873,7 @@ async fn run_batch(
             // What failed alone in a call that otherwise worked goes on alone, with the usual
             // retries (same token, so nothing is made twice). A call that kept failing as a
             // whole has used the retry budget already.
-            // A spent token: the member goes on alone, under the next round's token.
-            Err(error)
-                if (error.kind.is_retryable() && !gave_up)
-                    || error.kind == crate::provider::ErrorKind::TokenSpent =>
-            {
+            Err(error) if error.kind.is_retryable() && !gave_up => {
                 let (attempts, result) =
                     run_step(plan, step, lane, retry, events, total, secrets).await;
                 outcomes.push((*node, attempts + batch_attempts, result));
@@ -895,10 +891,11 @@ async fn run_batch(
 /// same token, so the cloud makes one machine; a re-create after a deletion sees a different
 /// live state and is a new creation.
 ///
-/// `round` is 0 unless the cloud said an earlier round's token is spent
-/// ([`crate::provider::ErrorKind::TokenSpent`]): a machine made, then deleted out of band, and
-/// wanted again looks to discovery exactly as before it was first made.
-pub fn creation_token(fleet: &str, change: &Change, after: &DesiredResource, round: u32) -> String {
+/// A machine made, deleted out of band and wanted again looks to discovery as it did before it
+/// was first made, so its token is the old one: each provider tells such a spent token from a
+/// live one (EC2 answers it with instances going away, GCE with a finished operation whose VM
+/// is gone, the simulator forgets tokens with their objects) and derives the next alike.
+pub fn creation_token(fleet: &str, change: &Change, after: &DesiredResource) -> String {
     let spec = after
         .spec
         .labels
@@ -915,15 +912,8 @@ pub fn creation_token(fleet: &str, change: &Change, after: &DesiredResource, rou
             .map_or("absent", |before| before.id.as_str()),
     ];
     parts.extend(change.gone.iter().map(String::as_str));
-    let round = format!("round-{round}");
-    if round != "round-0" {
-        parts.push(&round);
-    }
     crate::provider::creation_token(fleet, &parts)
 }
-
-/// Rounds of creation tokens tried for one creation before giving up.
-const TOKEN_ROUNDS: u32 = 4;
 
 /// The idempotency token of an update or a deletion of one plan: the same plan and step
 /// always give the same token, so a retried or resumed apply never repeats it differently.
@@ -985,29 +975,19 @@ async fn call(
                 .after
                 .as_ref()
                 .ok_or_else(|| missing("after", step))?;
-            let mut request = CreateRequest {
+            let request = CreateRequest {
                 kind: after.object,
                 name: after.cloud_name.clone(),
                 spec: MachineSpec {
                     metadata: with_secrets(&plan.fleet, &after.spec.metadata, secrets),
                     ..after.spec.clone()
                 },
-                idempotency_token: creation_token(&plan.fleet, change, after, 0),
+                idempotency_token: creation_token(&plan.fleet, change, after),
             };
-            let mut round = 0;
-            loop {
-                match provider.create(&request).await {
-                    Err(error)
-                        if error.kind == crate::provider::ErrorKind::TokenSpent
-                            && round + 1 < TOKEN_ROUNDS =>
-                    {
-                        round += 1;
-                        request.idempotency_token =
-                            creation_token(&plan.fleet, change, after, round);
-                    }
-                    result => return result.map(|live: LiveResource| live.id),
-                }
-            }
+            provider
+                .create(&request)
+                .await
+                .map(|live: LiveResource| live.id)
         }
         StepKind::Update => {
             let after = change
@@ -1059,7 +1039,7 @@ fn missing(what: &str, step: &Step) -> ProviderError {
 mod tests {
     use super::*;
     use crate::graph;
-    use crate::test_support::{desired, desired_set, live, plan_of, FakeProvider, FLEET};
+    use crate::test_support::{desired, desired_set, live, plan_of, FakeProvider};
     use std::path::PathBuf;
 
     fn providers(fake: Arc<FakeProvider>) -> Providers {
@@ -1141,33 +1121,6 @@ mod tests {
         assert_eq!(report.created, 1, "the independent manager is made");
         assert_eq!(fake.calls(), ["create other"]);
         assert!(!report.is_success());
-    }
-
-    #[test]
-    fn a_spent_creation_token_is_followed_by_the_next_rounds_token() {
-        // Made, deleted out of band, wanted again: discovery sees what it saw before the first
-        // creation, so round 0's token is the old one, which the cloud answers with the dead
-        // machine. The next round's token is the same for every apply that meets it.
-        let want = desired(ResourceKind::Manager, "again");
-        let plan = plan_of(&desired_set(vec![want.clone()]), &[]);
-        let change = &plan.resource_changes[0];
-        let spent = creation_token(FLEET, change, &want, 0);
-        let fake = Arc::new(FakeProvider {
-            spent_tokens: vec![spent.clone()],
-            ..FakeProvider::default()
-        });
-        let report = run(
-            &plan,
-            fake.clone(),
-            ApplyOptions::default(),
-            Arc::new(Unrecorded),
-        );
-        assert!(report.is_success(), "{report:#?}");
-        assert_eq!(report.created, 1);
-        let next = creation_token(FLEET, change, &want, 1);
-        assert_ne!(next, spent);
-        assert!(crate::provider::is_fleet_token(FLEET, &next));
-        assert_eq!(*fake.tokens.lock().unwrap(), vec![spent, next]);
     }
 
     #[test]

@@ -1074,8 +1074,8 @@ mod tests {
         // A re-create after a deletion is a new creation to the cloud.
         let first = run(vec![want.clone()], &[]);
         let token_before =
-            crate::apply::creation_token(FLEET, &only(&first, "manager.m")[0], &want, 0);
-        let token_after = crate::apply::creation_token(FLEET, &changes[0], &want, 0);
+            crate::apply::creation_token(FLEET, &only(&first, "manager.m")[0], &want);
+        let token_after = crate::apply::creation_token(FLEET, &changes[0], &want);
         assert_ne!(token_before, token_after);
         // An orphan going away is not deleted twice.
         let out = run(Vec::new(), &[going]);

@@ -269,11 +269,6 @@ pub enum ErrorKind {
     Credentials,
     /// Anything else: the request itself is wrong. Not retried.
     Fatal,
-    /// The creation token was used before, by a creation whose object is gone since (the
-    /// cloud answers a repeat with the old, terminated object). Not retried as it is: the
-    /// executor sends the creation again under the next round's token, the same for every
-    /// apply that meets it, so concurrent applies still make one machine.
-    TokenSpent,
 }
 
 impl ErrorKind {

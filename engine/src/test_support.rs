@@ -124,10 +124,6 @@ pub(crate) struct FakeProvider {
     pub(crate) discovery_fails_after_create: bool,
     /// Whether created objects stay out of discovery (the cloud lost them).
     pub(crate) hide_created: bool,
-    /// Creation tokens the cloud answers with an old, terminated object.
-    pub(crate) spent_tokens: Vec<String>,
-    /// The creation token of every create call, in call order.
-    pub(crate) tokens: Mutex<Vec<String>>,
 }
 
 impl FakeProvider {
@@ -193,18 +189,6 @@ impl Provider for FakeProvider {
             panic!("the fake panics creating {}", request.name);
         }
         self.called("create", &request.name)?;
-        self.tokens
-            .lock()
-            .unwrap()
-            .push(request.idempotency_token.clone());
-        if self.spent_tokens.contains(&request.idempotency_token) {
-            return Err(ProviderError::new(
-                ErrorKind::TokenSpent,
-                "fake.insert",
-                "spent",
-                "this token made an object that is gone",
-            ));
-        }
         let made = LiveResource {
             cloud: Cloud::Gcp,
             kind: request.kind,
