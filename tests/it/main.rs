@@ -14,3 +14,4 @@ mod quickstart;
 mod support;
 mod untrusted;
 mod validate;
+mod watcher;
