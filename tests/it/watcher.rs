@@ -187,7 +187,15 @@ fn delivered(env: &Env) -> BTreeMap<String, String> {
 
 /// What the metadata server holds: the delivered items with the secret values put back in
 /// `fleet-secrets` (discovery strips them; the real server has them).
-fn with_values(mut metadata: BTreeMap<String, String>) -> BTreeMap<String, String> {
+fn with_values(metadata: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    with_values_from(metadata, &secret_value)
+}
+
+/// [`with_values`] with the values `value` gives.
+fn with_values_from(
+    mut metadata: BTreeMap<String, String>,
+    value: &dyn Fn(&str) -> String,
+) -> BTreeMap<String, String> {
     let mut secrets: serde_json::Value = serde_json::from_str(&metadata["fleet-secrets"]).unwrap();
     let names: Vec<String> = secrets["digests"]
         .as_object()
@@ -197,7 +205,7 @@ fn with_values(mut metadata: BTreeMap<String, String>) -> BTreeMap<String, Strin
         .collect();
     secrets["values"] = names
         .iter()
-        .map(|name| (name.clone(), serde_json::Value::from(secret_value(name))))
+        .map(|name| (name.clone(), serde_json::Value::from(value(name))))
         .collect::<serde_json::Map<_, _>>()
         .into();
     metadata.insert("fleet-secrets".into(), secrets.to_string());
@@ -387,4 +395,47 @@ fn the_watcher_runs_on_the_images_python() {
     // The check catches what broke the watcher before: tomllib is Python 3.11.
     let old = env.write("old-watch.py", "import tomllib\n");
     assert!(!vermin(&old).unwrap().status.success());
+}
+
+#[test]
+fn a_rotated_secret_is_written_in_without_a_restart() {
+    let (env, machine, metadata, _) = converged();
+    let rotated = |name: &str| {
+        if name == "DISTRIBUTION_com_AMD64_GCP_TOKEN" {
+            "glrt-rotated-value".to_string()
+        } else {
+            secret_value(name)
+        }
+    };
+    let lines: String = crate::support::secret_names()
+        .iter()
+        .map(|name| format!("{name}={}\n", rotated(name)))
+        .collect();
+    env.write("rotated.env", &lines);
+    let with_rotated = [("FLEET_SECRETS_FILE", "rotated.env")];
+    let plan = env
+        .fleet_with(
+            &["plan", "fleets/distribution.yaml", "--format", "json"],
+            &with_rotated,
+        )
+        .ok()
+        .json();
+    let change = plan["resource_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == format!("manager.{MANAGER}"))
+        .unwrap()
+        .clone();
+    assert_eq!(change["impact"]["class"], "reload", "{change:#}");
+    env.fleet_with(
+        &["apply", "fleets/distribution.yaml", "--auto-approve"],
+        &with_rotated,
+    )
+    .verified();
+    metadata.serve(with_values_from(delivered(&env), &rotated));
+    assert_eq!(machine.watch(&metadata), Vec::<String>::new());
+    let config = machine.config();
+    assert!(config.contains("glrt-rotated-value"), "{config}");
+    assert!(!config.contains(&secret_value("DISTRIBUTION_com_AMD64_GCP_TOKEN")));
 }
