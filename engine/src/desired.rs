@@ -186,11 +186,11 @@ pub fn spec_hash_with(
 /// The digest of a machine's metadata, put in the `fleet-config` label.
 pub fn metadata_hash(metadata: &BTreeMap<String, String>) -> String {
     let mut hasher = Sha256::new();
-    // Secret values are delivered at apply time and never part of what is compared.
-    for (key, value) in metadata
-        .iter()
-        .filter(|(key, _)| key.as_str() != crate::render::SECRETS)
-    {
+    // Secret values and the impact decision are delivered at apply time and never part of
+    // what is compared.
+    for (key, value) in metadata.iter().filter(|(key, _)| {
+        key.as_str() != crate::render::SECRETS && key.as_str() != crate::impact::ACTION
+    }) {
         hasher.update(key.as_bytes());
         hasher.update([0]);
         hasher.update(value.as_bytes());

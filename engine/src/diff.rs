@@ -10,12 +10,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::desired::{metadata_hash, spec_hash_with, Address, Desired, DesiredResource};
+pub use crate::impact::{Impact, ImpactClass};
 use crate::provider::{
-    is_fleet_token, labels, Cloud, InstanceStatus, LiveResource, MachineSpec, Networking,
-    ObjectKind,
+    is_fleet_token, labels, Cloud, InstanceStatus, LiveResource, Networking, ObjectKind,
 };
 use crate::spec::model::ResourceKind;
-use crate::{render, secrets};
+use crate::{impact, render, secrets};
 
 /// What apply does to one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -250,44 +250,6 @@ pub struct FileDiff {
     pub diff: String,
 }
 
-/// How a change reaches the running gitlab-runner, from gitlab-runner's reload rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ImpactClass {
-    /// Files that only matter at the next boot.
-    None,
-    /// config.toml is re-read within seconds.
-    Reload,
-    /// SIGQUIT, running jobs finish, start again.
-    GracefulRestart,
-    /// A new gitlab-runner version: stop gracefully, install, start.
-    Upgrade,
-    /// A new machine.
-    Replace,
-}
-
-/// The impact of a change on a runner manager, and how apply carries it out.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Impact {
-    /// The class.
-    pub class: ImpactClass,
-    /// What happens, step by step.
-    pub procedure: String,
-}
-
-impl ImpactClass {
-    /// Words for output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ImpactClass::None => "none until the next boot",
-            ImpactClass::Reload => "reload",
-            ImpactClass::GracefulRestart => "graceful restart",
-            ImpactClass::Upgrade => "upgrade",
-            ImpactClass::Replace => "replace",
-        }
-    }
-}
-
 impl Change {
     /// The cloud name shown for this change.
     pub fn cloud_name(&self) -> &str {
@@ -396,7 +358,7 @@ pub fn diff(
                 action: Action::Create,
                 reasons: vec![Reason::Missing],
                 before: None,
-                after: Some(want.clone()),
+                after: Some(impact::delivered(want, Action::Create, None, None)),
                 files: Vec::new(),
                 impact: None,
                 gone: gone.get(address).cloned().unwrap_or_default(),
@@ -628,7 +590,8 @@ fn compare(
         have.metadata
             .keys()
             .chain(spec.metadata.keys())
-            .filter(|key| key.as_str() != render::SECRETS)
+            // Secret values and the delivered decision ride beside the files: never compared.
+            .filter(|key| key.as_str() != render::SECRETS && key.as_str() != impact::ACTION)
             .collect()
     } else {
         BTreeSet::new()
@@ -742,7 +705,8 @@ fn compare(
     } else {
         Action::NoOp
     };
-    let impact = impact(action, have, spec, &reasons);
+    let impact = impact::impact(action, have, spec, &reasons);
+    let after = impact::delivered(want, action, impact.as_ref(), Some(have));
     Change {
         address: want.address.clone(),
         kind: want.kind,
@@ -752,7 +716,7 @@ fn compare(
         // An unchanged object is the desired one: a second copy of it would only cost memory
         // (at 10,000 machines, hundreds of megabytes of rendered files).
         before: (action != Action::NoOp).then(|| live.clone()),
-        after: Some(want.clone()),
+        after: Some(after),
         files,
         impact,
         gone: Vec::new(),
@@ -798,125 +762,10 @@ fn file_diff(path: &str, before: &str, after: &str) -> FileDiff {
     }
 }
 
-/// What a change does to a machine's gitlab-runner, by gitlab-runner's reload rules.
-fn impact(
-    action: Action,
-    have: &MachineSpec,
-    want: &MachineSpec,
-    reasons: &[Reason],
-) -> Option<Impact> {
-    let runs_runner = want.metadata.contains_key(render::RUNNER_CONFIG);
-    if !runs_runner || action == Action::NoOp {
-        return None;
-    }
-    let timeout = toml::from_str::<toml::Table>(
-        want.metadata
-            .get(render::RUNNER_CONFIG)
-            .map_or("", String::as_str),
-    )
-    .ok()
-    .and_then(|t| t.get("shutdown_timeout").and_then(toml::Value::as_integer))
-    .unwrap_or(render::DEFAULT_SHUTDOWN_TIMEOUT);
-    let wait = format!("running jobs finish, up to shutdown_timeout = {timeout} s");
-    if action.is_replace() {
-        return Some(Impact {
-            class: ImpactClass::Replace,
-            procedure: format!("a new machine is made from the fleet file; the old one stops gracefully (SIGQUIT, {wait}) and is removed"),
-        });
-    }
-    let old_version = have.metadata.get(render::RUNNER_VERSION);
-    let new_version = want.metadata.get(render::RUNNER_VERSION);
-    if old_version.is_some() && old_version != new_version {
-        return Some(Impact {
-            class: ImpactClass::Upgrade,
-            procedure: format!(
-                "upgrade, as runner_upgrade.sh did: gitlab-runner stops gracefully (SIGQUIT, {wait}), version {} replaces {}, it starts again",
-                new_version.map_or("?", String::as_str),
-                old_version.map_or("?", String::as_str)
-            ),
-        });
-    }
-    let old_config = have.metadata.get(render::RUNNER_CONFIG);
-    let new_config = want.metadata.get(render::RUNNER_CONFIG);
-    let secret_changed = reasons
-        .iter()
-        .any(|r| matches!(r, Reason::SecretChanged { .. }));
-    if old_config != new_config && old_config.is_some() {
-        let restart = needs_restart(
-            old_config.map_or("", String::as_str),
-            new_config.map_or("", String::as_str),
-        );
-        return Some(if restart {
-            Impact {
-                class: ImpactClass::GracefulRestart,
-                procedure: format!("config.toml is delivered in place, then gitlab-runner restarts gracefully (SIGQUIT, {wait}) because listen_address, [session_server] or [runners.autoscaler] changed"),
-            }
-        } else {
-            Impact {
-                class: ImpactClass::Reload,
-                procedure: "config.toml is delivered in place; gitlab-runner re-reads it within seconds; running jobs are not touched".to_string(),
-            }
-        });
-    }
-    if secret_changed {
-        return Some(Impact {
-            class: ImpactClass::Reload,
-            procedure: "the new secret is delivered in place and written into config.toml; gitlab-runner re-reads it within seconds".to_string(),
-        });
-    }
-    if have.metadata.get(render::USER_DATA) != want.metadata.get(render::USER_DATA) {
-        return Some(Impact {
-            class: ImpactClass::None,
-            procedure: "only the bootstrap changed: it takes effect when the machine is next made"
-                .to_string(),
-        });
-    }
-    None
-}
-
 /// Whether a config.toml change needs a restart: `listen_address`, `[session_server]`, or a
-/// runner's `[runners.autoscaler]` other than its policies.
+/// runner's `[runners.autoscaler]` other than its policies, by [`crate::impact::RULES`].
 pub fn needs_restart(old: &str, new: &str) -> bool {
-    let (Ok(old), Ok(new)) = (
-        toml::from_str::<toml::Table>(old),
-        toml::from_str::<toml::Table>(new),
-    ) else {
-        return true;
-    };
-    if old.get("listen_address") != new.get("listen_address")
-        || old.get("session_server") != new.get("session_server")
-    {
-        return true;
-    }
-    let autoscalers = |table: &toml::Table| -> BTreeMap<String, Option<toml::Table>> {
-        table
-            .get("runners")
-            .and_then(toml::Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(toml::Value::as_table)
-            .map(|runner| {
-                let name = runner
-                    .get("name")
-                    .and_then(toml::Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                let autoscaler = runner
-                    .get("autoscaler")
-                    .and_then(toml::Value::as_table)
-                    .map(|a| {
-                        let mut a = a.clone();
-                        a.remove("policy");
-                        a
-                    });
-                (name, autoscaler)
-            })
-            .collect()
-    };
-    let (before, after) = (autoscalers(&old), autoscalers(&new));
-    after
-        .iter()
-        .any(|(name, autoscaler)| before.get(name).is_some_and(|old| old != autoscaler))
+    crate::impact::needs_restart(old, new)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod desired;
 pub mod diff;
 pub mod graph;
+pub mod impact;
 pub mod ops;
 pub mod plan;
 pub mod provider;

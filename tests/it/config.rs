@@ -377,6 +377,12 @@ fn each_impact_class_is_shown_with_its_procedure_and_diff() {
             "impact: upgrade",
         ),
         (
+            "downgrade",
+            "version: \"16.11.1\"",
+            "version: \"16.9.2\"",
+            "impact: downgrade",
+        ),
+        (
             "replace",
             "machine_type: n1-standard-4",
             "machine_type: n1-standard-8",
@@ -415,7 +421,8 @@ fn each_impact_class_is_shown_with_its_procedure_and_diff() {
                     .as_str()
                     .unwrap_or_default()
                     .contains("@@")
-                    || class == "upgrade",
+                    || class == "upgrade"
+                    || class == "downgrade",
                 "{manager:#}"
             );
             // Apply carries it out in place; the simulated machine shows what it was given.
@@ -434,6 +441,7 @@ fn each_impact_class_is_shown_with_its_procedure_and_diff() {
             match class {
                 "reload" => assert!(delivered.contains("concurrent = 40")),
                 "graceful-restart" => assert!(delivered.contains("listen_address = \":9253\"")),
+                "downgrade" => assert_eq!(version, "16.9.2"),
                 _ => assert_eq!(version, "17.0.0"),
             }
         }

@@ -15,3 +15,4 @@ mod quickstart;
 mod support;
 mod untrusted;
 mod validate;
+mod watcher;

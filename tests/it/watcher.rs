@@ -1,0 +1,441 @@
+//! The GCE watcher (`fleet-watch` in the bootstrap) run as the machine runs it: extracted from
+//! the bootstrap fleet delivered, executed by the real `python3` against a loopback metadata
+//! server serving what fleet delivered, with stub `systemctl`, `dpkg-query` and `apt-get` first
+//! on `PATH` that record their arguments. Each impact class the plan shows is checked against
+//! the commands the machine runs for it, so plan and machine are shown to agree.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+
+use crate::loopback::Loopback;
+use crate::support::{secret_value, Env};
+
+const MANAGER: &str = "runners-manager-distribution-com-blue-1";
+const ATTRIBUTES: &str = "/computeMetadata/v1/instance/attributes/";
+
+type Items = Arc<Mutex<BTreeMap<String, String>>>;
+
+/// The GCE metadata server as the watcher sees it: attributes by key, answered only to requests
+/// that say `Metadata-Flavor: Google`, as the real one does.
+struct MetadataServer {
+    items: Items,
+    server: Loopback,
+}
+
+async fn attribute(State(items): State<Items>, headers: HeaderMap, uri: Uri) -> Response {
+    if headers.get("metadata-flavor").and_then(|v| v.to_str().ok()) != Some("Google") {
+        return (
+            StatusCode::FORBIDDEN,
+            "Missing Metadata-Flavor:Google header",
+        )
+            .into_response();
+    }
+    let Some(key) = uri.path().strip_prefix(ATTRIBUTES) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    match items.lock().unwrap().get(key) {
+        Some(value) => ([("metadata-flavor", "Google")], value.clone()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+impl MetadataServer {
+    fn start() -> MetadataServer {
+        let items = Items::default();
+        let app = axum::Router::new()
+            .fallback(attribute)
+            .with_state(items.clone());
+        MetadataServer {
+            items,
+            server: Loopback::serve(app),
+        }
+    }
+
+    /// Serves `metadata` from now on, in place of what was served before.
+    fn serve(&self, metadata: BTreeMap<String, String>) {
+        *self.items.lock().unwrap() = metadata;
+    }
+
+    fn base_url(&self) -> String {
+        format!("{}{ATTRIBUTES}", self.server.url())
+    }
+}
+
+/// A machine's file system and the commands it was made to run.
+struct Machine {
+    root: PathBuf,
+    bin: PathBuf,
+    log: PathBuf,
+    script: PathBuf,
+}
+
+impl Machine {
+    /// A scratch machine under `dir` running the watcher found in `bootstrap`.
+    fn new(dir: &Path, bootstrap: &str) -> Machine {
+        let root = dir.join("machine");
+        let bin = dir.join("stub-bin");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&bin).unwrap();
+        let log = dir.join("commands.log");
+        for stub in ["systemctl", "dpkg-query", "apt-get"] {
+            let path = bin.join(stub);
+            std::fs::write(
+                &path,
+                format!("#!/bin/sh\necho \"{stub} $*\" >> \"$FLEET_WATCH_TEST_LOG\"\n"),
+            )
+            .unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let script = dir.join("fleet-watch");
+        std::fs::write(&script, watcher_script(bootstrap)).unwrap();
+        Machine {
+            root,
+            bin,
+            log,
+            script,
+        }
+    }
+
+    /// Runs the watcher once and returns the commands it ran.
+    fn watch(&self, metadata: &MetadataServer) -> Vec<String> {
+        let _ = std::fs::remove_file(&self.log);
+        let path = format!(
+            "{}:{}",
+            self.bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let output = Command::new("python3")
+            .arg(&self.script)
+            .env("PATH", path)
+            .env("FLEET_WATCH_METADATA_URL", metadata.base_url())
+            .env("FLEET_WATCH_ROOT", &self.root)
+            .env("FLEET_WATCH_TEST_LOG", &self.log)
+            .output()
+            .expect("run python3");
+        assert!(
+            output.status.success(),
+            "the watcher failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.root.join("etc/gitlab-runner/config.toml")
+    }
+
+    /// config.toml as written, after checking that only its owner can read it.
+    fn config(&self) -> String {
+        let path = self.config_path();
+        let mode = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{} was not written: {e}", path.display()))
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "config.toml has mode {:o}",
+            mode & 0o777
+        );
+        std::fs::read_to_string(path).unwrap()
+    }
+}
+
+/// The `fleet-watch` script out of a rendered bootstrap: the block under its `content: |`.
+fn watcher_script(bootstrap: &str) -> String {
+    let lines: Vec<&str> = bootstrap.lines().collect();
+    let at = lines
+        .iter()
+        .position(|line| line.trim() == "- path: /usr/local/sbin/fleet-watch")
+        .expect("the bootstrap has no fleet-watch");
+    let content = (at..lines.len())
+        .find(|&n| lines[n].trim() == "content: |")
+        .expect("fleet-watch has no content");
+    let indent = lines[content + 1].len() - lines[content + 1].trim_start().len();
+    let mut script = String::new();
+    for line in &lines[content + 1..] {
+        if !line.trim().is_empty() && line.len() - line.trim_start().len() < indent {
+            break;
+        }
+        script.push_str(line.get(indent..).unwrap_or(""));
+        script.push('\n');
+    }
+    script
+}
+
+/// The manager's metadata as the cloud holds it after an apply.
+fn delivered(env: &Env) -> BTreeMap<String, String> {
+    let objects = env.sim_list();
+    let machine = objects
+        .iter()
+        .find(|o| o["name"] == MANAGER)
+        .expect("the manager exists");
+    serde_json::from_value(machine["spec"]["metadata"].clone()).unwrap()
+}
+
+/// What the metadata server holds: the delivered items with the secret values put back in
+/// `fleet-secrets` (discovery strips them; the real server has them).
+fn with_values(metadata: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    with_values_from(metadata, &secret_value)
+}
+
+/// [`with_values`] with the values `value` gives.
+fn with_values_from(
+    mut metadata: BTreeMap<String, String>,
+    value: &dyn Fn(&str) -> String,
+) -> BTreeMap<String, String> {
+    let mut secrets: serde_json::Value = serde_json::from_str(&metadata["fleet-secrets"]).unwrap();
+    let names: Vec<String> = secrets["digests"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    secrets["values"] = names
+        .iter()
+        .map(|name| (name.clone(), serde_json::Value::from(value(name))))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    metadata.insert("fleet-secrets".into(), secrets.to_string());
+    metadata
+}
+
+/// config.toml as the machine should have it: the delivered file, secrets filled in.
+fn resolved(metadata: &BTreeMap<String, String>) -> String {
+    let mut text = metadata["gitlab-runner-config"].clone();
+    for name in fleet_engine::render::secret_names(&metadata["gitlab-runner-config"]) {
+        text = text.replace(&format!("${{secret:{name}}}"), &secret_value(&name));
+    }
+    assert!(!text.contains("${secret:"), "{text}");
+    text
+}
+
+/// The impact class of the manager in a JSON plan of `file`.
+fn planned_class(env: &Env, file: &str) -> String {
+    let plan = env.fleet(&["plan", file, "--format", "json"]).ok().json();
+    let change = plan["resource_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == format!("manager.{MANAGER}"))
+        .unwrap()
+        .clone();
+    change["impact"]["class"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no impact: {change:#}"))
+        .to_string()
+}
+
+/// A converged distribution fleet, its manager's machine after its first run of the watcher,
+/// and the metadata server.
+fn converged() -> (Env, Machine, MetadataServer, BTreeMap<String, String>) {
+    let env = Env::new();
+    env.converge("fleets/distribution.yaml");
+    let first = delivered(&env);
+    let machine = Machine::new(env.path(), &first["user-data"]);
+    let metadata = MetadataServer::start();
+    metadata.serve(with_values(first.clone()));
+    // A new machine: its bootstrap installed gitlab-runner; the watcher writes the config only.
+    assert_eq!(machine.watch(&metadata), Vec::<String>::new());
+    assert_eq!(machine.config(), resolved(&first));
+    (env, machine, metadata, first)
+}
+
+/// Edits the distribution fleet file once and returns the edited file's name.
+fn edit(env: &Env, from: &str, to: &str) -> String {
+    let text = std::fs::read_to_string(env.path().join("fleets/distribution.yaml")).unwrap();
+    let edited = text.replacen(from, to, 1);
+    assert_ne!(text, edited, "the edit {from:?} did not apply");
+    env.write("distribution.yaml", &edited)
+}
+
+const NEW_RUNNER: &str = "      - name: distribution-{env}-shell-runner
+        executor: shell
+        url: \"{env.url}\"
+        token: \"${secret:DISTRIBUTION_{env}_AMD64_GCP_TOKEN}\"
+      # armv7 (Raspberry Pi)";
+
+#[test]
+fn the_machine_carries_out_the_impact_the_plan_shows() {
+    let install = |version: &str| {
+        vec![
+            "systemctl stop gitlab-runner".to_string(),
+            format!("apt-get install -y --allow-downgrades --allow-change-held-packages gitlab-runner={version}-1"),
+            "systemctl start gitlab-runner".to_string(),
+        ]
+    };
+    for (class, from, to, commands) in [
+        // Adding a runner: the plan says reload, and the machine restarts nothing.
+        ("reload", "      # armv7 (Raspberry Pi)", NEW_RUNNER, vec![]),
+        (
+            "graceful_restart",
+            "log_level: info",
+            "log_level: info\n      listen_address: \":9253\"",
+            vec!["systemctl restart gitlab-runner".to_string()],
+        ),
+        (
+            "upgrade",
+            "version: \"16.11.1\"",
+            "version: \"17.0.0\"",
+            install("17.0.0"),
+        ),
+        // 16.9.2 sorts after 16.11.1 as text; as a version it is older.
+        (
+            "downgrade",
+            "version: \"16.11.1\"",
+            "version: \"16.9.2\"",
+            install("16.9.2"),
+        ),
+    ] {
+        let (env, machine, metadata, _) = converged();
+        let file = edit(&env, from, to);
+        assert_eq!(planned_class(&env, &file), class);
+        // The same words in the text plan and the merge-request comment.
+        let words = class.replace('_', " ");
+        let text = env.fleet(&["plan", &file]).ok().stdout;
+        assert!(text.contains(&format!("impact: {words}")), "{text}");
+        let markdown = env
+            .fleet(&["plan", &file, "--format", "markdown"])
+            .ok()
+            .stdout;
+        assert!(
+            markdown.contains(&format!("<code>manager.{MANAGER}</code>: {words}")),
+            "{markdown}"
+        );
+        env.converge(&file);
+        // The delivered decision does not make the fleet look drifted.
+        env.fleet(&["plan", &file, "--detailed-exitcode"])
+            .unchanged();
+        let after = delivered(&env);
+        let decision: serde_json::Value = serde_json::from_str(&after["fleet-action"]).unwrap();
+        assert_eq!(decision["class"], class, "{decision}");
+        metadata.serve(with_values(after.clone()));
+        assert_eq!(machine.watch(&metadata), commands, "{class}");
+        let config = machine.config();
+        assert_eq!(config, resolved(&after), "{class}");
+        match class {
+            "reload" => assert!(config.contains("distribution-com-shell-runner")),
+            "graceful_restart" => assert!(config.contains("listen_address = \":9253\"")),
+            _ => {}
+        }
+        assert!(config.contains(&secret_value("DISTRIBUTION_com_AMD64_GCP_TOKEN")));
+        // A decision is carried out once, not at every tick of the timer.
+        assert_eq!(machine.watch(&metadata), Vec::<String>::new(), "{class}");
+    }
+}
+
+#[test]
+fn a_half_delivered_update_does_nothing() {
+    let (env, machine, metadata, first) = converged();
+    let file = edit(
+        &env,
+        "log_level: info",
+        "log_level: info\n      listen_address: \":9253\"",
+    );
+    env.converge(&file);
+    let after = delivered(&env);
+    // The new decision has arrived, the config it goes with has not.
+    let mut half = after.clone();
+    half.insert(
+        "gitlab-runner-config".into(),
+        first["gitlab-runner-config"].clone(),
+    );
+    metadata.serve(with_values(half));
+    assert_eq!(machine.watch(&metadata), Vec::<String>::new());
+    assert_eq!(machine.config(), resolved(&first));
+    // The new config without its decision: the old decision names the old config.
+    let mut half = after.clone();
+    half.insert("fleet-action".into(), first["fleet-action"].clone());
+    metadata.serve(with_values(half));
+    assert_eq!(machine.watch(&metadata), Vec::<String>::new());
+    assert_eq!(machine.config(), resolved(&first));
+    // Once all of it is there, it is carried out.
+    metadata.serve(with_values(after.clone()));
+    assert_eq!(
+        machine.watch(&metadata),
+        ["systemctl restart gitlab-runner"]
+    );
+    assert_eq!(machine.config(), resolved(&after));
+}
+
+#[test]
+fn the_watcher_runs_on_the_images_python() {
+    let env = Env::new();
+    env.converge("fleets/distribution.yaml");
+    let script = env.write(
+        "fleet-watch",
+        &watcher_script(&delivered(&env)["user-data"]),
+    );
+    // `3.10-`: nothing the script uses needs a Python newer than Ubuntu 22.04's.
+    let vermin = |file: &str| {
+        Command::new("vermin")
+            .args(["--target=3.10-", "--no-tips", "--violations", file])
+            .current_dir(env.path())
+            .output()
+    };
+    let checked =
+        vermin(&script).expect("vermin is not installed: `pip install vermin` (CI's .ci/run does)");
+    assert!(
+        checked.status.success(),
+        "the watcher needs a Python newer than 3.10:\n{}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
+    // The check catches what broke the watcher before: tomllib is Python 3.11.
+    let old = env.write("old-watch.py", "import tomllib\n");
+    assert!(!vermin(&old).unwrap().status.success());
+}
+
+#[test]
+fn a_rotated_secret_is_written_in_without_a_restart() {
+    let (env, machine, metadata, _) = converged();
+    let rotated = |name: &str| {
+        if name == "DISTRIBUTION_com_AMD64_GCP_TOKEN" {
+            "glrt-rotated-value".to_string()
+        } else {
+            secret_value(name)
+        }
+    };
+    let lines: String = crate::support::secret_names()
+        .iter()
+        .map(|name| format!("{name}={}\n", rotated(name)))
+        .collect();
+    env.write("rotated.env", &lines);
+    let with_rotated = [("FLEET_SECRETS_FILE", "rotated.env")];
+    let plan = env
+        .fleet_with(
+            &["plan", "fleets/distribution.yaml", "--format", "json"],
+            &with_rotated,
+        )
+        .ok()
+        .json();
+    let change = plan["resource_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == format!("manager.{MANAGER}"))
+        .unwrap()
+        .clone();
+    assert_eq!(change["impact"]["class"], "reload", "{change:#}");
+    env.fleet_with(
+        &["apply", "fleets/distribution.yaml", "--auto-approve"],
+        &with_rotated,
+    )
+    .verified();
+    metadata.serve(with_values_from(delivered(&env), &rotated));
+    assert_eq!(machine.watch(&metadata), Vec::<String>::new());
+    let config = machine.config();
+    assert!(config.contains("glrt-rotated-value"), "{config}");
+    assert!(!config.contains(&secret_value("DISTRIBUTION_com_AMD64_GCP_TOKEN")));
+}
