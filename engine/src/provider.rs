@@ -344,8 +344,11 @@ pub trait Provider: Send + Sync {
     ///
     /// # Guarantees
     /// Uses list calls filtered by label, one call per page (500 on GCE, 1000 on EC2), never
-    /// one call per resource. Objects being deleted (EC2 terminated) are left out; stopped
-    /// ones are included with their status.
+    /// one call per resource; each page is retried on its own under the provider's retry
+    /// policy ([`crate::retry::follow_pages`]). Only fleet's own objects (with a `fleet-kind`
+    /// label) are listed. Objects going away (EC2 `shutting-down`/`terminated`) are included
+    /// as [`InstanceStatus::Deleting`]; stopped ones with their status. Instances this process
+    /// made that a lagging list does not show yet are listed again, within the policy.
     ///
     /// # Errors
     /// A [`ProviderError`] naming the list call that failed.

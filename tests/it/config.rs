@@ -91,18 +91,7 @@ fn promtool_accepts_every_rendered_prometheus_config() {
             .into_iter()
             .filter(|f| f.ends_with("prometheus.yml"))
         {
-            let result = Command::new("promtool")
-                .args(["check", "config"])
-                .arg(&file)
-                .output()
-                .unwrap();
-            assert!(
-                result.status.success(),
-                "promtool rejects {}:\n{}{}",
-                file.display(),
-                String::from_utf8_lossy(&result.stdout),
-                String::from_utf8_lossy(&result.stderr)
-            );
+            promtool_accepts(&file);
             checked += 1;
         }
     }
@@ -120,14 +109,22 @@ fn promtool_accepts_every_rendered_prometheus_config() {
     assert!(std::fs::read_to_string(&config)
         .unwrap()
         .contains("metrics_path: /federate"));
+    promtool_accepts(&config);
+}
+
+/// Asserts `promtool check config` accepts the file.
+#[track_caller]
+fn promtool_accepts(file: &std::path::Path) {
     let result = Command::new("promtool")
         .args(["check", "config"])
-        .arg(&config)
+        .arg(file)
         .output()
-        .unwrap();
+        .expect("run promtool");
     assert!(
         result.status.success(),
-        "{}",
+        "promtool rejects {}:\n{}{}",
+        file.display(),
+        String::from_utf8_lossy(&result.stdout),
         String::from_utf8_lossy(&result.stderr)
     );
 }
@@ -682,17 +679,7 @@ fn a_federate_target_with_a_quote_lands_quoted_and_prometheus_reads_it() {
         rendered.contains("          - \"a\\\"b:9090\"\n"),
         "{rendered}"
     );
-    let result = Command::new("promtool")
-        .args(["check", "config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        result.status.success(),
-        "promtool rejects the quoted target:\n{}{}",
-        String::from_utf8_lossy(&result.stdout),
-        String::from_utf8_lossy(&result.stderr)
-    );
+    promtool_accepts(&config);
 }
 
 #[test]
@@ -726,16 +713,7 @@ fn a_scrape_pattern_naming_one_manager_scrapes_exactly_that_one() {
         assert!(!narrow.contains(other), "{other} is scraped:\n{narrow}");
         assert!(wide.contains(other) || other.ends_with("-2"), "{wide}");
     }
-    let result = Command::new("promtool")
-        .args(["check", "config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    promtool_accepts(&config);
 }
 
 #[test]

@@ -137,7 +137,8 @@ pub fn text(plan: &Plan, options: TextOptions) -> String {
             note
         );
     }
-    let total = plan.resource_changes.len() + plan.blocked.len();
+    // Objects made outside fleet are shown above, not counted as the fleet's resources.
+    let total = plan.resource_changes.len() + plan.blocked.len() - made_outside(plan).count();
     let actionable: Vec<&Change> = plan.actionable().collect();
     if actionable.is_empty() && plan.blocked.is_empty() {
         let what = if plan.unreachable.is_empty() {

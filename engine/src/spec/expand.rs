@@ -78,6 +78,9 @@ struct Host {
 /// resources (duplicates, references, cycles).
 struct Expanded {
     resource: DesiredResource,
+    /// Whether a `{variable}` of this resource was not set (and reported): the files it
+    /// renders are not checked again, as their empty values are that one problem.
+    unresolved: bool,
     name_span: SourceSpan,
     references: Vec<(Address, SourceSpan)>,
     scrape: Vec<Spanned<String>>,
@@ -96,6 +99,7 @@ pub fn expand(file: &FleetFile, limits: &Limits) -> Result<Desired, Vec<Problem>
         source: &file.source,
         limits: *limits,
         missing_env: BTreeMap::new(),
+        unresolved_uses: 0,
         missing_env_lines: BTreeMap::new(),
         problems: Vec::new(),
         hosts: Vec::new(),
@@ -118,6 +122,8 @@ struct Expander<'f> {
     missing_env: BTreeMap<(String, String), usize>,
     /// The other lines where such a key is used, by the index of its problem.
     missing_env_lines: BTreeMap<usize, Vec<usize>>,
+    /// `{variable}` uses not set so far, reported or not.
+    unresolved_uses: usize,
     problems: Vec<Problem>,
     hosts: Vec<Host>,
     /// Bootstraps rendered so far, by their input: most machines share one.
@@ -424,6 +430,7 @@ impl Expander<'_> {
         env: &Environment,
         span: SourceSpan,
     ) {
+        self.unresolved_uses += 1;
         let id = (environment.to_string(), key.to_string());
         if let Some(&index) = self.missing_env.get(&id) {
             // Named by line in the label rather than drawn: the uses of one key are often
@@ -476,6 +483,7 @@ impl Expander<'_> {
     }
 
     fn unknown_variable(&mut self, name: &str, span: SourceSpan, vars: &BTreeMap<String, String>) {
+        self.unresolved_uses += 1;
         // `{env.KEY}` with an `env` axis: the key is missing in this one environment. It is
         // reported once per environment and key, at its first use, with the lines of the
         // other uses named in its label.
@@ -613,6 +621,7 @@ impl Expander<'_> {
         vars: &BTreeMap<String, String>,
         clouds: &BTreeMap<Cloud, CloudTarget>,
     ) -> Option<Expanded> {
+        let unresolved_before = self.unresolved_uses;
         let file = self.file;
         let name = self.interpolate(&decl.name, vars);
         let max_len = if decl.kind == ResourceKind::Template {
@@ -990,6 +999,7 @@ impl Expander<'_> {
         let machine_type = machine_type.map(|m| m.0).unwrap_or_default();
         let image = image.map(|i| i.0).unwrap_or_default();
         Some(Expanded {
+            unresolved: self.unresolved_uses != unresolved_before,
             resource: DesiredResource {
                 address,
                 kind: decl.kind,
@@ -1161,6 +1171,7 @@ impl Expander<'_> {
         fallback: SourceSpan,
         settings: Option<&RunnerSettings>,
         runners: Vec<render::RunnerInput>,
+        unresolved: bool,
     ) -> Option<String> {
         let input = render::ManagerInput {
             fleet: self.file.fleet.value.clone(),
@@ -1171,7 +1182,9 @@ impl Expander<'_> {
         };
         match render::config_toml(&input) {
             Ok(rendered) => {
-                self.report_config_problems(&rendered, fallback);
+                if !unresolved {
+                    self.report_config_problems(&rendered, fallback);
+                }
                 Some(rendered.text)
             }
             Err(error) => {
@@ -1324,9 +1337,13 @@ impl Expander<'_> {
                     .collect::<Vec<_>>();
                 let name_span = e.name_span;
                 let has_runners = !runners.is_empty();
-                if let Some(text) =
-                    self.render_config(&machine, name_span, settings.as_ref(), runners)
-                {
+                if let Some(text) = self.render_config(
+                    &machine,
+                    name_span,
+                    settings.as_ref(),
+                    runners,
+                    e.unresolved,
+                ) {
                     metadata.insert(render::RUNNER_CONFIG.to_string(), text);
                 }
                 if has_runners || settings.is_some() {
@@ -1448,9 +1465,13 @@ impl Expander<'_> {
                 .map(|runner| runner.input(None))
                 .collect();
             let mut files = render::Files::new();
-            if let Some(text) =
-                self.render_config(&host.name, host.name_span, host.runner.as_ref(), runners)
-            {
+            if let Some(text) = self.render_config(
+                &host.name,
+                host.name_span,
+                host.runner.as_ref(),
+                runners,
+                false,
+            ) {
                 files.insert(render::RUNNER_CONFIG.to_string(), text);
             }
             let version = self.require_version(host.runner.as_ref(), host.name_span);
