@@ -429,7 +429,7 @@ fn raised_limits_let_a_larger_fleet_through() {
 #[test]
 fn secret_references_must_name_a_secret() {
     let text = format!(
-        "{HEAD}managers:\n  m-1:\n    runner: {{version: \"16.11.1\"}}\n    runners:\n      - {{name: a, token: \"${{secret:}}\"}}\n      - {{name: b, token: \"${{secret:OK_{{n}}}}\", url: \"${{HOME}}/x\"}}\n"
+        "{HEAD}managers:\n  m-1:\n    runner: {{version: \"16.11.1\"}}\n    runners:\n      - {{name: a, token: \"${{secret:}}\"}}\n      - {{name: b, token: \"${{secret:OK_{{n}}}}\", url: \"https://x.example/${{HOME}}\"}}\n"
     );
     let found = problems(text.as_bytes());
     assert_eq!(found.len(), 1, "{found:?}");
@@ -474,7 +474,7 @@ fn label_values_follow_googles_rule_for_international_characters() {
 fn a_value_missing_in_one_environment_is_one_problem_naming_it() {
     let runners = "    runner: {version: \"16.11.1\"}\n    runners:\n      - {name: a, url: \"{env.url}\"}\n      - {name: b, url: \"{env.url}\"}\n";
     let text = format!(
-        "{HEAD}environments:\n  com: {{url: u}}\n  dev: {{}}\nmanagers:\n  m-{{env}}-{{n}}:\n    matrix: {{env: [com, dev], count: 3}}\n{runners}"
+        "{HEAD}environments:\n  com: {{url: \"https://u.example\"}}\n  dev: {{}}\nmanagers:\n  m-{{env}}-{{n}}:\n    matrix: {{env: [com, dev], count: 3}}\n{runners}"
     );
     let found = problems(text.as_bytes());
     assert_eq!(found.len(), 1, "{found:?}");
