@@ -234,7 +234,8 @@ pub(crate) enum Command {
     /// A saved plan is applied exactly as it is, without asking (it is the approval), and
     /// refused if the live state changed since it was made (a plan without changes too). A
     /// fleet file is planned and applied after you confirm (or with --auto-approve). Only one
-    /// apply per fleet runs at a time.
+    /// apply per fleet runs at a time on one machine (the lock is in --state-dir); applies
+    /// from several machines at once still make each machine once.
     ///
     /// Exit status: 0 applied and verified (the cloud matches the plan everywhere), 1 error
     /// before any change, 3 steps failed, were skipped or not started, 4 every step succeeded
@@ -249,9 +250,14 @@ pub(crate) enum Command {
     ///
     /// On the simulated cloud a secret with no value gets a placeholder; live clouds need
     /// every one before apply changes anything.
+    ///
+    /// Exit status: 0, or with --check 1 when any secret has no value.
     Secrets {
         /// Fleet file.
         file: PathBuf,
+        /// Exit 1 when any secret the fleet needs has no value (for a CI job before apply).
+        #[arg(long)]
+        check: bool,
     },
     /// Print the plan's dependency graph as Graphviz DOT.
     Graph {

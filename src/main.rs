@@ -12,7 +12,19 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    // A usage error exits 1, like every other error: 2 means "changes present" to
+    // `plan --detailed-exitcode`, and a mistyped flag in CI must not read as that.
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     install_error_hook();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -27,13 +27,41 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
             cli.global.secrets_file.as_deref(),
             &cli.global.limits(),
         ),
-        Command::Secrets { file } => secrets::run(&cli.global, &file),
+        Command::Secrets { file, check } => secrets::run(&cli.global, &file, check),
         Command::Graph { file } => graph::run(&cli.global, &file).await,
         Command::Sim(command) => sim::run(&cli.global, command),
     }
 }
 
 /// Loads and checks a fleet file.
+///
+/// A plan saved with `fleet plan -o` is not a fleet file: it is said so, with what to do,
+/// instead of a list of problems with its keys.
 pub(crate) fn compile(path: &Path, limits: &Limits) -> Result<Desired> {
+    refuse_saved_plan(path)?;
     Ok(fleet_engine::spec::compile_file(path, limits)?)
+}
+
+/// A plan saved with `fleet plan -o` where a fleet file belongs: said so, with what to do.
+pub(crate) fn refuse_saved_plan(path: &Path) -> Result<()> {
+    let saved_plan = std::fs::read(path).ok().is_some_and(|bytes| {
+        serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .is_some_and(|value| {
+                value.get("format_version").is_some() && value.get("fleet").is_some()
+            })
+    });
+    if !saved_plan {
+        return Ok(());
+    }
+    let help = format!(
+        "apply it with `fleet apply {}`; plan, render and graph read the fleet file it was made from",
+        path.display()
+    );
+    Err(miette::miette!(
+        code = "fleet::saved_plan",
+        help = help,
+        "{} is a plan saved with `fleet plan -o`, not a fleet file",
+        path.display()
+    ))
 }

@@ -11,6 +11,11 @@ use crate::output;
 pub(crate) fn run(files: &[PathBuf], limits: &Limits) -> Result<u8> {
     let mut failed = false;
     for path in files {
+        if let Err(report) = super::refuse_saved_plan(path) {
+            failed = true;
+            output::diagnostic(report);
+            continue;
+        }
         match fleet_engine::spec::compile_file(path, limits) {
             Ok(desired) => {
                 let mut counts: BTreeMap<&str, usize> = BTreeMap::new();

@@ -278,3 +278,64 @@ fn a_missing_secret_on_a_live_cloud_is_an_error_before_any_change() {
     assert_eq!(mutations, 0, "calls: {:?}", server.calls());
     assert!(server.instances().is_empty());
 }
+
+#[test]
+fn a_mistyped_flag_is_an_error_not_changes_present() {
+    // `--detailed-exitcode` gives 2 for "changes present": a usage error must not look so.
+    let env = Env::new();
+    let run = env.fleet(&[
+        "plan",
+        "fleets/distribution.yaml",
+        "--detailed-exitcode",
+        "--formt",
+        "json",
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--format"),
+        "the tip names the flag:\n{}",
+        run.stderr
+    );
+    assert_eq!(env.fleet(&["--help"]).code, 0);
+}
+
+#[test]
+fn a_saved_plan_given_where_a_fleet_file_belongs_says_what_it_is() {
+    let env = Env::new();
+    env.fleet(&["plan", "fleets/distribution.yaml", "-o", "saved.json"])
+        .ok();
+    for command in ["plan", "graph", "validate"] {
+        let run = env.fleet(&[command, "saved.json"]).code(1);
+        assert!(
+            run.stderr
+                .contains("saved.json is a plan saved with `fleet plan -o`, not a fleet file"),
+            "{command}:\n{}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains("fleet apply saved.json"),
+            "{}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("Unknown key"), "{}", run.stderr);
+    }
+}
+
+#[test]
+fn fleet_secrets_check_fails_while_a_secret_has_no_value() {
+    let env = Env::new();
+    env.write("none.env", "");
+    let missing = env.fleet_with(
+        &["secrets", "--check", "fleets/distribution.yaml"],
+        &[("FLEET_SECRETS_FILE", "none.env")],
+    );
+    assert_eq!(missing.code, 1, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("6 of 6 secret(s) have no value"),
+        "{}",
+        missing.stderr
+    );
+    // The test environment's secrets file sets them all.
+    env.fleet(&["secrets", "--check", "fleets/distribution.yaml"])
+        .ok();
+}
