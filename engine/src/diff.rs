@@ -603,9 +603,11 @@ fn compare(
     }
     // Fleet launches every EC2 machine with the hardened metadata options; options found
     // weaker were changed by hand, and a machine whose containers may borrow its role is
-    // made again rather than trusted.
-    let unhardened = match (want.cloud, have.identity.metadata_options) {
-        (Cloud::Aws, Some(options)) => options.unhardened_fields(),
+    // made again rather than trusted. Launch-template versions cannot be changed, and one
+    // replaced under the same versioned name would be found again rather than made anew, so
+    // only instances are held to the floor.
+    let unhardened = match (want.cloud, want.object, have.identity.metadata_options) {
+        (Cloud::Aws, ObjectKind::Instance, Some(options)) => options.unhardened_fields(),
         _ => Vec::new(),
     };
     for (field, before, after) in &unhardened {
@@ -1096,6 +1098,21 @@ mod tests {
             impact::rule_of("metadata_options.http_tokens"),
             impact::Rule::Replace
         );
+    }
+
+    #[test]
+    fn a_launch_template_version_is_not_held_to_the_metadata_floor() {
+        let mut want = desired(ResourceKind::Template, "t");
+        want.cloud = Cloud::Aws;
+        let hash = crate::desired::spec_hash(Cloud::Aws, want.object, &want.spec);
+        want.spec.labels.insert(labels::SPEC_HASH.to_string(), hash);
+        let mut have = live(&want, "lt-1:1");
+        have.spec.identity.metadata_options = Some(crate::provider::MetadataOptions {
+            http_tokens_required: false,
+            ..crate::provider::MetadataOptions::HARDENED
+        });
+        let out = run(vec![want], &[have]);
+        assert_eq!(only(&out, "template.t")[0].action, Action::NoOp);
     }
 
     #[test]

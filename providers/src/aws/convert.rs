@@ -241,28 +241,28 @@ fn instance_identity(instance: &Instance) -> Identity {
     }
 }
 
-/// What a launch-template version's data holds of the role and metadata options. A version
-/// without metadata options launches with the account's defaults, which may allow IMDSv1, so
-/// it counts as unhardened.
+/// What a launch-template version's data holds of the role and metadata options, as sent
+/// (a version made before fleet sent metadata options reports none).
 fn template_identity(data: Option<&ResponseLaunchTemplateData>) -> Identity {
     let Some(data) = data else {
         return Identity::default();
     };
-    let options = data.metadata_options();
     Identity {
         instance_profile: data
             .iam_instance_profile()
             .and_then(|p| p.arn().or(p.name()))
             .map(str::to_string),
-        metadata_options: Some(reported_options(
-            options
-                .and_then(|o| o.http_tokens())
-                .map(|t| *t == LaunchTemplateHttpTokensState::Required),
-            options.and_then(|o| o.http_put_response_hop_limit()),
-            options
-                .and_then(|o| o.http_endpoint())
-                .map(|e| *e == LaunchTemplateInstanceMetadataEndpointState::Enabled),
-        )),
+        metadata_options: data.metadata_options().map(|options| {
+            reported_options(
+                options
+                    .http_tokens()
+                    .map(|t| *t == LaunchTemplateHttpTokensState::Required),
+                options.http_put_response_hop_limit(),
+                options
+                    .http_endpoint()
+                    .map(|e| *e == LaunchTemplateInstanceMetadataEndpointState::Enabled),
+            )
+        }),
         ..Identity::default()
     }
 }
