@@ -9,7 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::provider::{labels, Cloud, MachineSpec, Networking, ObjectKind};
+use crate::provider::{labels, Cloud, Identity, MachineSpec, Networking, ObjectKind};
 use crate::spec::model::ResourceKind;
 
 /// A stable resource address: `manager.runners-manager-distribution-com-blue-1`,
@@ -133,15 +133,17 @@ pub struct Desired {
 /// A hash of what an object is, ignoring its own spec-hash label, so the same spec always
 /// hashes the same whether it comes from a fleet file or from the cloud.
 pub fn spec_hash(cloud: Cloud, object: ObjectKind, spec: &MachineSpec) -> String {
-    spec_hash_with(cloud, object, spec, &spec.networking)
+    spec_hash_with(cloud, object, spec, &spec.networking, &spec.identity)
 }
 
-/// [`spec_hash`] of `spec` as if its networking were `networking` (no copy of the spec).
+/// [`spec_hash`] of `spec` as if its networking were `networking` and its identity
+/// `identity` (no copy of the spec).
 pub fn spec_hash_with(
     cloud: Cloud,
     object: ObjectKind,
     spec: &MachineSpec,
     networking: &Networking,
+    identity: &Identity,
 ) -> String {
     let mut hasher = Sha256::new();
     let mut feed = |part: &str| {
@@ -177,6 +179,21 @@ pub fn spec_hash_with(
     for group in &networking.security_groups {
         feed("security_group");
         feed(group);
+    }
+    // Likewise the identity; the metadata options are never part of it (fleet always sends
+    // the hardened ones, and the diff compares what the cloud reports against them).
+    for (part, value) in [
+        ("instance_profile", identity.instance_profile.as_deref()),
+        ("service_account", identity.service_account.as_deref()),
+    ] {
+        if let Some(value) = value {
+            feed(part);
+            feed(value);
+        }
+    }
+    for scope in &identity.scopes {
+        feed("scope");
+        feed(scope);
     }
     // Metadata enters through its digest label (`fleet-config`), so a cloud that does not
     // return metadata in list calls hashes the same as one that does.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::desired::{metadata_hash, spec_hash_with, Address, Desired, DesiredResource};
 pub use crate::impact::{Impact, ImpactClass};
 use crate::provider::{
-    is_fleet_token, labels, Cloud, InstanceStatus, LiveResource, Networking, ObjectKind,
+    is_fleet_token, labels, Cloud, Identity, InstanceStatus, LiveResource, Networking, ObjectKind,
 };
 use crate::spec::model::ResourceKind;
 use crate::{impact, render, secrets};
@@ -565,6 +565,60 @@ fn compare(
         });
         replace = true;
     }
+    // Identity likewise: a different role or account is a new machine (EC2 cannot swap an
+    // instance profile into a launch it made, and a GCE VM must be stopped to change its
+    // account).
+    let want_id = &spec.identity;
+    let have_id = seen_identity(&have.identity, want_id);
+    for (field, before, after) in [
+        (
+            "instance_profile",
+            &have_id.instance_profile,
+            &want_id.instance_profile,
+        ),
+        (
+            "service_account",
+            &have_id.service_account,
+            &want_id.service_account,
+        ),
+    ] {
+        if after.is_some() && before != after {
+            reasons.push(Reason::FieldChanged {
+                field: field.to_string(),
+                before: before.clone().unwrap_or_default(),
+                after: after.clone().unwrap_or_default(),
+                forces_replacement: true,
+            });
+            replace = true;
+        }
+    }
+    if have_id.scopes != want_id.scopes {
+        reasons.push(Reason::FieldChanged {
+            field: "scopes".to_string(),
+            before: have_id.scopes.join(","),
+            after: want_id.scopes.join(","),
+            forces_replacement: true,
+        });
+        replace = true;
+    }
+    // Fleet launches every EC2 machine with the hardened metadata options; options found
+    // weaker were changed by hand, and a machine whose containers may borrow its role is
+    // made again rather than trusted. Launch-template versions cannot be changed, and one
+    // replaced under the same versioned name would be found again rather than made anew, so
+    // only instances are held to the floor.
+    let unhardened = match (want.cloud, want.object, have.identity.metadata_options) {
+        (Cloud::Aws, ObjectKind::Instance, Some(options)) => options.unhardened_fields(),
+        _ => Vec::new(),
+    };
+    for (field, before, after) in &unhardened {
+        reasons.push(Reason::FieldChanged {
+            field: (*field).to_string(),
+            before: before.clone(),
+            after: after.clone(),
+            forces_replacement: true,
+        });
+        replace = true;
+    }
     let mut in_place = Vec::new();
     let keys: BTreeSet<&String> = have.labels.keys().chain(spec.labels.keys()).collect();
     for key in keys {
@@ -660,15 +714,22 @@ fn compare(
         replace = true;
     }
     let stamped = live.label(labels::SPEC_HASH);
-    // The stamp hashes only the networking the fleet file set, then or now.
-    let observed = spec_hash_with(live.cloud, live.kind, &live.spec, &have_net);
-    let observed_bare = spec_hash_with(live.cloud, live.kind, &live.spec, &Networking::default());
+    // The stamp hashes only the networking and identity the fleet file set, then or now.
+    let observed = spec_hash_with(live.cloud, live.kind, &live.spec, &have_net, &have_id);
+    let observed_bare = spec_hash_with(
+        live.cloud,
+        live.kind,
+        &live.spec,
+        &Networking::default(),
+        &Identity::default(),
+    );
     let metadata_edited = metadata_observed
         && !have.metadata.is_empty()
         && have.labels.get(labels::CONFIG_HASH).map(String::as_str)
             != Some(metadata_hash(&have.metadata).as_str());
     let drift = stamped.is_some_and(|stamped| stamped != observed && stamped != observed_bare)
-        || metadata_edited;
+        || metadata_edited
+        || !unhardened.is_empty();
     let needs_change = replace || !in_place.is_empty();
     if drift && needs_change {
         reasons.push(Reason::Drift);
@@ -737,6 +798,35 @@ fn seen_networking(have: &Networking, want: &Networking) -> Networking {
     }
 }
 
+/// What the cloud reports of the identity parts the fleet file sets. An instance profile
+/// given by name matches the ARN EC2 reports for an instance when the ARN ends in that name.
+fn seen_identity(have: &Identity, want: &Identity) -> Identity {
+    let instance_profile = want.instance_profile.as_ref().and_then(|wanted| {
+        let reported = have.instance_profile.as_ref()?;
+        let by_name = !wanted.starts_with("arn:")
+            && reported.starts_with("arn:")
+            && reported.rsplit('/').next() == Some(wanted.as_str());
+        Some(if by_name {
+            wanted.clone()
+        } else {
+            reported.clone()
+        })
+    });
+    Identity {
+        instance_profile,
+        service_account: want
+            .service_account
+            .as_ref()
+            .and(have.service_account.clone()),
+        scopes: if want.scopes.is_empty() {
+            Vec::new()
+        } else {
+            have.scopes.clone()
+        },
+        metadata_options: None,
+    }
+}
+
 fn file_summary(text: &str) -> String {
     if text.is_empty() {
         return String::new();
@@ -771,6 +861,7 @@ pub fn needs_restart(old: &str, new: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::MachineSpec;
     use crate::test_support::{desired, desired_set, live, FLEET};
 
     fn run(want: Vec<DesiredResource>, live_objects: &[LiveResource]) -> Diff {
@@ -929,5 +1020,121 @@ mod tests {
         // An orphan going away is not deleted twice.
         let out = run(Vec::new(), &[going]);
         assert!(out.changes.is_empty(), "{:#?}", out.changes);
+    }
+
+    /// An EC2 instance `m` wanting `profile`, as the cloud reports it when fleet launched it.
+    fn ec2_with_profile(profile: Option<&str>) -> (DesiredResource, LiveResource) {
+        let mut want = desired(ResourceKind::Manager, "m");
+        want.cloud = Cloud::Aws;
+        want.spec.identity.instance_profile = profile.map(str::to_string);
+        let hash = crate::desired::spec_hash(Cloud::Aws, want.object, &want.spec);
+        want.spec.labels.insert(labels::SPEC_HASH.to_string(), hash);
+        let mut have = live(&want, "i-1");
+        have.spec.identity.metadata_options = Some(crate::provider::MetadataOptions::HARDENED);
+        (want, have)
+    }
+
+    fn replaced_for(change: &Change, wanted: &str) -> bool {
+        change.action.is_replace()
+            && change.reasons.iter().any(|reason| {
+                matches!(
+                    reason,
+                    Reason::FieldChanged { field, forces_replacement: true, .. } if field == wanted
+                )
+            })
+    }
+
+    #[test]
+    fn an_instance_profile_named_matches_the_arn_ec2_reports() {
+        let (want, mut have) = ec2_with_profile(Some("ci-runner"));
+        have.spec.identity.instance_profile =
+            Some("arn:aws:iam::123456789012:instance-profile/ci/ci-runner".to_string());
+        let out = run(vec![want], &[have]);
+        assert_eq!(only(&out, "manager.m")[0].action, Action::NoOp);
+    }
+
+    #[test]
+    fn a_changed_instance_profile_replaces() {
+        let (want, mut have) = ec2_with_profile(Some("ci-runner"));
+        have.spec.identity.instance_profile =
+            Some("arn:aws:iam::123456789012:instance-profile/other".to_string());
+        let out = run(vec![want], &[have]);
+        assert!(replaced_for(
+            &only(&out, "manager.m")[0],
+            "instance_profile"
+        ));
+    }
+
+    #[test]
+    fn an_unset_identity_is_not_compared() {
+        let (want, mut have) = ec2_with_profile(None);
+        have.spec.identity.instance_profile =
+            Some("arn:aws:iam::123456789012:instance-profile/by-hand".to_string());
+        let out = run(vec![want], &[have]);
+        assert_eq!(only(&out, "manager.m")[0].action, Action::NoOp);
+    }
+
+    #[test]
+    fn weaker_metadata_options_are_drift_and_replace_naming_the_field() {
+        let (want, mut have) = ec2_with_profile(None);
+        have.spec.identity.metadata_options = Some(crate::provider::MetadataOptions {
+            http_tokens_required: false,
+            hop_limit: 2,
+            endpoint_enabled: true,
+        });
+        let out = run(vec![want], &[have]);
+        let change = &only(&out, "manager.m")[0];
+        assert!(replaced_for(change, "metadata_options.http_tokens"));
+        assert!(replaced_for(
+            change,
+            "metadata_options.http_put_response_hop_limit"
+        ));
+        assert!(
+            change.reasons.contains(&Reason::Drift),
+            "{:?}",
+            change.reasons
+        );
+        assert_eq!(
+            impact::rule_of("metadata_options.http_tokens"),
+            impact::Rule::Replace
+        );
+    }
+
+    #[test]
+    fn a_launch_template_version_is_not_held_to_the_metadata_floor() {
+        let mut want = desired(ResourceKind::Template, "t");
+        want.cloud = Cloud::Aws;
+        let hash = crate::desired::spec_hash(Cloud::Aws, want.object, &want.spec);
+        want.spec.labels.insert(labels::SPEC_HASH.to_string(), hash);
+        let mut have = live(&want, "lt-1:1");
+        have.spec.identity.metadata_options = Some(crate::provider::MetadataOptions {
+            http_tokens_required: false,
+            ..crate::provider::MetadataOptions::HARDENED
+        });
+        let out = run(vec![want], &[have]);
+        assert_eq!(only(&out, "template.t")[0].action, Action::NoOp);
+    }
+
+    #[test]
+    fn a_service_account_change_replaces_and_a_template_gets_a_new_version() {
+        let have = desired(ResourceKind::Manager, "m");
+        let mut want = have.clone();
+        want.spec.identity.service_account =
+            Some("ci-runner@my-project.iam.gserviceaccount.com".to_string());
+        want.spec.identity.scopes = vec![crate::spec::identity::DEFAULT_SCOPE.to_string()];
+        let out = run(vec![want], &[live(&have, "m1")]);
+        assert!(replaced_for(&only(&out, "manager.m")[0], "service_account"));
+        // The spec hash, which names a template's versions, includes the account only when
+        // set: a spec without one hashes as before identity existed.
+        let bare = desired(ResourceKind::Template, "t");
+        let mut with_account = bare.spec.clone();
+        with_account.identity.service_account = Some("default".to_string());
+        let hash = |spec: &MachineSpec| {
+            crate::desired::spec_hash(Cloud::Gcp, ObjectKind::InstanceTemplate, spec)
+        };
+        assert_ne!(hash(&bare.spec), hash(&with_account));
+        let mut with_options = bare.spec.clone();
+        with_options.identity.metadata_options = Some(crate::provider::MetadataOptions::HARDENED);
+        assert_eq!(hash(&bare.spec), hash(&with_options));
     }
 }

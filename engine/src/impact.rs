@@ -104,6 +104,11 @@ pub const RULES: &[(&str, Rule)] = &[
     ("network", Rule::Replace),
     ("subnet", Rule::Replace),
     ("security_groups", Rule::Replace),
+    ("instance_profile", Rule::Replace),
+    ("service_account", Rule::Replace),
+    ("scopes", Rule::Replace),
+    // Metadata options found weaker than fleet's: the machine is made again.
+    ("metadata_options.*", Rule::Replace),
     // A stopped machine does no work and is made again.
     ("status", Rule::Replace),
     // EC2 user data is fixed while the instance runs.
@@ -432,6 +437,7 @@ mod tests {
             disk_size_gb: 50,
             labels: BTreeMap::new(),
             networking: Default::default(),
+            identity: Default::default(),
         }
     }
 

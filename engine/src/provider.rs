@@ -128,6 +128,97 @@ pub struct MachineSpec {
     /// and is not compared; discovery reports what the cloud has.
     #[serde(default, skip_serializing_if = "Networking::is_unset")]
     pub networking: Networking,
+    /// Who the machine acts as, and how it reaches those credentials. Compared like
+    /// networking: only what the fleet file sets.
+    #[serde(default, skip_serializing_if = "Identity::is_unset")]
+    pub identity: Identity,
+}
+
+/// The cloud identity of a machine or template.
+///
+/// EC2: `instance_profile` is an instance profile name or ARN. GCE: `service_account` is an
+/// email (`NAME@PROJECT.iam.gserviceaccount.com`) or `default` (the project's Compute Engine
+/// default account), with its OAuth `scopes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Identity {
+    /// EC2 instance profile, name or ARN (discovery reports what the cloud returns: an ARN
+    /// for an instance, what was sent for a launch template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_profile: Option<String>,
+    /// GCE service account email, or `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// GCE OAuth scopes of the service account, full URLs, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// The instance metadata service options the cloud reports (EC2). Never set in a desired
+    /// spec: fleet always asks for [`MetadataOptions::HARDENED`], so the diff compares what
+    /// is reported against that, and a cloud that reports nothing is not compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_options: Option<MetadataOptions>,
+}
+
+impl Identity {
+    /// Whether nothing is set: the cloud's defaults.
+    pub fn is_unset(&self) -> bool {
+        self == &Identity::default()
+    }
+}
+
+/// How a machine's instance metadata service answers (EC2 `MetadataOptions`).
+///
+/// The hardened options make a machine's role unreachable from its containers: IMDSv2
+/// session tokens are required (a forged `GET` from a server-side request forgery gets
+/// nothing) and a token's response travels one network hop, so it dies at the container
+/// bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MetadataOptions {
+    /// `HttpTokens=required`: IMDSv1 is off.
+    pub http_tokens_required: bool,
+    /// `HttpPutResponseHopLimit`.
+    pub hop_limit: u32,
+    /// `HttpEndpoint=enabled`: the machine can reach its role at all.
+    pub endpoint_enabled: bool,
+}
+
+impl MetadataOptions {
+    /// What fleet sends on every EC2 launch and launch template.
+    pub const HARDENED: MetadataOptions = MetadataOptions {
+        http_tokens_required: true,
+        hop_limit: 1,
+        endpoint_enabled: true,
+    };
+
+    /// The fields in which `self` is not the hardened options, named as the plan names them,
+    /// with the value found and the value wanted.
+    pub fn unhardened_fields(&self) -> Vec<(&'static str, String, String)> {
+        let hardened = MetadataOptions::HARDENED;
+        let tokens = |required: bool| if required { "required" } else { "optional" };
+        let endpoint = |enabled: bool| if enabled { "enabled" } else { "disabled" };
+        let mut out = Vec::new();
+        if self.http_tokens_required != hardened.http_tokens_required {
+            out.push((
+                "metadata_options.http_tokens",
+                tokens(self.http_tokens_required).to_string(),
+                tokens(hardened.http_tokens_required).to_string(),
+            ));
+        }
+        if self.hop_limit != hardened.hop_limit {
+            out.push((
+                "metadata_options.http_put_response_hop_limit",
+                self.hop_limit.to_string(),
+                hardened.hop_limit.to_string(),
+            ));
+        }
+        if self.endpoint_enabled != hardened.endpoint_enabled {
+            out.push((
+                "metadata_options.http_endpoint",
+                endpoint(self.endpoint_enabled).to_string(),
+                endpoint(hardened.endpoint_enabled).to_string(),
+            ));
+        }
+        out
+    }
 }
 
 /// The network placement of a machine or template.

@@ -32,6 +32,7 @@ pub(crate) fn desired(kind: ResourceKind, name: &str) -> DesiredResource {
         labels: BTreeMap::new(),
         metadata: BTreeMap::new(),
         networking: Default::default(),
+        identity: Default::default(),
     };
     for (key, value) in [
         (labels::FLEET, FLEET),

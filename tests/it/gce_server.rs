@@ -857,6 +857,7 @@ impl World {
         let project_url = self.project_url();
         body.kind = Some("compute#instance".into());
         body.id = Some(id);
+        resolve_default_account(&mut body.service_accounts);
         body.creation_timestamp = Some("2024-01-01T00:00:00.000-07:00".into());
         body.zone = Some(format!("{project_url}/zones/{zone}"));
         body.self_link = Some(format!("{project_url}/zones/{zone}/instances/{name}"));
@@ -1071,6 +1072,7 @@ impl World {
             instance.metadata = properties.metadata.clone();
             instance.disks = properties.disks.clone();
             instance.network_interfaces = properties.network_interfaces.clone();
+            instance.service_accounts = properties.service_accounts.clone();
             let stored = self.stored_instance(zone, instance, "pd-standard");
             let key = (zone.to_string(), name.clone());
             self.instances.insert(key.clone(), stored);
@@ -1160,6 +1162,9 @@ impl World {
             ));
         }
         let id = self.new_id();
+        if let Some(properties) = body.properties.as_mut() {
+            resolve_default_account(&mut properties.service_accounts);
+        }
         body.kind = Some("compute#instanceTemplate".into());
         body.id = Some(id);
         body.creation_timestamp = Some("2024-01-01T00:00:00.000-07:00".into());
@@ -1603,5 +1608,19 @@ fn resource_url(project_url: &str, reference: &str) -> String {
         format!("{BASE}/{reference}")
     } else {
         format!("{project_url}/{reference}")
+    }
+}
+
+/// The project number of the server's project, as the default account's email carries it.
+pub(crate) const PROJECT_NUMBER: &str = "123456789012";
+
+/// GCE stores the email `default` stands for: the project's Compute Engine default account.
+fn resolve_default_account(accounts: &mut [google_cloud_compute_v1::model::ServiceAccount]) {
+    for account in accounts {
+        if account.email.as_deref() == Some("default") {
+            account.email = Some(format!(
+                "{PROJECT_NUMBER}-compute@developer.gserviceaccount.com"
+            ));
+        }
     }
 }

@@ -350,6 +350,7 @@ fn request(name: &str, token: &str) -> CreateRequest {
                 subnet: Some("default".into()),
                 security_groups: Vec::new(),
             },
+            identity: Default::default(),
         },
         idempotency_token: token.to_string(),
     }
@@ -1091,4 +1092,113 @@ fn a_vm_stopping_from_the_console_is_replaced_once_it_is_seen() {
         Some(instance::Status::Running),
         "STAGING settles into RUNNING"
     );
+}
+
+#[test]
+fn service_accounts_land_on_vms_pools_and_templates_and_are_read_back() {
+    let server = GceServer::start(PROJECT);
+    let env = Env::new();
+    let account = "ci-runner@gitlab-ci-runners.iam.gserviceaccount.com";
+    let text = std::fs::read_to_string(env.path().join(FLEET)).unwrap();
+    // Every machine runs as the runner account (defaults); the autoscaled machines as the
+    // project's default account with two narrow scopes, one by short name.
+    let text = text
+        .replacen(
+            "    disk: { type: pd-ssd, size_gb: 50 }\n",
+            &format!("    disk: {{ type: pd-ssd, size_gb: 50 }}\n    service_account: {account}\n"),
+            1,
+        )
+        .replacen(
+            "    arch: amd64\n",
+            "    arch: amd64\n    service_account: default\n    scopes: [logging.write, https://www.googleapis.com/auth/devstorage.read_only]\n",
+            1,
+        );
+    assert!(text.contains("service_account: default"), "{text}");
+    let file = env.write("accounts.yaml", &text);
+    let plan = live(&env, &server, &["plan", &file]).ok();
+    assert!(
+        plan.stdout
+            .lines()
+            .any(|line| line.split_whitespace().eq(["account", account])),
+        "{}",
+        plan.stdout
+    );
+    converge(&env, &server, &file);
+
+    let manager = server.instance("private-runners-manager-1").unwrap();
+    assert_eq!(manager.service_accounts.len(), 1);
+    assert_eq!(manager.service_accounts[0].email.as_deref(), Some(account));
+    // No scopes in the file: the account's roles decide, through cloud-platform.
+    assert_eq!(
+        manager.service_accounts[0].scopes,
+        ["https://www.googleapis.com/auth/cloud-platform"]
+    );
+    let template = server
+        .templates()
+        .into_iter()
+        .find(|t| {
+            t.name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("autoscaled-us-east1-c"))
+        })
+        .unwrap();
+    let accounts = template.properties.unwrap().service_accounts;
+    // GCE keeps the default account under its real email, which fleet reads back as `default`.
+    assert_eq!(
+        accounts[0].email.as_deref(),
+        Some(
+            format!(
+                "{}-compute@developer.gserviceaccount.com",
+                crate::gce_server::PROJECT_NUMBER
+            )
+            .as_str()
+        )
+    );
+    let mut scopes = accounts[0].scopes.clone();
+    scopes.sort();
+    assert_eq!(
+        scopes,
+        [
+            "https://www.googleapis.com/auth/devstorage.read_only",
+            "https://www.googleapis.com/auth/logging.write"
+        ]
+    );
+    assert_no_changes(&env, &server, &file);
+
+    // Another account replaces the managers; other scopes make a new template version.
+    let changed = text
+        .replace(
+            account,
+            "ci-other@gitlab-ci-runners.iam.gserviceaccount.com",
+        )
+        .replace("scopes: [logging.write, ", "scopes: [");
+    let changed = env.write("changed.yaml", &changed);
+    let plan = live(&env, &server, &["plan", &changed, "--format", "json"])
+        .ok()
+        .json();
+    let address = "manager.private-runners-manager-1";
+    assert_eq!(actions_of(&plan, address), ["delete", "create"], "{plan:#}");
+    let change = plan["resource_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == address)
+        .unwrap()
+        .to_string();
+    assert!(change.contains("service_account"), "{change}");
+    let reasons = reasons_of(&plan, "template.autoscaled-us-east1-c");
+    assert!(reasons.contains(&"new_version".to_string()), "{reasons:?}");
+
+    // A pool's members get theirs through one bulkInsert.
+    let pool = POOL_FLEET.replace("size: 120", "size: 3").replace(
+        "    role: builder\n",
+        &format!("    role: builder\n    service_account: {account}\n"),
+    );
+    let pool = env.write("pool.yaml", &pool);
+    server.reset_calls();
+    let apply = converge(&env, &server, &pool);
+    assert_eq!(api_calls(&apply)["compute.instances.bulkInsert"], 1);
+    let member = server.instance("amd64-builder-3").unwrap();
+    assert_eq!(member.service_accounts[0].email.as_deref(), Some(account));
+    assert_no_changes(&env, &server, &pool);
 }

@@ -327,6 +327,7 @@ fn autoscaled_machines_appearing_after_the_plan_leave_the_saved_plan_valid() {
                 labels: [(labels::FLEET.to_string(), "arm-builders".to_string())].into(),
                 metadata: Default::default(),
                 networking: Default::default(),
+                identity: Default::default(),
             },
             idempotency_token: format!("autoscaler-{n}"),
         })

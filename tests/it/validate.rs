@@ -677,3 +677,97 @@ fn gcp_label_values_may_be_international_lowercase() {
         "Invalid label key `Ünï`",
     );
 }
+
+#[test]
+fn identity_keys_are_checked_for_shape_and_cloud() {
+    let stderr = invalid(&format!(
+        "{HEAD}managers:
+  a-1:
+    cloud: aws
+    instance_profile: ci runner
+  a-2:
+    cloud: aws
+    instance_profile: arn:aws:iam::1234:instance-profile/ci
+  a-3:
+    cloud: aws
+    service_account: default
+    scopes: [cloud-platform]
+  g-1:
+    cloud: gcp
+    service_account: ci-runner@my-project.example.com
+  g-2:
+    cloud: gcp
+    instance_profile: ci-runner
+  g-3:
+    cloud: gcp
+    scopes: [cloud-platform]
+  g-4:
+    cloud: gcp
+    service_account: default
+    scopes: [cloud-platform, Cloud-Platform]
+  g-5:
+    cloud: gcp
+    service_account: 123-compute@developer.gserviceaccount.com
+  ok-1:
+    cloud: gcp
+    service_account: ci-runner@my-project.iam.gserviceaccount.com
+  ok-2:
+    cloud: aws
+    instance_profile: arn:aws:iam::123456789012:instance-profile/ci/ci-runner
+"
+    ));
+    let code = "fleet::spec::invalid_value";
+    expect(
+        &stderr,
+        code,
+        "11:23",
+        "`ci runner` is not an instance profile name",
+    );
+    expect(&stderr, code, "14:23", "is not an instance profile ARN");
+    expect(&stderr, code, "17:22", "EC2 has no `service_account`");
+    assert!(stderr.contains("`instance_profile: NAME`"), "{stderr}");
+    expect(&stderr, code, "18:14", "EC2 has no `scopes`");
+    expect(&stderr, code, "21:22", "is not a service account email");
+    expect(&stderr, code, "24:23", "GCE has no `instance_profile`");
+    assert!(
+        stderr.contains("`service_account: NAME@PROJECT.iam.gserviceaccount.com`"),
+        "{stderr}"
+    );
+    expect(
+        &stderr,
+        code,
+        "27:14",
+        "`scopes` without a `service_account`",
+    );
+    expect(&stderr, code, "31:30", "is not an OAuth scope");
+    expect(
+        &stderr,
+        code,
+        "34:22",
+        "is the Compute Engine default account",
+    );
+    assert!(stderr.contains("9 problems"), "{stderr}");
+}
+
+#[test]
+fn identity_keys_in_the_defaults_of_the_wrong_cloud_are_refused_where_they_are_written() {
+    let stderr = invalid(
+        "fleet: f
+clouds:
+  gcp: {project: p, region: us-east1}
+  aws: {region: us-east-1}
+defaults:
+  gcp: {zone: us-east1-c, image: ubuntu-2204, machine_type: n1-standard-2, instance_profile: ci}
+  aws: {zone: us-east-1a, image: ami-1, machine_type: m6g.large, service_account: default}
+managers:
+  g-1: {cloud: gcp}
+  g-2: {cloud: gcp}
+  a-1: {cloud: aws}
+",
+    );
+    let code = "fleet::spec::invalid_value";
+    expect(&stderr, code, "6:94", "GCE has no `instance_profile`");
+    expect(&stderr, code, "7:83", "EC2 has no `service_account`");
+    // Two resources inherit the same default: one problem, at the default.
+    assert!(stderr.contains("2 problems"), "{stderr}");
+}

@@ -215,6 +215,14 @@ fn write_change(out: &mut String, change: &Change, paint: &Paint) {
                 if !net.security_groups.is_empty() {
                     row(out, "groups", &net.security_groups.join(", "));
                 }
+                let identity = &after.spec.identity;
+                if let Some(profile) = &identity.instance_profile {
+                    row(out, "profile", profile);
+                }
+                if let Some(account) = &identity.service_account {
+                    row(out, "account", account);
+                    row(out, "scopes", &identity.scopes.join(", "));
+                }
                 let shown: Vec<String> = after
                     .spec
                     .labels

@@ -11,6 +11,7 @@ use miette::SourceSpan;
 use petgraph::graphmap::DiGraphMap;
 
 use super::diagnostic::{closest, quoted, Problem, ProblemKind, SourceFile};
+use super::identity;
 use super::limits::Limits;
 use super::model::{
     ConfigTable, ConfigValue, Environment, FleetFile, MachineDefaults, ResourceDecl, ResourceKind,
@@ -18,7 +19,7 @@ use super::model::{
 };
 use crate::catalog::{self, Arch};
 use crate::desired::{metadata_hash, spec_hash, Address, CloudTarget, Desired, DesiredResource};
-use crate::provider::{labels, Cloud, MachineSpec, Networking, ObjectKind};
+use crate::provider::{labels, Cloud, Identity, MachineSpec, Networking, ObjectKind};
 use crate::render;
 use crate::secrets;
 
@@ -747,6 +748,7 @@ impl Expander<'_> {
             .and_then(|(zone, _)| catalog::zone(zone))
             .map(|(_, region)| region);
         let networking = self.networking(decl, defaults, (cloud, project, zone_region), vars);
+        let identity = self.identity(decl, defaults, cloud, vars);
 
         // Catalog facts.
         let mut region = None;
@@ -1019,6 +1021,7 @@ impl Expander<'_> {
                     labels: labels_map,
                     metadata: BTreeMap::new(),
                     networking,
+                    identity,
                 },
                 depends_on: Vec::new(),
             },
@@ -1606,6 +1609,100 @@ impl Expander<'_> {
                 }
                 out.security_groups.sort();
                 out.security_groups.dedup();
+            }
+        }
+        out
+    }
+
+    /// `instance_profile` (EC2), `service_account` and `scopes` (GCE), from the resource or
+    /// the cloud's defaults, in the shapes `spec::identity` accepts; each refused on the other
+    /// cloud with the key that cloud uses.
+    fn identity(
+        &mut self,
+        decl: &ResourceDecl,
+        defaults: &MachineDefaults,
+        cloud: Cloud,
+        vars: &BTreeMap<String, String>,
+    ) -> Identity {
+        let profile = decl
+            .instance_profile
+            .as_ref()
+            .or(defaults.instance_profile.as_ref());
+        let account = decl
+            .service_account
+            .as_ref()
+            .or(defaults.service_account.as_ref());
+        let scopes = decl.scopes.as_ref().or(defaults.scopes.as_ref());
+        let mut out = Identity::default();
+        let check = |this: &mut Self,
+                     value: &Spanned<String>,
+                     shape: fn(&str) -> Result<String, identity::Refusal>| {
+            let text = this.interpolate(value, vars);
+            match shape(&text) {
+                Ok(accepted) => Some(accepted),
+                Err(refusal) => {
+                    let problem = this
+                        .new_problem(
+                            ProblemKind::InvalidValue,
+                            value.span,
+                            refusal.message,
+                            refusal.label,
+                        )
+                        .with_help(refusal.help);
+                    this.problem(problem);
+                    None
+                }
+            }
+        };
+        match cloud {
+            Cloud::Aws => {
+                if let Some(profile) = profile {
+                    out.instance_profile = check(self, profile, identity::instance_profile);
+                }
+                if let Some(account) = account {
+                    let problem = self
+                        .new_problem(ProblemKind::InvalidValue, account.span, "EC2 has no `service_account`", "not an aws key")
+                        .with_help("an EC2 machine acts as the role of its instance profile: remove `service_account` and set `instance_profile: NAME` (or its ARN)");
+                    self.problem(problem);
+                }
+                if let Some(first) = scopes.and_then(|s| s.first()) {
+                    let problem = self
+                        .new_problem(ProblemKind::InvalidValue, first.span, "EC2 has no `scopes`", "not an aws key")
+                        .with_help("what an EC2 machine may do is decided by the policies of its instance profile's role: remove `scopes`");
+                    self.problem(problem);
+                }
+            }
+            Cloud::Gcp => {
+                if let Some(profile) = profile {
+                    let problem = self
+                        .new_problem(ProblemKind::InvalidValue, profile.span, "GCE has no `instance_profile`", "not a gcp key")
+                        .with_help("a GCE machine acts as its service account: remove `instance_profile` and set `service_account: NAME@PROJECT.iam.gserviceaccount.com` (or `default`)");
+                    self.problem(problem);
+                }
+                if let Some(account) = account {
+                    out.service_account = check(self, account, identity::service_account);
+                }
+                match (scopes, &out.service_account) {
+                    (Some(scopes), _) if account.is_none() => {
+                        if let Some(first) = scopes.first() {
+                            let problem = self
+                                .new_problem(ProblemKind::InvalidValue, first.span, "`scopes` without a `service_account`", "scopes belong to a service account")
+                                .with_help("add `service_account: default` (the project's Compute Engine default account) or the account's email, here or in `defaults.gcp`");
+                            self.problem(problem);
+                        }
+                    }
+                    (Some(scopes), Some(_)) => {
+                        for scope in scopes {
+                            if let Some(url) = check(self, scope, identity::scope) {
+                                out.scopes.push(url);
+                            }
+                        }
+                        out.scopes.sort();
+                        out.scopes.dedup();
+                    }
+                    (None, Some(_)) => out.scopes = vec![identity::DEFAULT_SCOPE.to_string()],
+                    _ => {}
+                }
             }
         }
         out

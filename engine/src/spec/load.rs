@@ -38,6 +38,9 @@ const DEFAULT_KEYS: &[&str] = &[
     "network",
     "subnet",
     "security_groups",
+    "instance_profile",
+    "service_account",
+    "scopes",
 ];
 const DISK_KEYS: &[&str] = &["type", "size_gb"];
 const COMMON_KEYS: &[&str] = &[
@@ -50,6 +53,9 @@ const COMMON_KEYS: &[&str] = &[
     "network",
     "subnet",
     "security_groups",
+    "instance_profile",
+    "service_account",
+    "scopes",
     "labels",
     "depends_on",
     "matrix",
@@ -413,6 +419,9 @@ impl<'s> Reader<'s> {
                         security_groups: f
                             .get("security_groups")
                             .map(|n| self.string_list(n, "security_groups")),
+                        instance_profile: self.field_string(&f, "instance_profile"),
+                        service_account: self.field_string(&f, "service_account"),
+                        scopes: f.get("scopes").map(|n| self.string_list(n, "scopes")),
                     };
                     if *key == "gcp" {
                         gcp_defaults = values;
@@ -531,6 +540,9 @@ impl<'s> Reader<'s> {
             security_groups: fields
                 .get("security_groups")
                 .map(|n| self.string_list(n, "security_groups")),
+            instance_profile: self.field_string(&fields, "instance_profile"),
+            service_account: self.field_string(&fields, "service_account"),
+            scopes: fields.get("scopes").map(|n| self.string_list(n, "scopes")),
             arch: self.field_string(&fields, "arch"),
             role: self.field_string(&fields, "role"),
             labels: fields

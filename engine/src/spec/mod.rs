@@ -6,6 +6,7 @@
 
 pub mod diagnostic;
 pub mod expand;
+pub mod identity;
 pub mod limits;
 pub mod load;
 pub mod model;

@@ -86,6 +86,12 @@ pub struct MachineDefaults {
     pub subnet: Option<Spanned<String>>,
     /// Default security groups (EC2).
     pub security_groups: Option<Vec<Spanned<String>>>,
+    /// Default instance profile (EC2).
+    pub instance_profile: Option<Spanned<String>>,
+    /// Default service account (GCE).
+    pub service_account: Option<Spanned<String>>,
+    /// Default service account scopes (GCE).
+    pub scopes: Option<Vec<Spanned<String>>>,
 }
 
 /// One entry of `environments:`.
@@ -214,6 +220,12 @@ pub struct ResourceDecl {
     pub subnet: Option<Spanned<String>>,
     /// `security_groups:` (EC2 group ids)
     pub security_groups: Option<Vec<Spanned<String>>>,
+    /// `instance_profile:` (EC2: a name or ARN)
+    pub instance_profile: Option<Spanned<String>>,
+    /// `service_account:` (GCE: an email or `default`)
+    pub service_account: Option<Spanned<String>>,
+    /// `scopes:` (GCE: the service account's OAuth scopes)
+    pub scopes: Option<Vec<Spanned<String>>>,
     /// `arch:` (templates)
     pub arch: Option<Spanned<String>>,
     /// `role:` (the `fleet-role` label)

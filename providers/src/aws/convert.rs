@@ -7,11 +7,15 @@
 use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::{
-    Instance, InstanceStateName, LaunchTemplateVersion, ResourceType, ResponseLaunchTemplateData,
-    Tag, TagSpecification,
+    HttpTokensState, IamInstanceProfileSpecification, Instance, InstanceMetadataEndpointState,
+    InstanceMetadataOptionsRequest, InstanceStateName, LaunchTemplateHttpTokensState,
+    LaunchTemplateIamInstanceProfileSpecificationRequest,
+    LaunchTemplateInstanceMetadataEndpointState, LaunchTemplateInstanceMetadataOptionsRequest,
+    LaunchTemplateVersion, ResourceType, ResponseLaunchTemplateData, Tag, TagSpecification,
 };
 use fleet_engine::provider::{
-    labels, Cloud, InstanceStatus, LiveResource, MachineSpec, Networking, ObjectKind,
+    labels, Cloud, Identity, InstanceStatus, LiveResource, MachineSpec, MetadataOptions,
+    Networking, ObjectKind,
 };
 
 /// The tag that holds an instance's cloud name. Never part of the labels fleet compares.
@@ -151,6 +155,118 @@ pub(crate) fn groups(networking: &Networking) -> Option<Vec<String>> {
     (!networking.security_groups.is_empty()).then(|| networking.security_groups.clone())
 }
 
+/// The hardened metadata options every `RunInstances` sends: IMDSv2 only, and a hop limit of 1
+/// so a container behind a bridge cannot reach the instance's role.
+pub(crate) fn metadata_options() -> InstanceMetadataOptionsRequest {
+    let hardened = MetadataOptions::HARDENED;
+    InstanceMetadataOptionsRequest::builder()
+        .http_tokens(HttpTokensState::Required)
+        .http_put_response_hop_limit(i32::try_from(hardened.hop_limit).unwrap_or(1))
+        .http_endpoint(InstanceMetadataEndpointState::Enabled)
+        .build()
+}
+
+/// The same options in a launch template's data.
+pub(crate) fn template_metadata_options() -> LaunchTemplateInstanceMetadataOptionsRequest {
+    let hardened = MetadataOptions::HARDENED;
+    LaunchTemplateInstanceMetadataOptionsRequest::builder()
+        .http_tokens(LaunchTemplateHttpTokensState::Required)
+        .http_put_response_hop_limit(i32::try_from(hardened.hop_limit).unwrap_or(1))
+        .http_endpoint(LaunchTemplateInstanceMetadataEndpointState::Enabled)
+        .build()
+}
+
+/// Whether a profile is given by ARN rather than by name: EC2 takes either, in its own field.
+fn is_arn(profile: &str) -> bool {
+    profile.starts_with("arn:")
+}
+
+/// The instance profile to launch with; `None` for none.
+pub(crate) fn instance_profile(identity: &Identity) -> Option<IamInstanceProfileSpecification> {
+    let profile = identity.instance_profile.as_deref()?;
+    let builder = IamInstanceProfileSpecification::builder();
+    Some(if is_arn(profile) {
+        builder.arn(profile).build()
+    } else {
+        builder.name(profile).build()
+    })
+}
+
+/// The instance profile of a launch template's data; `None` for none.
+pub(crate) fn template_instance_profile(
+    identity: &Identity,
+) -> Option<LaunchTemplateIamInstanceProfileSpecificationRequest> {
+    let profile = identity.instance_profile.as_deref()?;
+    let builder = LaunchTemplateIamInstanceProfileSpecificationRequest::builder();
+    Some(if is_arn(profile) {
+        builder.arn(profile).build()
+    } else {
+        builder.name(profile).build()
+    })
+}
+
+/// EC2's defaults where a response leaves a part out: IMDSv1 allowed, one hop, endpoint on.
+fn reported_options(
+    tokens_required: Option<bool>,
+    hop_limit: Option<i32>,
+    endpoint_enabled: Option<bool>,
+) -> MetadataOptions {
+    MetadataOptions {
+        http_tokens_required: tokens_required.unwrap_or(false),
+        hop_limit: hop_limit.and_then(|h| u32::try_from(h).ok()).unwrap_or(1),
+        endpoint_enabled: endpoint_enabled.unwrap_or(true),
+    }
+}
+
+/// What an instance reports of its role and metadata options. An instance that reports no
+/// metadata options at all (an emulator that keeps none) leaves them uncompared.
+fn instance_identity(instance: &Instance) -> Identity {
+    Identity {
+        instance_profile: instance
+            .iam_instance_profile()
+            .and_then(|p| p.arn())
+            .map(str::to_string),
+        metadata_options: instance.metadata_options().map(|options| {
+            reported_options(
+                options
+                    .http_tokens()
+                    .map(|t| *t == HttpTokensState::Required),
+                options.http_put_response_hop_limit(),
+                options
+                    .http_endpoint()
+                    .map(|e| *e == InstanceMetadataEndpointState::Enabled),
+            )
+        }),
+        ..Identity::default()
+    }
+}
+
+/// What a launch-template version's data holds of the role and metadata options, as sent
+/// (a version made before fleet sent metadata options reports none).
+fn template_identity(data: Option<&ResponseLaunchTemplateData>) -> Identity {
+    let Some(data) = data else {
+        return Identity::default();
+    };
+    Identity {
+        instance_profile: data
+            .iam_instance_profile()
+            .and_then(|p| p.arn().or(p.name()))
+            .map(str::to_string),
+        metadata_options: data.metadata_options().map(|options| {
+            reported_options(
+                options
+                    .http_tokens()
+                    .map(|t| *t == LaunchTemplateHttpTokensState::Required),
+                options.http_put_response_hop_limit(),
+                options
+                    .http_endpoint()
+                    .map(|e| *e == LaunchTemplateInstanceMetadataEndpointState::Enabled),
+            )
+        }),
+        ..Identity::default()
+    }
+}
+
 /// Sorted, without repeats, as the engine compares them.
 fn sorted(mut groups: Vec<String>) -> Vec<String> {
     groups.sort();
@@ -206,6 +322,7 @@ pub(crate) fn instance_resource(
                         .collect(),
                 ),
             },
+            identity: instance_identity(instance),
         },
     })
 }
@@ -284,6 +401,7 @@ pub(crate) fn version_resource(
             labels,
             metadata: BTreeMap::new(),
             networking: template_networking(data),
+            identity: template_identity(data),
         },
     })
 }

@@ -585,7 +585,9 @@ impl AwsEc2 {
             .set_user_data(convert::user_data(&spec.metadata))
             // Unset: the default VPC's subnet in the zone and its default group.
             .set_subnet_id(spec.networking.subnet.clone())
-            .set_security_group_ids(convert::groups(&spec.networking));
+            .set_security_group_ids(convert::groups(&spec.networking))
+            .metadata_options(convert::metadata_options())
+            .set_iam_instance_profile(convert::instance_profile(&spec.identity));
         let fleet = spec.labels.get(labels::FLEET).map_or("", String::as_str);
         let mut token = client_token.to_string();
         // Each derived token is new to EC2, so the second launch makes instances; the bound
@@ -977,6 +979,9 @@ impl AwsEc2 {
             .set_user_data(convert::user_data(&spec.metadata));
         // A subnet in a launch template goes in its first network interface, and the groups
         // with it (EC2 refuses top-level groups next to an interface).
+        let data = data
+            .metadata_options(convert::template_metadata_options())
+            .set_iam_instance_profile(convert::template_instance_profile(&spec.identity));
         let data = match &spec.networking.subnet {
             Some(subnet) => data.network_interfaces(
                 LaunchTemplateInstanceNetworkInterfaceSpecificationRequest::builder()
@@ -1391,6 +1396,7 @@ impl Provider for AwsEc2 {
                             labels,
                             metadata: BTreeMap::new(),
                             networking: Networking::default(),
+                            identity: Default::default(),
                         },
                     });
                 }

@@ -17,12 +17,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use fleet_engine::provider::{
-    Cloud, CreateRequest, InstanceStatus, LiveResource, MachineSpec, Networking, ObjectKind,
+    Cloud, CreateRequest, Identity, InstanceStatus, LiveResource, MachineSpec, Networking,
+    ObjectKind,
 };
 use google_cloud_compute_v1::model::{
     instance, metadata, AttachedDisk, AttachedDiskInitializeParams, BulkInsertInstanceResource,
     BulkInsertInstanceResourcePerInstanceProperties, Instance, InstanceProperties,
-    InstanceTemplate, Metadata, NetworkInterface,
+    InstanceTemplate, Metadata, NetworkInterface, ServiceAccount,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -266,6 +267,45 @@ fn networking_of(interfaces: &[NetworkInterface], project: &str) -> Networking {
     }
 }
 
+/// The project's Compute Engine default account, as GCE reports it:
+/// `PROJECT_NUMBER-compute@developer.gserviceaccount.com`. A fleet file names it `default`.
+const DEFAULT_ACCOUNT_SUFFIX: &str = "-compute@developer.gserviceaccount.com";
+
+/// The service account a machine runs as, with its scopes; none when the fleet file sets none
+/// (GCE then gives the machine no account). GCE takes `default` as the email of the project's
+/// default account.
+fn service_accounts(spec: &MachineSpec) -> Vec<ServiceAccount> {
+    let Some(email) = &spec.identity.service_account else {
+        return Vec::new();
+    };
+    let mut account = ServiceAccount::default();
+    account.email = Some(email.clone());
+    account.scopes = spec.identity.scopes.clone();
+    vec![account]
+}
+
+/// The account GCE reports, in the fleet file's terms: the default account as `default`,
+/// scopes sorted.
+fn identity_of(accounts: &[ServiceAccount]) -> Identity {
+    let Some(first) = accounts.first() else {
+        return Identity::default();
+    };
+    let mut scopes = first.scopes.clone();
+    scopes.sort();
+    scopes.dedup();
+    Identity {
+        service_account: first.email.as_ref().map(|email| {
+            if email.ends_with(DEFAULT_ACCOUNT_SUFFIX) {
+                "default".to_string()
+            } else {
+                email.clone()
+            }
+        }),
+        scopes,
+        ..Identity::default()
+    }
+}
+
 /// The body of `instances.insert` for one instance request.
 pub(crate) fn instance_body(request: &CreateRequest, network: &str) -> Instance {
     let spec = &request.spec;
@@ -283,6 +323,7 @@ pub(crate) fn instance_body(request: &CreateRequest, network: &str) -> Instance 
         format!("zones/{}/diskTypes/{}", spec.zone, spec.disk_type),
     )];
     body.network_interfaces = vec![network_interface(spec, network)];
+    body.service_accounts = service_accounts(spec);
     body
 }
 
@@ -297,6 +338,7 @@ pub(crate) fn bulk_body(requests: &[&CreateRequest], network: &str) -> BulkInser
     properties.metadata = Some(metadata_of(spec, &MachineRecord::of(spec, false)));
     properties.disks = vec![boot_disk(spec, spec.disk_type.clone())];
     properties.network_interfaces = vec![network_interface(spec, network)];
+    properties.service_accounts = service_accounts(spec);
     let count = i64::try_from(requests.len()).unwrap_or(i64::MAX);
     let mut body = BulkInsertInstanceResource::default();
     body.count = Some(count);
@@ -323,6 +365,7 @@ pub(crate) fn template_body(request: &CreateRequest, network: &str) -> InstanceT
     properties.metadata = Some(metadata_of(spec, &MachineRecord::of(spec, true)));
     properties.disks = vec![boot_disk(spec, spec.disk_type.clone())];
     properties.network_interfaces = vec![network_interface(spec, network)];
+    properties.service_accounts = service_accounts(spec);
     let mut body = InstanceTemplate::default();
     body.name = Some(request.name.clone());
     body.description = Some(format!("managed by fleet; machines go to {}", spec.zone));
@@ -384,6 +427,7 @@ pub(crate) fn live_instance(
             labels: labels_of(&instance.labels),
             metadata,
             networking: networking_of(&instance.network_interfaces, project),
+            identity: identity_of(&instance.service_accounts),
         },
     })
 }
@@ -428,6 +472,7 @@ pub(crate) fn live_template(template: &InstanceTemplate, project: &str) -> Optio
             labels: labels_of(&properties.labels),
             metadata,
             networking: networking_of(&properties.network_interfaces, project),
+            identity: identity_of(&properties.service_accounts),
         },
     })
 }
@@ -478,6 +523,7 @@ mod tests {
             labels: [("fleet".to_string(), "ci".to_string())].into(),
             metadata: [("fleet-runners".to_string(), "a\nb".to_string())].into(),
             networking: Networking::default(),
+            identity: Default::default(),
         }
     }
 
@@ -541,6 +587,35 @@ mod tests {
         assert_eq!(live.spec, expected);
         assert_eq!(live.id, "zones/us-east1-c/instances/srm-1");
         assert_eq!(live.status, InstanceStatus::Running);
+    }
+
+    #[test]
+    fn a_service_account_round_trips_and_the_default_one_reads_back_as_default() {
+        let mut request = request("srm-1");
+        request.spec.identity.service_account =
+            Some("ci-runner@my-project.iam.gserviceaccount.com".into());
+        request.spec.identity.scopes =
+            vec!["https://www.googleapis.com/auth/cloud-platform".into()];
+        let body = instance_body(&request, DEFAULT_NETWORK);
+        let json = serde_json::to_value(&body).unwrap();
+        assert_eq!(
+            json["serviceAccounts"][0]["email"],
+            "ci-runner@my-project.iam.gserviceaccount.com"
+        );
+        let template = template_body(&request, DEFAULT_NETWORK);
+        let live = live_template(&template, "p").unwrap();
+        assert_eq!(live.spec.identity, request.spec.identity);
+        let mut listed = body.clone();
+        listed.service_accounts[0].email =
+            Some("123456789-compute@developer.gserviceaccount.com".into());
+        let live = live_instance(&listed, Some("zones/us-east1-c"), "p").unwrap();
+        assert_eq!(
+            live.spec.identity.service_account.as_deref(),
+            Some("default")
+        );
+        // No account set: none is sent.
+        let plain = instance_body(&self::request("srm-2"), DEFAULT_NETWORK);
+        assert!(plain.service_accounts.is_empty());
     }
 
     #[test]

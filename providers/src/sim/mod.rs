@@ -504,6 +504,7 @@ impl SimCloud {
                     labels: BTreeMap::new(),
                     metadata: BTreeMap::new(),
                     networking: Networking::default(),
+                    identity: Default::default(),
                 },
             };
             let born = txn.clock(cloud)?;

@@ -66,6 +66,7 @@ fn spec(zone: &str, machine_type: &str, fleet: &str) -> MachineSpec {
         ]),
         metadata: BTreeMap::from([("startup-script".to_owned(), "#!/bin/sh".to_owned())]),
         networking: Networking::default(),
+        identity: Default::default(),
     }
 }
 
@@ -278,6 +279,25 @@ async fn a_replayed_token_dedupes_until_what_it_made_has_vanished() {
     assert_eq!(sim.list().unwrap().len(), 2);
     assert_eq!(count(&sim, "compute.instances.insert"), 5);
     assert_eq!(count(&sim, "ec2:RunInstances"), 9);
+}
+
+#[tokio::test]
+async fn a_machine_s_identity_is_kept_and_listed_back() {
+    let dir = TempDir::new("identity");
+    let sim = open(&dir);
+    let mut ec2 = instance("runner-1", "us-east-1a", "m6g.large", "id-1");
+    ec2.spec.identity.instance_profile = Some("ci-runner".to_owned());
+    let mut gce = template("autoscale-v1", "us-east1-c", "n1-standard-2", "id-2");
+    gce.spec.identity.service_account = Some("default".to_owned());
+    gce.spec.identity.scopes = vec!["https://www.googleapis.com/auth/cloud-platform".to_owned()];
+    sim.provider(Cloud::Aws).create(&ec2).await.unwrap();
+    sim.provider(Cloud::Gcp).create(&gce).await.unwrap();
+    // A reopened sim dir reads them from its files.
+    let sim = open(&dir);
+    let listed = discover(&sim, Cloud::Aws, "blue").await;
+    assert_eq!(listed[0].spec.identity, ec2.spec.identity);
+    let listed = discover(&sim, Cloud::Gcp, "blue").await;
+    assert_eq!(listed[0].spec.identity, gce.spec.identity);
 }
 
 #[tokio::test]
