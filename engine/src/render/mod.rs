@@ -9,6 +9,7 @@
 //! in raw: the templates quote each one for where it lands (`yaml`, `sh`, `comment` helpers),
 //! and `toml_doc` quotes TOML strings.
 
+pub mod delivery;
 mod keys;
 pub mod toml_doc;
 
