@@ -388,6 +388,17 @@ fn on_first_boot_an_ec2_manager_gets_config_toml_with_its_secrets_filled_in_root
     let first = read["merged"]["runcmd"][0].as_str().unwrap();
     assert_eq!(first, "/usr/local/sbin/fleet-fill-secrets");
     let script = root.path().join("usr/local/sbin/fleet-fill-secrets");
+    // `3.10-`: nothing the script uses needs a Python newer than Ubuntu 22.04's.
+    let checked = Command::new("vermin")
+        .args(["--target=3.10-", "--no-tips", "--violations"])
+        .arg(&script)
+        .output()
+        .expect("vermin is not installed: `pip install vermin` (CI's .ci/run does)");
+    assert!(
+        checked.status.success(),
+        "fleet-fill-secrets needs a Python newer than 3.10:\n{}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
     let run = Command::new("python3")
         .arg(&script)
         .env("FLEET_WATCH_ROOT", root.path())
