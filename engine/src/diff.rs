@@ -674,9 +674,15 @@ fn compare(
             });
         }
     }
-    // A rotated secret: its digest on the machine differs from the value given now.
+    // A rotated secret: its digest on the machine differs from the value given now. Where the
+    // cloud does not return what it delivered (EC2 user data) there is no digest to compare,
+    // and a missing one is not a rotation.
     let have_digests = secrets::live_digests(live);
-    for name in secrets::references(spec.metadata.values()) {
+    let secret_names = match metadata_observed {
+        true => secrets::references(spec.metadata.values()),
+        false => BTreeSet::new(),
+    };
+    for name in secret_names {
         if let Some(value) = secret_values.get(&name) {
             if have_digests.get(&name) != Some(&secrets::digest(fleet, &name, value)) {
                 in_place.push(Reason::SecretChanged { name });

@@ -1710,3 +1710,141 @@ fn machines_get_their_instance_profile_and_imdsv2_with_one_hop_and_a_weakened_on
         .to_string();
     assert!(change.contains("instance_profile"), "{change}");
 }
+
+/// An EC2 runner manager with a shell runner whose token is a secret.
+fn manager_with_secret_file(fleet: &str) -> String {
+    format!(
+        "fleet: {fleet}
+clouds:
+  aws: {{ region: us-east-1 }}
+defaults:
+  aws:
+    zone: us-east-1a
+    image: ami-0c9f35b1b63e7d2a4
+    disk: {{ type: gp3, size_gb: 100 }}
+managers:
+  {fleet}-manager-{{n}}:
+    matrix: {{ count: 1 }}
+    cloud: aws
+    machine_type: m6g.large
+    runner: {{ version: \"16.11.1\", concurrent: 4 }}
+    runners:
+      - name: {fleet}-shell
+        executor: shell
+        url: https://gitlab.example.com
+        token: \"${{secret:DELIVERY_TOKEN}}\"
+"
+    )
+}
+
+#[test]
+fn an_ec2_runner_manager_is_sent_user_data_that_runs_its_bootstrap() {
+    let moto = Moto::start();
+    let env = env_for(&moto);
+    let ec2 = Ec2::new(&moto);
+    let secret = "glrt-delivery-s3cr3t-value";
+    // The test's secrets file: the repository's fake ones and this one.
+    let secrets_file = env.path().join("secrets.env");
+    let mut secrets = std::fs::read_to_string(&secrets_file).unwrap();
+    secrets.push_str(&format!("DELIVERY_TOKEN={secret}\n"));
+    std::fs::write(&secrets_file, &secrets).unwrap();
+    let file = env.write("delivery.yaml", &manager_with_secret_file("delivery"));
+
+    let plan = plan_json(&env, &file);
+    let shown = plan["resource_changes"][0]["after"]["spec"]["metadata"]["gitlab-runner-config"]
+        .as_str()
+        .expect("the plan shows config.toml")
+        .to_string();
+    assert!(shown.contains("${secret:DELIVERY_TOKEN}"), "{shown}");
+    converge(&env, &file);
+
+    let instances = ec2.instances("delivery");
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    let attribute = ec2
+        .runtime
+        .block_on(
+            ec2.client
+                .describe_instance_attribute()
+                .instance_id(&instances[0].id)
+                .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+                .send(),
+        )
+        .expect("DescribeInstanceAttribute");
+    let user_data = attribute
+        .user_data()
+        .and_then(|value| value.value())
+        .expect("the instance has user data");
+    let read = crate::delivery::cloud_init_reads(user_data);
+    let document = read["document"].as_str().unwrap();
+    assert!(
+        document.starts_with("Content-Type: multipart/mixed; boundary="),
+        "{document}"
+    );
+    let parts = read["parts"].as_array().unwrap();
+    assert_eq!(parts.len(), 3, "{parts:#?}");
+    // The bootstrap comes first and installs and starts gitlab-runner.
+    let bootstrap = parts[0]["body"].as_str().unwrap();
+    assert!(bootstrap.starts_with("#cloud-config\n"), "{bootstrap}");
+    let merged_runcmd: Vec<&str> = read["merged"]["runcmd"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    assert!(
+        merged_runcmd
+            .iter()
+            .any(|c| c.starts_with("apt-get install -y 'gitlab-runner=16.11.1-1'")),
+        "{merged_runcmd:#?}"
+    );
+    assert_eq!(
+        merged_runcmd.first(),
+        Some(&"/usr/local/sbin/fleet-fill-secrets"),
+        "secrets are filled in before gitlab-runner is installed"
+    );
+    assert_eq!(
+        merged_runcmd.last(),
+        Some(&"systemctl enable --now prometheus-node-exporter")
+    );
+    // config.toml lands where gitlab-runner reads it, root only, exactly as the plan showed;
+    // the bootstrap's own files are kept beside it.
+    let config = crate::delivery::written(&read, "/etc/gitlab-runner/config.toml")
+        .expect("config.toml is written");
+    assert_eq!(config["permissions"], "0600");
+    assert_eq!(config["content"], shown.as_str());
+    assert!(crate::delivery::written(
+        &read,
+        "/etc/systemd/system/gitlab-runner.service.d/fleet.conf"
+    )
+    .is_some());
+    assert_eq!(
+        crate::delivery::written(&read, "/etc/gitlab-runner/version").unwrap()["content"],
+        "16.11.1"
+    );
+    let problems = crate::delivery::schema_problems_of_read(env.path(), "manager", &read);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // Until secrets move to a secret store they ride in user data: only in the secrets part,
+    // in a root-only file, never in config.toml or the bootstrap.
+    let secrets_entry = crate::delivery::written(&read, "/etc/fleet/secrets.json")
+        .expect("the secret values are delivered");
+    assert_eq!(secrets_entry["permissions"], "0600");
+    assert!(secrets_entry["content"].as_str().unwrap().contains(secret));
+    for (index, part) in parts.iter().enumerate().take(2) {
+        assert!(
+            !part["body"].as_str().unwrap().contains(secret),
+            "part {index} holds the secret"
+        );
+    }
+    assert_eq!(
+        document.matches(secret).count(),
+        1,
+        "the value appears once"
+    );
+    for line in secrets.lines() {
+        let (name, value) = line.split_once('=').unwrap();
+        if name != "DELIVERY_TOKEN" {
+            assert!(!document.contains(value), "{name} was delivered unasked");
+        }
+    }
+    assert_no_changes(&env, &file);
+}

@@ -4,6 +4,7 @@ mod apply;
 mod aws;
 mod config;
 mod crash;
+mod delivery;
 mod drift;
 mod fault_proxy;
 mod gce_server;

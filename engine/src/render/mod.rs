@@ -7,8 +7,10 @@
 //! of range, two runners of one name), with the fleet-file span it came from. Templates render
 //! in strict mode: a missing variable is an error, never an empty string. No value is pasted
 //! in raw: the templates quote each one for where it lands (`yaml`, `sh`, `comment` helpers),
-//! and `toml_doc` quotes TOML strings.
+//! and `toml_doc` quotes TOML strings. `delivery` turns a machine's files into what its cloud
+//! is sent (GCE metadata items, the EC2 user-data document) and checks it fits.
 
+pub mod delivery;
 mod keys;
 pub mod toml_doc;
 

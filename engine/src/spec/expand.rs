@@ -1448,6 +1448,18 @@ impl Expander<'_> {
             if let Some(text) = self.bootstrap(&input, span) {
                 metadata.insert(render::USER_DATA.to_string(), text);
             }
+            // What the machine is sent must fit its channel; said at the machine, not at apply.
+            for over in render::delivery::oversize(cloud, &metadata) {
+                let problem = self
+                    .new_problem(
+                        ProblemKind::Limit,
+                        e.name_span,
+                        over.message(&machine),
+                        over.label(),
+                    )
+                    .with_help(over.help());
+                self.problem(problem);
+            }
             e.resource.spec.metadata = metadata;
             let digest = metadata_hash(&e.resource.spec.metadata);
             e.resource

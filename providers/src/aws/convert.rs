@@ -85,34 +85,11 @@ pub(crate) fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The user data (base64, as EC2 wants it) that delivers a machine's metadata.
-///
-/// A `user-data` entry is the user data itself (the rendered bootstrap); other entries are
-/// written as files under `/etc/fleet/` by a `#cloud-config` document. `None` when there is
-/// no metadata.
+/// The user data (base64, as EC2 wants it) of a machine: the document the engine made for
+/// it (`render::delivery::ec2_user_data`), encoded and nothing else. `None` when there is
+/// nothing to deliver.
 pub(crate) fn user_data(metadata: &BTreeMap<String, String>) -> Option<String> {
-    if metadata.is_empty() {
-        return None;
-    }
-    let text = match metadata.get("user-data") {
-        Some(text) if metadata.len() == 1 => text.clone(),
-        _ => {
-            let mut doc = String::from("#cloud-config\nwrite_files:\n");
-            for (key, value) in metadata {
-                let path = if key == "user-data" {
-                    "/etc/fleet/user-data".to_string()
-                } else {
-                    format!("/etc/fleet/{key}")
-                };
-                doc.push_str(&format!(
-                    "  - path: {path}\n    encoding: b64\n    content: {}\n",
-                    aws_smithy_types::base64::encode(value.as_bytes())
-                ));
-            }
-            doc
-        }
-    };
-    Some(aws_smithy_types::base64::encode(text.as_bytes()))
+    fleet_engine::render::delivery::ec2_user_data(metadata).map(aws_smithy_types::base64::encode)
 }
 
 /// fleet's status for an EC2 state; `None` for terminated instances, which are gone.
@@ -478,15 +455,16 @@ mod tests {
     }
 
     #[test]
-    fn user_data_is_base64_of_the_bootstrap_or_a_cloud_config() {
+    fn user_data_is_the_engines_document_in_base64() {
         let mut metadata = BTreeMap::new();
         assert_eq!(user_data(&metadata), None);
-        metadata.insert("user-data".to_string(), "#!/bin/sh\n".to_string());
-        assert_eq!(user_data(&metadata).as_deref(), Some("IyEvYmluL3NoCg=="));
-        metadata.insert("fleet-runners".to_string(), "x".to_string());
-        let decoded = aws_smithy_types::base64::decode(user_data(&metadata).unwrap()).unwrap();
-        let text = String::from_utf8(decoded).unwrap();
-        assert!(text.starts_with("#cloud-config\n"), "{text}");
-        assert!(text.contains("/etc/fleet/fleet-runners"), "{text}");
+        metadata.insert("user-data".to_string(), "#cloud-config\n".to_string());
+        metadata.insert(
+            "gitlab-runner-config".to_string(),
+            "concurrent = 1\n".to_string(),
+        );
+        let sent = aws_smithy_types::base64::decode(user_data(&metadata).unwrap()).unwrap();
+        let made = fleet_engine::render::delivery::ec2_user_data(&metadata).unwrap();
+        assert_eq!(sent, made);
     }
 }

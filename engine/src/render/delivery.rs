@@ -1,0 +1,576 @@
+//! Delivery: the exact bytes each machine is given, per channel.
+//!
+//! In: a machine's rendered files by metadata key (and, at apply time, the `fleet-secrets`
+//! item). Out: on GCE the metadata items as they are; on EC2 one user-data document, a
+//! cloud-init MIME multi-part: a `text/cloud-config` part with the bootstrap, a second with
+//! `write_files` putting each file where its consumer reads it (config.toml at
+//! `/etc/gitlab-runner/config.toml`, mode 0600), and, when secrets are referenced, a third
+//! writing their values to a root-only file from which the bootstrap fills them into
+//! config.toml once at boot. The later parts carry a `Merge-Type` header that appends lists,
+//! so cloud-init runs one config with the bootstrap's `write_files` and the files together.
+//! The document is gzip-compressed when it is over EC2's limit (cloud-init decompresses gzip
+//! user data), and [`oversize`] tells, at validate time, every channel a machine's delivery
+//! does not fit. Providers only transport these bytes. Pure functions, no I/O.
+
+use std::collections::BTreeMap;
+
+use crate::desired::short_hash;
+use crate::provider::Cloud;
+use crate::render::{
+    yaml_quote, PROMETHEUS_CONFIG, RUNNER_CONFIG, RUNNER_VERSION, SECRETS, USER_DATA,
+};
+
+/// EC2 takes at most 16 KB of user data, counted before base64.
+pub const EC2_USER_DATA_LIMIT: usize = 16 * 1024;
+/// GCE takes at most 256 KB in one metadata value.
+pub const GCE_METADATA_VALUE_LIMIT: usize = 256 * 1024;
+/// Where the secret values land on an EC2 machine: root only, read once at boot.
+pub const EC2_SECRETS_PATH: &str = "/etc/fleet/secrets.json";
+/// How a later part merges into the config before it: lists (`write_files`, `runcmd`) are
+/// appended, keys already set are kept.
+pub const MERGE_TYPE: &str = "list(append)+dict(no_replace,recurse_list)+str()";
+
+/// Where an EC2 machine gets each delivered file, with its mode. Keys not named here are not
+/// files of the machine on EC2: `fleet-action` is GCE's watcher's (an EC2 change replaces the
+/// machine) and `fleet-secrets` has its own part.
+const EC2_FILES: &[(&str, &str, &str)] = &[
+    (RUNNER_CONFIG, "/etc/gitlab-runner/config.toml", "0600"),
+    (RUNNER_VERSION, "/etc/gitlab-runner/version", "0644"),
+    (PROMETHEUS_CONFIG, "/etc/prometheus/prometheus.yml", "0644"),
+];
+
+/// A channel a delivery travels through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// EC2 user data: one document per machine.
+    Ec2UserData,
+    /// One GCE metadata value.
+    GceMetadataValue,
+}
+
+/// A delivery that does not fit its channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Oversize {
+    /// The channel.
+    pub channel: Channel,
+    /// The metadata key, for a GCE value.
+    pub key: Option<String>,
+    /// Its size as sent, in bytes (compressed, for EC2 user data over the limit).
+    pub bytes: usize,
+    /// Its size before compression.
+    pub uncompressed: usize,
+    /// The channel's limit in bytes.
+    pub limit: usize,
+}
+
+impl Oversize {
+    /// The summary of the diagnostic.
+    pub fn message(&self, machine: &str) -> String {
+        match self.channel {
+            Channel::Ec2UserData => format!("The EC2 user data of {machine} is too large"),
+            Channel::GceMetadataValue => format!(
+                "The GCE metadata item `{}` of {machine} is too large",
+                self.key.as_deref().unwrap_or_default()
+            ),
+        }
+    }
+
+    /// What the diagnostic says at the machine.
+    pub fn label(&self) -> String {
+        match self.channel {
+            Channel::Ec2UserData => format!(
+                "its user data is {} bytes gzip-compressed ({} uncompressed); EC2 takes at most {} bytes",
+                self.bytes, self.uncompressed, self.limit
+            ),
+            Channel::GceMetadataValue => format!(
+                "it is {} bytes; GCE takes at most {} bytes in one metadata value",
+                self.bytes, self.limit
+            ),
+        }
+    }
+
+    /// How to fix it.
+    pub fn help(&self) -> String {
+        "make the machine's configuration smaller (fewer runners or scrape targets on one machine), or split it over more machines".to_string()
+    }
+}
+
+/// Every channel a machine's delivery does not fit.
+pub fn oversize(cloud: Cloud, metadata: &BTreeMap<String, String>) -> Vec<Oversize> {
+    match cloud {
+        Cloud::Aws => {
+            let Some(document) = ec2_document(metadata) else {
+                return Vec::new();
+            };
+            if document.len() <= EC2_USER_DATA_LIMIT {
+                return Vec::new();
+            }
+            let sent = gzip(document.as_bytes()).len();
+            if sent <= EC2_USER_DATA_LIMIT {
+                return Vec::new();
+            }
+            vec![Oversize {
+                channel: Channel::Ec2UserData,
+                key: None,
+                bytes: sent,
+                uncompressed: document.len(),
+                limit: EC2_USER_DATA_LIMIT,
+            }]
+        }
+        Cloud::Gcp => metadata
+            .iter()
+            .filter(|(_, value)| value.len() > GCE_METADATA_VALUE_LIMIT)
+            .map(|(key, value)| Oversize {
+                channel: Channel::GceMetadataValue,
+                key: Some(key.clone()),
+                bytes: value.len(),
+                uncompressed: value.len(),
+                limit: GCE_METADATA_VALUE_LIMIT,
+            })
+            .collect(),
+    }
+}
+
+/// The EC2 user data of a machine, as sent (before base64): the [`ec2_document`], gzip-
+/// compressed when it is over [`EC2_USER_DATA_LIMIT`]. `None` when there is nothing to deliver.
+pub fn ec2_user_data(metadata: &BTreeMap<String, String>) -> Option<Vec<u8>> {
+    let document = ec2_document(metadata)?;
+    if document.len() <= EC2_USER_DATA_LIMIT {
+        Some(document.into_bytes())
+    } else {
+        Some(gzip(document.as_bytes()))
+    }
+}
+
+/// One MIME part (`text/cloud-config`): its file name, whether it merges into the parts before it,
+/// and its body.
+struct Part {
+    filename: &'static str,
+    merges: bool,
+    body: String,
+}
+
+/// The user-data document of an EC2 machine, uncompressed: a cloud-init MIME multi-part.
+/// `None` when the machine has no bootstrap and no files.
+pub fn ec2_document(metadata: &BTreeMap<String, String>) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(bootstrap) = metadata.get(USER_DATA) {
+        parts.push(Part {
+            filename: "bootstrap.yaml",
+            merges: false,
+            body: bootstrap.clone(),
+        });
+    }
+    let mut files: Vec<(String, &str, &str)> = EC2_FILES
+        .iter()
+        .filter_map(|(key, path, mode)| {
+            Some((path.to_string(), *mode, metadata.get(*key)?.as_str()))
+        })
+        .collect();
+    // A key fleet has no place for yet still lands where a reader can find it.
+    files.extend(
+        metadata
+            .iter()
+            .filter(|(key, _)| {
+                !EC2_FILES.iter().any(|(known, _, _)| known == key)
+                    && ![USER_DATA, SECRETS, crate::impact::ACTION].contains(&key.as_str())
+            })
+            .map(|(key, value)| (format!("/etc/fleet/{key}"), "0644", value.as_str())),
+    );
+    if !files.is_empty() {
+        let mut body = String::from(
+            "#cloud-config\n# The files of this machine, each where its consumer reads it.\nwrite_files:\n",
+        );
+        for (path, mode, content) in files {
+            body.push_str(&write_file(&path, mode, content));
+        }
+        parts.push(Part {
+            filename: "files.yaml",
+            merges: true,
+            body,
+        });
+    }
+    if let Some(secrets) = metadata.get(SECRETS) {
+        // Secret values ride in user data until they move to a secret store; only this part
+        // holds them, in a root-only file the bootstrap reads once at boot.
+        let mut body = String::from(
+            "#cloud-config\n# The secret values config.toml references, filled in at boot; root only.\nwrite_files:\n",
+        );
+        body.push_str(&write_file(EC2_SECRETS_PATH, "0600", secrets));
+        parts.push(Part {
+            filename: "secrets.yaml",
+            merges: true,
+            body,
+        });
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let bodies: Vec<&str> = parts.iter().map(|part| part.body.as_str()).collect();
+    // The boundary is a digest of the parts, so it is the same for the same content and
+    // cannot occur in it by accident.
+    let boundary = format!("fleet-{}", &short_hash(&bodies)[..24]);
+    let mut out =
+        format!("Content-Type: multipart/mixed; boundary=\"{boundary}\"\nMIME-Version: 1.0\n\n");
+    for part in parts {
+        out.push_str(&format!("--{boundary}\n"));
+        out.push_str("Content-Type: text/cloud-config; charset=\"utf-8\"\n");
+        out.push_str("MIME-Version: 1.0\n");
+        out.push_str(&format!(
+            "Content-Disposition: attachment; filename=\"{}\"\n",
+            part.filename
+        ));
+        if part.merges {
+            out.push_str(&format!("Merge-Type: {MERGE_TYPE}\n"));
+        }
+        // Plain ASCII goes as it is, so the document reads in a review; anything else as
+        // base64, which cloud-init decodes without guessing at a charset.
+        if part.body.is_ascii() && !part.body.contains('\r') {
+            out.push_str("Content-Transfer-Encoding: 7bit\n\n");
+            out.push_str(&part.body);
+            if !part.body.ends_with('\n') {
+                out.push('\n');
+            }
+        } else {
+            out.push_str("Content-Transfer-Encoding: base64\n\n");
+            let encoded = base64(part.body.as_bytes());
+            for line in encoded.as_bytes().chunks(76) {
+                out.push_str(std::str::from_utf8(line).unwrap_or_default());
+                out.push('\n');
+            }
+        }
+    }
+    out.push_str(&format!("--{boundary}--\n"));
+    Some(out)
+}
+
+/// One `write_files` entry; the content is a YAML double-quoted scalar, exact whatever it holds.
+fn write_file(path: &str, mode: &str, content: &str) -> String {
+    format!(
+        "  - path: {}\n    owner: root:root\n    permissions: \"{mode}\"\n    content: {}\n",
+        yaml_quote(path),
+        yaml_quote(content)
+    )
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (index, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if index <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A gzip member (RFC 1952) of `data`: no file name and no time, so the same input gives the
+/// same bytes.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 255];
+    out.extend(miniz_oxide::deflate::compress_to_vec(data, 9));
+    out.extend(crc32(data).to_le_bytes());
+    // ISIZE is the length modulo 2^32, by definition.
+    out.extend(((data.len() & 0xffff_ffff) as u32).to_le_bytes());
+    out
+}
+
+/// CRC-32 (IEEE 802.3, reflected), as gzip checks it.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for byte in data {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A part of a document: its headers and its decoded body.
+    struct ParsedPart {
+        headers: Vec<(String, String)>,
+        body: String,
+    }
+
+    impl ParsedPart {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(name))
+                .map(|(_, value)| value.as_str())
+        }
+    }
+
+    /// Splits a document as a MIME reader does: the boundary from the top header, then each
+    /// part's headers and body, base64 decoded where it says so.
+    fn parse(document: &str) -> (String, Vec<ParsedPart>) {
+        let (head, rest) = document.split_once("\n\n").unwrap();
+        let boundary = head
+            .split("boundary=\"")
+            .nth(1)
+            .and_then(|b| b.split('"').next())
+            .unwrap()
+            .to_string();
+        let end = format!("\n--{boundary}--\n");
+        assert!(rest.ends_with(&end), "no closing boundary:\n{document}");
+        let inner = &rest[..rest.len() - end.len() + 1];
+        let parts = inner
+            .split(&format!("--{boundary}\n"))
+            .filter(|part| !part.is_empty())
+            .map(|part| {
+                let (headers, body) = part.split_once("\n\n").unwrap();
+                let headers: Vec<(String, String)> = headers
+                    .lines()
+                    .map(|line| {
+                        let (key, value) = line.split_once(": ").unwrap();
+                        (key.to_string(), value.to_string())
+                    })
+                    .collect();
+                let mut parsed = ParsedPart {
+                    headers,
+                    body: body.to_string(),
+                };
+                if parsed.header("Content-Transfer-Encoding") == Some("base64") {
+                    parsed.body = String::from_utf8(unbase64(&parsed.body)).unwrap();
+                }
+                parsed
+            })
+            .collect();
+        (boundary, parts)
+    }
+
+    fn unbase64(text: &str) -> Vec<u8> {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let digits: Vec<u32> = text
+            .bytes()
+            .filter(|b| !b.is_ascii_whitespace() && *b != b'=')
+            .map(|b| ALPHABET.iter().position(|a| *a == b).unwrap() as u32)
+            .collect();
+        let mut out = Vec::new();
+        for chunk in digits.chunks(4) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, d)| n | (d << (18 - 6 * i)));
+            out.extend(&n.to_be_bytes()[1..chunk.len()]);
+        }
+        out
+    }
+
+    fn yaml(text: &str) -> yaml_rust2::Yaml {
+        yaml_rust2::YamlLoader::load_from_str(text)
+            .unwrap_or_else(|error| panic!("not YAML: {error}\n{text}"))
+            .remove(0)
+    }
+
+    /// The `write_files` entries of a cloud-config part as (path, permissions, content).
+    fn written(part: &ParsedPart) -> Vec<(String, String, String)> {
+        let doc = yaml(&part.body);
+        doc["write_files"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .map(|entry| {
+                (
+                    entry["path"].as_str().unwrap().to_string(),
+                    entry["permissions"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    entry["content"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn manager(config: &str) -> BTreeMap<String, String> {
+        [
+            (USER_DATA, "#cloud-config\nruncmd:\n  - echo hi\n"),
+            (RUNNER_CONFIG, config),
+            (RUNNER_VERSION, "16.11.1"),
+            (crate::impact::ACTION, "{\"class\":\"replace\"}"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// Text that gzip cannot make much smaller: hex digits of a hash chain.
+    fn incompressible(bytes: usize) -> String {
+        let mut out = String::new();
+        let mut seed = String::from("seed");
+        while out.len() < bytes {
+            seed = short_hash(&[&seed]);
+            out.push_str(&seed);
+        }
+        out.truncate(bytes);
+        out
+    }
+
+    #[test]
+    fn a_manager_gets_its_bootstrap_then_its_files_where_their_consumers_read_them() {
+        let config =
+            "concurrent = 2\n[[runners]]\n  name = \"a \\\"b\\\"\"\n  token = \"${secret:T}\"\n";
+        let document = ec2_document(&manager(config)).unwrap();
+        assert!(
+            document.starts_with("Content-Type: multipart/mixed; boundary=\"fleet-"),
+            "{document}"
+        );
+        let (boundary, parts) = parse(&document);
+        assert!(parts.iter().all(|p| !p.body.contains(&boundary)));
+        assert_eq!(parts.len(), 2);
+        for part in &parts {
+            assert_eq!(
+                part.header("Content-Type"),
+                Some("text/cloud-config; charset=\"utf-8\"")
+            );
+            assert!(part.body.starts_with("#cloud-config\n"));
+        }
+        // The bootstrap is the first part, as rendered, and merges into nothing.
+        assert_eq!(parts[0].body, "#cloud-config\nruncmd:\n  - echo hi\n");
+        assert_eq!(parts[0].header("Merge-Type"), None);
+        // The files append to its lists.
+        assert_eq!(parts[1].header("Merge-Type"), Some(MERGE_TYPE));
+        assert_eq!(
+            written(&parts[1]),
+            [
+                (
+                    "/etc/gitlab-runner/config.toml".to_string(),
+                    "0600".to_string(),
+                    config.to_string()
+                ),
+                (
+                    "/etc/gitlab-runner/version".to_string(),
+                    "0644".to_string(),
+                    "16.11.1".to_string()
+                ),
+            ]
+        );
+        // GCE's decision item is no file on EC2, and the same files give the same bytes.
+        assert!(!document.contains("class"), "{document}");
+        assert_eq!(ec2_document(&manager(config)).unwrap(), document);
+        assert_eq!(
+            ec2_user_data(&manager(config)).unwrap(),
+            document.as_bytes()
+        );
+    }
+
+    #[test]
+    fn secret_values_ride_only_in_their_own_root_only_part() {
+        let mut metadata = manager("token = \"${secret:T}\"\n");
+        metadata.insert(
+            SECRETS.to_string(),
+            "{\"digests\":{\"T\":\"d\"},\"values\":{\"T\":\"glrt-value\"}}".to_string(),
+        );
+        let (_, parts) = parse(&ec2_document(&metadata).unwrap());
+        assert_eq!(parts.len(), 3);
+        assert!(parts[..2].iter().all(|p| !p.body.contains("glrt-value")));
+        assert_eq!(parts[2].header("Merge-Type"), Some(MERGE_TYPE));
+        let files = written(&parts[2]);
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].0, EC2_SECRETS_PATH);
+        assert_eq!(files[0].1, "0600");
+        assert_eq!(files[0].2, metadata[SECRETS]);
+    }
+
+    #[test]
+    fn a_part_that_is_not_ascii_goes_as_base64_and_reads_back_the_same() {
+        let config = "[[runners]]\n  name = \"bücher-ünd-ßtraße\"\n";
+        let document = ec2_document(&manager(config)).unwrap();
+        assert!(document.is_ascii());
+        let (_, parts) = parse(&document);
+        assert_eq!(parts[1].header("Content-Transfer-Encoding"), Some("base64"));
+        assert_eq!(written(&parts[1])[0].2, config);
+    }
+
+    #[test]
+    fn user_data_over_the_ec2_limit_is_gzipped_and_python_reads_it_back() {
+        // Repetitive, so it is over the limit as text and far under it compressed.
+        let config = "[[runners]]\n  name = \"r\"\n  url = \"https://gitlab.com\"\n".repeat(600);
+        let metadata = manager(&config);
+        let document = ec2_document(&metadata).unwrap();
+        assert!(document.len() > EC2_USER_DATA_LIMIT);
+        let sent = ec2_user_data(&metadata).unwrap();
+        assert_eq!(&sent[..2], &[0x1f, 0x8b]);
+        assert!(sent.len() < EC2_USER_DATA_LIMIT);
+        assert_eq!(oversize(Cloud::Aws, &metadata), []);
+        // cloud-init decompresses with Python's gzip module.
+        let mut python = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import gzip, sys; sys.stdout.buffer.write(gzip.decompress(sys.stdin.buffer.read()))",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        python.stdin.take().unwrap().write_all(&sent).unwrap();
+        let output = python.wait_with_output().unwrap();
+        assert!(output.status.success());
+        assert_eq!(String::from_utf8(output.stdout).unwrap(), document);
+        // Under the limit nothing is compressed.
+        assert_eq!(
+            ec2_user_data(&manager("concurrent = 1\n")).unwrap()[0],
+            b'C'
+        );
+    }
+
+    #[test]
+    fn a_delivery_that_does_not_fit_says_how_large_it_is_and_the_limit() {
+        let metadata = manager(&incompressible(40_000));
+        let over = oversize(Cloud::Aws, &metadata);
+        assert_eq!(over.len(), 1);
+        assert_eq!(over[0].channel, Channel::Ec2UserData);
+        assert!(over[0].bytes > EC2_USER_DATA_LIMIT);
+        assert_eq!(over[0].uncompressed, ec2_document(&metadata).unwrap().len());
+        assert_eq!(
+            over[0].label(),
+            format!(
+                "its user data is {} bytes gzip-compressed ({} uncompressed); EC2 takes at most 16384 bytes",
+                over[0].bytes, over[0].uncompressed
+            )
+        );
+        // The same files fit one GCE metadata value each; a larger one does not.
+        assert_eq!(oversize(Cloud::Gcp, &metadata), []);
+        let large = manager(&incompressible(GCE_METADATA_VALUE_LIMIT + 1));
+        let over = oversize(Cloud::Gcp, &large);
+        assert_eq!(over.len(), 1);
+        assert_eq!(over[0].key.as_deref(), Some(RUNNER_CONFIG));
+        assert_eq!(
+            over[0].label(),
+            "it is 262145 bytes; GCE takes at most 262144 bytes in one metadata value"
+        );
+        assert_eq!(
+            over[0].message("m-1"),
+            "The GCE metadata item `gitlab-runner-config` of m-1 is too large"
+        );
+    }
+
+    #[test]
+    fn nothing_to_deliver_is_no_user_data() {
+        assert_eq!(ec2_document(&BTreeMap::new()), None);
+        assert_eq!(ec2_user_data(&BTreeMap::new()), None);
+    }
+}

@@ -1,0 +1,430 @@
+//! Deliveries: what each machine is sent, read back as cloud-init reads it.
+//!
+//! The golden deliveries of every machine of every fleet in `fleets/` (`plans/delivery/`,
+//! rewritten with `FLEET_BLESS=1`), each EC2 document split and merged by cloud-init's own
+//! code and checked by `cloud-init schema`, and the size diagnostic at the machine's line.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use fleet_engine::provider::Cloud;
+use fleet_engine::render::delivery;
+
+use crate::support::{golden, repo, Env};
+
+/// Reads user data the way cloud-init 22.4 does on first boot: base64 as EC2 returns it,
+/// then cloud-init's `UserDataProcessor` (which gunzips and splits the MIME parts) and its
+/// cloud-config handler (which merges the parts by their `Merge-Type`). Prints JSON: the
+/// document as cloud-init saw it, each part (type, headers, body) and the merged config.
+const CLOUD_INIT_READER: &str = r#"
+import base64, json, sys, tempfile
+from cloudinit import handlers, user_data, util
+from cloudinit.handlers.cloud_config import CloudConfigPartHandler
+
+class Paths:
+    # The two lookups the processor and the handler make, pointed at scratch places.
+    def __init__(self, path):
+        self.path = path
+    def get_ipath(self, name=None):
+        return self.path
+    def get_ipath_cur(self, name=None):
+        return self.path
+    def get_cpath(self, name=None):
+        return tempfile.mkdtemp()
+
+blob = base64.b64decode(sys.stdin.read())
+document = util.decomp_gzip(blob, quiet=True)
+out = tempfile.NamedTemporaryFile(suffix=".yaml", delete=False).name
+message = user_data.UserDataProcessor(Paths(out)).process(blob)
+handler = CloudConfigPartHandler(Paths(out))
+handler.handle_part(None, handlers.CONTENT_START, None, None, None, None)
+parts = []
+for part in message.walk():
+    if part.get_content_maintype() == "multipart":
+        continue
+    body = part.get_payload(decode=True).decode()
+    parts.append({"type": part.get_content_type(), "headers": dict(part.items()), "body": body})
+    if part.get_content_type() == "text/cloud-config":
+        handler.handle_part(None, "text/cloud-config", part.get_filename() or "", body, None, dict(part.items()))
+print(json.dumps({
+    "gzip": blob[:2] == b"\x1f\x8b",
+    "document": document if isinstance(document, str) else document.decode(),
+    "parts": parts,
+    "merged": handler.cloud_buf,
+}))
+"#;
+
+/// The Python that runs cloud-init: the interpreter its own command starts with.
+fn cloud_init_python() -> String {
+    let found = Command::new("sh")
+        .args(["-c", "command -v cloud-init"])
+        .output()
+        .expect("sh");
+    let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
+    assert!(
+        !path.is_empty(),
+        "cloud-init is not installed: `apt-get install cloud-init` (CI's .ci/run does)"
+    );
+    let script = std::fs::read_to_string(&path).unwrap();
+    let shebang = script.lines().next().unwrap_or_default();
+    let interpreter = shebang.trim_start_matches("#!").trim();
+    // `#!/usr/bin/env python3` names no interpreter of its own: take python3 from PATH then.
+    match interpreter.strip_prefix("/usr/bin/env ") {
+        Some(name) => name.trim().to_string(),
+        None => interpreter.to_string(),
+    }
+}
+
+/// EC2 user data (base64, as sent and as `DescribeInstanceAttribute` returns it) read by
+/// cloud-init: see [`CLOUD_INIT_READER`].
+pub(crate) fn cloud_init_reads(user_data_base64: &str) -> serde_json::Value {
+    let mut python = Command::new(cloud_init_python())
+        .args(["-c", CLOUD_INIT_READER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cloud-init's python");
+    use std::io::Write;
+    python
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(user_data_base64.as_bytes())
+        .unwrap();
+    let output = python.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "cloud-init could not read the user data: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the reader's JSON")
+}
+
+/// The problems `cloud-init schema` has with one cloud-config document (empty: none).
+pub(crate) fn schema_problems(dir: &Path, name: &str, document: &str) -> Vec<String> {
+    let file = dir.join(name);
+    std::fs::write(&file, document).unwrap();
+    let result = Command::new("cloud-init")
+        .args(["schema", "--config-file"])
+        .arg(&file)
+        .output()
+        .expect("cloud-init schema");
+    if result.status.success() {
+        Vec::new()
+    } else {
+        vec![format!(
+            "cloud-init schema rejects {name}:\n{}{}\n{document}",
+            String::from_utf8_lossy(&result.stdout),
+            String::from_utf8_lossy(&result.stderr)
+        )]
+    }
+}
+
+/// Every cloud-config part, and the config merged from them, checked by `cloud-init schema`.
+pub(crate) fn schema_problems_of_read(
+    dir: &Path,
+    name: &str,
+    read: &serde_json::Value,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (index, part) in read["parts"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(part["type"], "text/cloud-config", "{name}: {part}");
+        problems.extend(schema_problems(
+            dir,
+            &format!("{name}.part-{index}.yaml"),
+            part["body"].as_str().unwrap(),
+        ));
+    }
+    let merged = format!(
+        "#cloud-config\n{}",
+        serde_json::to_string_pretty(&read["merged"]).unwrap()
+    );
+    problems.extend(schema_problems(
+        dir,
+        &format!("{name}.merged.yaml"),
+        &merged,
+    ));
+    problems
+}
+
+/// A `write_files` entry of a merged config by path.
+pub(crate) fn written<'a>(
+    read: &'a serde_json::Value,
+    path: &str,
+) -> Option<&'a serde_json::Value> {
+    read["merged"]["write_files"]
+        .as_array()?
+        .iter()
+        .find(|entry| entry["path"] == path)
+}
+
+/// Standard base64, as EC2 takes user data.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (index, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            out.push(if index <= chunk.len() {
+                char::from(ALPHABET[((n >> shift) & 63) as usize])
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+/// A machine's GCE metadata as a golden text: each item under its key.
+fn gce_golden(metadata: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    for (key, value) in metadata {
+        out.push_str(&format!(
+            "==> metadata item `{key}` ({} bytes)\n",
+            value.len()
+        ));
+        out.push_str(value);
+        if !value.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn golden_deliveries_of_every_machine_match_and_cloud_init_reads_the_ec2_ones() {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    let mut ec2_machines = 0;
+    let mut fleets: Vec<String> = std::fs::read_dir(repo().join("fleets"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".yaml")
+                .map(str::to_string)
+        })
+        .collect();
+    fleets.sort();
+    for fleet in &fleets {
+        let path = format!("fleets/{fleet}.yaml");
+        let text = std::fs::read_to_string(repo().join(&path)).unwrap();
+        let desired = fleet_engine::spec::compile(&path, &text)
+            .unwrap_or_else(|invalid| panic!("{path} does not compile: {invalid:?}"));
+        let mut expected_files = Vec::new();
+        for resource in desired.resources.values() {
+            let metadata = &resource.spec.metadata;
+            if metadata.is_empty() {
+                continue;
+            }
+            let (file, text) = match resource.cloud {
+                Cloud::Aws => {
+                    let document = delivery::ec2_document(metadata).unwrap();
+                    let sent = delivery::ec2_user_data(metadata).unwrap();
+                    let read = cloud_init_reads(&base64(&sent));
+                    assert_eq!(
+                        read["document"],
+                        document.as_str(),
+                        "{}",
+                        resource.cloud_name
+                    );
+                    failures.extend(schema_problems_of_read(
+                        scratch.path(),
+                        &resource.cloud_name,
+                        &read,
+                    ));
+                    ec2_machines += 1;
+                    (format!("{}.ec2-user-data", resource.cloud_name), document)
+                }
+                Cloud::Gcp => (
+                    format!("{}.gce-metadata", resource.cloud_name),
+                    gce_golden(metadata),
+                ),
+            };
+            assert!(
+                !text.contains("glrt-"),
+                "a secret value in the delivery of {}",
+                resource.cloud_name
+            );
+            golden(
+                &format!("plans/delivery/{fleet}/{file}"),
+                &text,
+                &mut failures,
+            );
+            expected_files.push(file);
+        }
+        // A golden file of a machine that is gone is stale, not a pass.
+        let dir = repo().join("plans/delivery").join(fleet);
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !expected_files.contains(&name) {
+                if std::env::var_os("FLEET_BLESS").is_some() {
+                    std::fs::remove_file(entry.path()).unwrap();
+                } else {
+                    failures.push(format!(
+                        "plans/delivery/{fleet}/{name} is no machine's delivery"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The 4 arm builders of arm-builders.
+    assert_eq!(ec2_machines, 4);
+}
+
+/// An EC2 runner manager whose config.toml gzip cannot bring under 16 KB: runners whose
+/// names are hash digits.
+fn oversized_file(runners: usize) -> String {
+    let mut text = String::from(
+        "fleet: big
+clouds:
+  aws: { region: us-east-1 }
+defaults:
+  aws:
+    zone: us-east-1a
+    image: ami-0c9f35b1b63e7d2a4
+    disk: { type: gp3, size_gb: 100 }
+managers:
+  big-manager-{n}:
+    matrix: { count: 1 }
+    cloud: aws
+    machine_type: m6g.large
+    runner: { version: \"16.11.1\" }
+    runners:
+",
+    );
+    let mut name = String::from("seed");
+    for _ in 0..runners {
+        name = fleet_engine::desired::short_hash(&[&name]);
+        text.push_str(&format!(
+            "      - {{ name: r-{name}, executor: shell, url: \"https://gitlab.com/{name}\" }}\n"
+        ));
+    }
+    text
+}
+
+#[test]
+fn ec2_user_data_too_large_even_gzipped_is_a_diagnostic_at_the_machine() {
+    let env = Env::new();
+    let file = env.write("big.yaml", &oversized_file(600));
+    let run = env.fleet(&["validate", &file]).code(1);
+    let stderr = &run.stderr;
+    // The machine's name is on line 10 of the file.
+    assert!(
+        stderr.contains("[big.yaml:10:"),
+        "not located at the machine:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("The EC2 user data of big-manager-1 is too large"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("bytes gzip-compressed ("), "{stderr}");
+    assert!(stderr.contains("EC2 takes at most 16384 bytes"), "{stderr}");
+    // Fewer runners fit once compressed: the same file validates.
+    let file = env.write("fits.yaml", &oversized_file(40));
+    env.fleet(&["validate", &file]).ok();
+}
+
+/// An EC2 runner manager whose runner token is a secret.
+const EC2_MANAGER: &str = "fleet: boot
+clouds:
+  aws: { region: us-east-1 }
+defaults:
+  aws:
+    zone: us-east-1a
+    image: ami-0c9f35b1b63e7d2a4
+    disk: { type: gp3, size_gb: 100 }
+managers:
+  boot-manager-{n}:
+    matrix: { count: 1 }
+    cloud: aws
+    machine_type: m6g.large
+    runner: { version: \"16.11.1\" }
+    runners:
+      - name: boot-shell
+        executor: shell
+        url: https://gitlab.example.com
+        token: \"${secret:BOOT_TOKEN}\"
+";
+
+#[test]
+fn on_first_boot_an_ec2_manager_gets_config_toml_with_its_secrets_filled_in_root_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let desired = fleet_engine::spec::compile("boot.yaml", EC2_MANAGER).unwrap();
+    let manager = desired.resources.values().next().unwrap();
+    // What apply sends: the files and the secret values the config references.
+    let values: BTreeMap<String, String> = [(
+        "BOOT_TOKEN".to_string(),
+        "glrt-boot-value 'quoted'".to_string(),
+    )]
+    .into();
+    let mut metadata = manager.spec.metadata.clone();
+    let secrets = fleet_engine::secrets::delivery("boot", &metadata, &values).unwrap();
+    metadata.insert(
+        fleet_engine::render::SECRETS.to_string(),
+        serde_json::to_string(&secrets).unwrap(),
+    );
+    let read = cloud_init_reads(&base64(&delivery::ec2_user_data(&metadata).unwrap()));
+    // The machine as cloud-init leaves it before `runcmd`: every file written, with its mode.
+    let root = tempfile::tempdir().unwrap();
+    for entry in read["merged"]["write_files"].as_array().unwrap() {
+        let path = root
+            .path()
+            .join(entry["path"].as_str().unwrap().trim_start_matches('/'));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, entry["content"].as_str().unwrap()).unwrap();
+        let mode = u32::from_str_radix(entry["permissions"].as_str().unwrap_or("0644"), 8).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let first = read["merged"]["runcmd"][0].as_str().unwrap();
+    assert_eq!(first, "/usr/local/sbin/fleet-fill-secrets");
+    let script = root.path().join("usr/local/sbin/fleet-fill-secrets");
+    // `3.10-`: nothing the script uses needs a Python newer than Ubuntu 22.04's.
+    let checked = Command::new("vermin")
+        .args(["--target=3.10-", "--no-tips", "--violations"])
+        .arg(&script)
+        .output()
+        .expect("vermin is not installed: `pip install vermin` (CI's .ci/run does)");
+    assert!(
+        checked.status.success(),
+        "fleet-fill-secrets needs a Python newer than 3.10:\n{}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
+    let run = Command::new("python3")
+        .arg(&script)
+        .env("FLEET_WATCH_ROOT", root.path())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let config_path = root.path().join("etc/gitlab-runner/config.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    let parsed: toml::Table = toml::from_str(&config).unwrap();
+    assert_eq!(
+        parsed["runners"][0]["token"].as_str(),
+        Some("glrt-boot-value 'quoted'")
+    );
+    assert!(!config.contains("${secret:"), "{config}");
+    let mode = std::fs::metadata(&config_path)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let secrets_mode = std::fs::metadata(root.path().join("etc/fleet/secrets.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(secrets_mode & 0o777, 0o600);
+}
