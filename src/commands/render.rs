@@ -5,7 +5,7 @@ use std::path::Path;
 use fleet_engine::render;
 use fleet_engine::secrets;
 use fleet_engine::spec::Limits;
-use miette::{IntoDiagnostic, Result, WrapErr};
+use miette::{miette, IntoDiagnostic, Result, WrapErr};
 
 use crate::cli::RenderArgs;
 use crate::output;
@@ -63,7 +63,21 @@ pub(crate) fn run(args: &RenderArgs, secrets_file: Option<&Path>, limits: &Limit
             }
             match &args.out {
                 Some(dir) => {
-                    let target = dir.join(machine).join(path);
+                    // Names were checked as machine and host names; still, nothing is written
+                    // outside `dir` whatever a name holds.
+                    let inside = |part: &str| {
+                        std::path::Path::new(part.trim_start_matches('/'))
+                            .components()
+                            .all(|c| matches!(c, std::path::Component::Normal(_)))
+                    };
+                    if !inside(machine) || !inside(path) {
+                        return Err(miette!(
+                            code = "fleet::render::path",
+                            "refusing to write {path} of {machine}: it would land outside {}",
+                            dir.display()
+                        ));
+                    }
+                    let target = dir.join(machine).join(path.trim_start_matches('/'));
                     if let Some(parent) = target.parent() {
                         std::fs::create_dir_all(parent)
                             .into_diagnostic()

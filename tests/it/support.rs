@@ -122,11 +122,18 @@ impl Run {
 impl Env {
     pub(crate) fn new() -> Env {
         let dir = tempfile::tempdir().expect("temp dir");
-        for linked in ["fleets", "templates"] {
-            let target = repo().join(linked);
-            if target.exists() {
-                std::os::unix::fs::symlink(&target, dir.path().join(linked)).expect("symlink");
+        // Fleet files are copied, not linked: fleet refuses a fleet file read through a link.
+        let fleets = dir.path().join("fleets");
+        std::fs::create_dir_all(&fleets).expect("mkdir fleets");
+        for entry in std::fs::read_dir(repo().join("fleets")).expect("fleets/") {
+            let entry = entry.expect("fleets/ entry");
+            if entry.path().is_file() {
+                std::fs::copy(entry.path(), fleets.join(entry.file_name())).expect("copy");
             }
+        }
+        let templates = repo().join("templates");
+        if templates.exists() {
+            std::os::unix::fs::symlink(&templates, dir.path().join("templates")).expect("symlink");
         }
         let secrets: String = secret_names()
             .iter()

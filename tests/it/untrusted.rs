@@ -113,3 +113,144 @@ fn a_fleet_file_cannot_make_fleet_contact_a_host_it_names() {
         "fleet connected to the host the fleet file named"
     );
 }
+
+#[test]
+fn a_host_name_cannot_make_render_write_outside_its_output_directory() {
+    let env = Env::new();
+    let wb31 = std::fs::read_to_string(env.path().join("fleets/mdis-wb31.yaml")).unwrap();
+    for hostile in ["../../escaped", "/tmp/elsewhere", "a/../../b"] {
+        let text = wb31.replace("\n  wb31:\n", &format!("\n  \"{hostile}\":\n"));
+        assert_ne!(text, wb31, "the host key was not replaced");
+        let file = env.write("hostile.yaml", &text);
+        let run = env.fleet_with(
+            &["render", &file, "-o", "out"],
+            &[("FLEET_SECRETS_FILE", "secrets.env")],
+        );
+        assert_eq!(run.code, 1, "{hostile}:\n{}\n{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr.contains("Invalid host name"),
+            "{hostile}:\n{}",
+            run.stderr
+        );
+        assert!(!env.path().join("out").exists(), "render wrote something");
+    }
+    assert!(!env.path().join("../escaped").exists());
+    assert!(!std::path::Path::new("/tmp/elsewhere").exists());
+}
+
+#[test]
+fn a_fleet_file_that_is_a_link_is_refused_without_quoting_what_it_points_at() {
+    let env = Env::new();
+    // Stands for ~/.aws/credentials or a service-account key on the CI machine.
+    env.write(
+        "credentials",
+        "[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY\n",
+    );
+    std::os::unix::fs::symlink("../credentials", env.path().join("fleets/innocent.yaml")).unwrap();
+    std::fs::create_dir(env.path().join("real")).unwrap();
+    std::fs::copy(
+        env.path().join("fleets/distribution.yaml"),
+        env.path().join("real/distribution.yaml"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("real", env.path().join("linked-dir")).unwrap();
+    for file in ["fleets/innocent.yaml", "linked-dir/distribution.yaml"] {
+        for command in ["validate", "plan"] {
+            let run = env.fleet(&[command, file]).code(1);
+            let all = format!("{}{}", run.stdout, run.stderr);
+            assert!(
+                all.contains("is read through a symbolic link"),
+                "{command} {file}:\n{all}"
+            );
+            assert!(!all.contains("wJalr"), "the linked file was quoted:\n{all}");
+            assert!(
+                !all.contains("AKIDEXAMPLE"),
+                "the linked file was quoted:\n{all}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_table_key_cannot_add_lines_to_config_toml() {
+    let env = Env::new();
+    let file = env.write(
+        "keys.yaml",
+        r#"fleet: mdis
+hosts:
+  h1:
+    address: h1.example.org
+    runner:
+      version: "16.0.2"
+      concurrent: 4
+    runners:
+      - name: r1
+        url: https://git.example.org/
+        executor: kubernetes
+        kubernetes:
+          "a]\n  injected = 1\n[[runners]]\n  name = \"r2\"\n  url = \"https://evil.example/\"\n  executor = \"shell\"\n[runners.kubernetes.z":
+            k: v
+"#,
+    );
+    env.fleet(&["render", &file, "-o", "out"]).ok();
+    let text =
+        std::fs::read_to_string(env.path().join("out/h1/etc/gitlab-runner/config.toml")).unwrap();
+    let parsed: toml::Value = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let runners = parsed["runners"].as_array().expect("[[runners]]");
+    assert_eq!(runners.len(), 1, "a key added a runner:\n{text}");
+    assert_eq!(runners[0]["executor"].as_str(), Some("kubernetes"));
+    assert!(parsed.get("injected").is_none(), "{text}");
+    let kubernetes = runners[0]["kubernetes"]
+        .as_table()
+        .expect("[runners.kubernetes]");
+    assert_eq!(kubernetes.len(), 1, "the key stays one key:\n{text}");
+}
+
+#[test]
+fn a_file_of_thousands_of_problems_shows_the_first_hundred_and_counts_the_rest() {
+    let env = Env::new();
+    let keys: String = (0..20_000)
+        .map(|i| format!("unknown_key_{i}: 1\n"))
+        .collect();
+    let file = env.write("many.yaml", &format!("fleet: f\n{keys}"));
+    let run = env.fleet(&["validate", &file]).code(1);
+    assert!(
+        run.stderr
+            .contains("20000 problems in the fleet file; the first 100 are shown"),
+        "{}",
+        &run.stderr[..run.stderr.len().min(2000)]
+    );
+    assert_eq!(run.stderr.matches("fleet::spec::unknown_key").count(), 100);
+    assert!(
+        run.stderr.contains("[many.yaml:2:1]"),
+        "the first problem first"
+    );
+}
+
+#[test]
+fn an_alias_bomb_of_long_strings_is_refused_under_a_memory_cap() {
+    // Few nodes, many bytes: one megabyte string aliased 90,000 times (90 GB when copied).
+    let env = Env::new();
+    let aliases = vec!["*a"; 90_000].join(", ");
+    let text = format!(
+        "fleet: f\nx: &a \"{}\"\ny: [{aliases}]\n",
+        "A".repeat(1_000_000)
+    );
+    let file = env.write("strings.yaml", &text);
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 524288 && exec \"$0\" validate \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_fleet"))
+        .arg(&file)
+        .current_dir(env.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run fleet under a memory cap");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Aliases copy more than"), "{stderr}");
+    assert!(
+        stderr.contains("strings.yaml:3:"),
+        "located at the alias: {stderr}"
+    );
+}

@@ -106,7 +106,9 @@ impl Doc {
         }
         self.blocks.push(block);
         for (key, inner) in tables {
-            let child = join(path, key);
+            // Quoted where it is not a bare key, so a key cannot close its header and start
+            // lines of its own.
+            let child = join(path, &format_key(key));
             let child_at = join(at, key);
             self.add_table(
                 &child,
@@ -117,7 +119,9 @@ impl Doc {
             );
         }
         for (key, items) in arrays {
-            let child = join(path, key);
+            // Quoted where it is not a bare key, so a key cannot close its header and start
+            // lines of its own.
+            let child = join(path, &format_key(key));
             let child_at = join(at, key);
             for (index, inner) in items.into_iter().enumerate() {
                 self.add_table(

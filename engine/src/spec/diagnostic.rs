@@ -379,11 +379,22 @@ impl Invalid {
         let files = files.into_iter().collect::<Vec<_>>().join(", ");
         let summary = match problems.len() {
             1 => format!("{files}: 1 problem in the fleet file"),
+            count if count > MAX_SHOWN => {
+                format!(
+                    "{files}: {count} problems in the fleet file; the first {MAX_SHOWN} are shown"
+                )
+            }
             count => format!("{files}: {count} problems in the fleet file"),
         };
+        // Each shown problem costs a pass over the file to place and draw it: a file of
+        // thousands of problems would take hours to report, and nobody reads past the first.
+        problems.truncate(MAX_SHOWN);
         Invalid { summary, problems }
     }
 }
+
+/// The most problems one report shows, first in the file first.
+pub const MAX_SHOWN: usize = 100;
 
 /// Suggests the closest of `candidates` to a misspelt `word`, if one is close enough.
 pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {

@@ -1114,6 +1114,19 @@ impl Expander<'_> {
 
     fn expand_host(&mut self, decl: &ResourceDecl, vars: &BTreeMap<String, String>) -> Host {
         let name = self.interpolate(&decl.name, vars);
+        // A host's name becomes a directory of `fleet render -o`: it must be a host name, not
+        // a path (`../..`, `/etc`) that would write outside the output directory.
+        if !valid_host_name(&name) {
+            let problem = self
+                .new_problem(
+                    ProblemKind::InvalidValue,
+                    decl.name.span,
+                    format!("Invalid host name `{}`", quoted(&name)),
+                    "not a host name",
+                )
+                .with_help("host names are dot-separated labels of lowercase letters, digits and `-` (e.g. `wb31` or `wb31.example.org`), at most 253 characters");
+            self.problem(problem);
+        }
         let runners = decl
             .runners
             .iter()
@@ -2007,6 +2020,22 @@ fn zones_of_region(region: &str) -> Vec<&'static str> {
         .filter(|(_, r, _)| *r == region)
         .flat_map(|(_, _, zones)| zones.iter().copied())
         .collect()
+}
+
+/// A host name (RFC 1123, lowercase): dot-separated labels of `[a-z0-9-]`, 1 to 63 each, not
+/// starting or ending with `-`; never a path.
+fn valid_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
 }
 
 /// GCE's resource-name rule.

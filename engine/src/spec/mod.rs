@@ -66,6 +66,23 @@ pub fn compile_with(name: &str, text: &str, limits: &Limits) -> Result<Desired, 
 pub fn compile_file(path: &std::path::Path, limits: &Limits) -> Result<Desired, Invalid> {
     use std::io::Read;
     let name = path.display().to_string();
+    if let Some(link) = symbolic_link_in(path) {
+        // A merge request can make a fleet file a link to a credentials file; its lines
+        // would then be quoted in the diagnostics of a pipeline's log.
+        let source = SourceFile::new(name.clone(), "");
+        let problem = Problem::new(
+            ProblemKind::Io,
+            &source,
+            (0, 0).into(),
+            format!(
+                "Fleet file {name} is read through a symbolic link ({})",
+                link.display()
+            ),
+            "",
+        )
+        .with_help("give the file itself: fleet does not follow links to fleet files, so a fleet file cannot stand for another file");
+        return Err(Invalid::new(vec![problem]));
+    }
     let read = std::fs::File::open(path).and_then(|file| {
         let mut bytes = Vec::new();
         let most = u64::try_from(limits.file_bytes)
@@ -92,6 +109,28 @@ pub fn compile_file(path: &std::path::Path, limits: &Limits) -> Result<Desired, 
             Err(Invalid::new(vec![problem]))
         }
     }
+}
+
+/// The first symbolic link on `path`: the file itself, or for a relative path any directory
+/// on the way to it (where a repository could hold a link).
+fn symbolic_link_in(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    let is_link = |p: &std::path::Path| {
+        std::fs::symlink_metadata(p).is_ok_and(|meta| meta.file_type().is_symlink())
+    };
+    if is_link(path) {
+        return Some(path.to_path_buf());
+    }
+    if path.is_absolute() {
+        return None;
+    }
+    let mut prefix = std::path::PathBuf::new();
+    for component in path.components() {
+        prefix.push(component);
+        if matches!(component, std::path::Component::Normal(_)) && is_link(&prefix) {
+            return Some(prefix);
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -173,9 +173,13 @@ impl Node {
     }
 
     /// Nodes in the tree, and its height (a scalar is 1).
+    ///
+    /// A scalar counts as one node plus one per KiB of its text, so an alias of a long string
+    /// costs what copying it costs: a megabyte scalar aliased ten thousand times is refused
+    /// like ten million nodes would be.
     fn measure(&self) -> (usize, usize) {
         match self {
-            Node::Scalar { .. } => (1, 1),
+            Node::Scalar { value, .. } => (1 + value.len() / 1024, 1),
             Node::Seq { items, .. } => items.iter().fold((1, 1), |(size, height), item| {
                 let (s, h) = item.measure();
                 (size + s, height.max(h + 1))
