@@ -20,6 +20,16 @@ use fleet_engine::{graph, spec};
 use fleet_providers::sim::{SimCloud, SimConfig};
 
 /// A fleet file with `size` resources: 8 templates, managers on GCP using them, a pool on AWS.
+/// The benchmark's fleets put up to 50,000 managers in one matrix: past the default limit of
+/// 10,000 a matrix, raised here as an operator would with `--max-pool-size`.
+fn bench_limits() -> spec::Limits {
+    spec::Limits {
+        pool_size: 100_000,
+        matrix_combinations: 100_000,
+        ..spec::Limits::default()
+    }
+}
+
 fn generate(size: usize) -> String {
     let templates = 8;
     let managers = (size - templates) / 2;
@@ -70,7 +80,8 @@ struct Measure {
 
 async fn plan_once(text: &str, providers: &Providers) -> Measure {
     let started = Instant::now();
-    let desired = spec::compile("bench.yaml", text).expect("the generated fleet is valid");
+    let desired = spec::compile_with("bench.yaml", text, &bench_limits())
+        .expect("the generated fleet is valid");
     let compiled = started.elapsed();
     let discovery_started = Instant::now();
     let (plan, _) = ops::plan(&desired, providers, &PlanOptions::default())
@@ -136,7 +147,7 @@ fn empty_then_apply(size: usize, dir: &std::path::Path) {
             empty.discovery.as_secs_f64(),
             peak_rss_mb()
         );
-        let desired = spec::compile("bench.yaml", &text).unwrap();
+        let desired = spec::compile_with("bench.yaml", &text, &bench_limits()).unwrap();
         let (plan, _) = ops::plan(&desired, &providers, &PlanOptions::default())
             .await
             .unwrap();

@@ -254,3 +254,48 @@ fn an_alias_bomb_of_long_strings_is_refused_under_a_memory_cap() {
         "located at the alias: {stderr}"
     );
 }
+
+#[test]
+fn a_long_value_in_a_large_matrix_is_refused_under_a_memory_cap() {
+    // A 1 MB file whose value is copied into each of 10,000 machines: 10 GB expanded.
+    let env = Env::new();
+    let text = format!(
+        "fleet: f
+clouds:
+  gcp: {{project: p, region: us-east1}}
+defaults:
+  gcp: {{zone: us-east1-c, image: i, machine_type: n1-standard-2}}
+managers:
+  m-{{n}}:
+    matrix: {{count: 10000}}
+    runner: {{version: \"16.11.1\"}}
+    runners:
+      - name: a
+        url: https://gitlab.example.com/
+        executor: shell
+        environment: [\"X={}\"]
+",
+        "B".repeat(1_000_000)
+    );
+    let file = env.write("fanout.yaml", &text);
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 524288 && exec \"$0\" validate \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_fleet"))
+        .arg(&file)
+        .current_dir(env.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run fleet under a memory cap");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("1 problem in the fleet file"), "{stderr}");
+    assert!(
+        stderr.contains("The fleet's values expand to more than 128 MiB"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("fanout.yaml:14:"),
+        "located at the value: {stderr}"
+    );
+}

@@ -101,6 +101,8 @@ pub fn expand(file: &FleetFile, limits: &Limits) -> Result<Desired, Vec<Problem>
         limits: *limits,
         missing_env: BTreeMap::new(),
         unresolved_uses: 0,
+        expanded_bytes: 0,
+        over_budget: None,
         missing_env_lines: BTreeMap::new(),
         problems: Vec::new(),
         hosts: Vec::new(),
@@ -125,6 +127,10 @@ struct Expander<'f> {
     missing_env_lines: BTreeMap<usize, Vec<usize>>,
     /// `{variable}` uses not set so far, reported or not.
     unresolved_uses: usize,
+    /// Bytes of values expanded so far, all resources together.
+    expanded_bytes: usize,
+    /// Where the expanded values first passed [`EXPANDED_BYTES`].
+    over_budget: Option<SourceSpan>,
     problems: Vec<Problem>,
     hosts: Vec<Host>,
     /// Bootstraps rendered so far, by their input: most machines share one.
@@ -263,6 +269,22 @@ impl Expander<'_> {
             .collect();
         self.resolve_references(&mut expanded, &addresses);
         self.check_cycles(&expanded, &addresses);
+        if let Some(span) = self.over_budget {
+            let problem = self
+                .new_problem(
+                    ProblemKind::Limit,
+                    span,
+                    format!(
+                        "The fleet's values expand to more than {} MiB",
+                        EXPANDED_BYTES >> 20
+                    ),
+                    "expansion stopped here",
+                )
+                .with_help("a long value in a matrix of many machines is copied once per machine: shorten it, or split the fleet into several files");
+            self.problem(problem);
+            // Nothing is rendered from a fleet that did not expand whole.
+            expanded.clear();
+        }
         let hosts = self.finish(&clouds, &mut expanded);
         Desired {
             hosts,
@@ -335,6 +357,22 @@ impl Expander<'_> {
     /// Substitutes `{variable}`s; reports unknown ones at their place in the file, and checks
     /// `${secret:NAME}` references (whose names may hold variables).
     fn interpolate(&mut self, text: &Spanned<String>, vars: &BTreeMap<String, String>) -> String {
+        // Every value of every expanded resource passes here: a long value in a matrix of many
+        // machines is copied once per machine, so the total is bounded, not the file alone.
+        if self.expanded_bytes > EXPANDED_BYTES {
+            self.over_budget.get_or_insert(text.span);
+            return String::new();
+        }
+        let out = self.interpolate_unbounded(text, vars);
+        self.expanded_bytes = self.expanded_bytes.saturating_add(out.len());
+        out
+    }
+
+    fn interpolate_unbounded(
+        &mut self,
+        text: &Spanned<String>,
+        vars: &BTreeMap<String, String>,
+    ) -> String {
         let value = text.value.as_str();
         let mut out = String::with_capacity(value.len());
         let raw = &self.source.text[self.source.clamp(text.span).offset()..];
@@ -606,10 +644,18 @@ impl Expander<'_> {
                         }
                     }
                 }
+                if self.over_budget.is_some() {
+                    // The one problem is said at the end; what a half-expanded resource would
+                    // add (empty names, zones) is noise.
+                    return;
+                }
                 if decl.kind == ResourceKind::Host {
                     let host = self.expand_host(decl, &vars);
                     self.hosts.push(host);
                 } else if let Some(expanded) = self.expand_one(decl, &vars, clouds) {
+                    if self.over_budget.is_some() {
+                        return;
+                    }
                     out.push(expanded);
                 }
             }
@@ -1321,8 +1367,28 @@ impl Expander<'_> {
                 (e.resource.address.clone(), (location, used))
             })
             .collect();
+        let mut rendered_bytes = 0usize;
+        let mut over_budget = false;
         for e in expanded.iter_mut() {
-            if e.resource.kind == ResourceKind::Template {
+            if e.resource.kind == ResourceKind::Template || over_budget {
+                continue;
+            }
+            if rendered_bytes > RENDERED_BYTES {
+                // A long value in a matrix of many machines renders once per machine: the
+                // size of the file says nothing of what it expands to.
+                over_budget = true;
+                let problem = self
+                    .new_problem(
+                        ProblemKind::Limit,
+                        e.name_span,
+                        format!(
+                            "The machines' rendered files pass {} MiB",
+                            RENDERED_BYTES >> 20
+                        ),
+                        "rendering stopped at this machine",
+                    )
+                    .with_help("a value repeated in many machines' config.toml (a long `environment`, say) is rendered once per machine: shorten it, or split the fleet into several files");
+                self.problem(problem);
                 continue;
             }
             let machine = e.resource.cloud_name.clone();
@@ -1360,6 +1426,7 @@ impl Expander<'_> {
                     runners,
                     e.unresolved,
                 ) {
+                    rendered_bytes = rendered_bytes.saturating_add(text.len());
                     metadata.insert(render::RUNNER_CONFIG.to_string(), text);
                 }
                 if has_runners || settings.is_some() {
@@ -1414,6 +1481,7 @@ impl Expander<'_> {
                 };
                 match render::prometheus_yml(&input) {
                     Ok(text) => {
+                        rendered_bytes = rendered_bytes.saturating_add(text.len());
                         metadata.insert(render::PROMETHEUS_CONFIG.to_string(), text);
                     }
                     Err(error) => {
@@ -2021,6 +2089,14 @@ fn zones_of_region(region: &str) -> Vec<&'static str> {
         .flat_map(|(_, _, zones)| zones.iter().copied())
         .collect()
 }
+
+/// The most bytes of values one fleet expands to, all resources together. A fleet of 100,000
+/// resources expands to some tens of megabytes.
+const EXPANDED_BYTES: usize = 128 << 20;
+
+/// The most bytes of config.toml and prometheus.yml one fleet renders, all machines together
+/// (bootstraps are shared and not counted). Real fleets render a few kilobytes per manager.
+const RENDERED_BYTES: usize = 256 << 20;
 
 /// A host name (RFC 1123, lowercase): dot-separated labels of `[a-z0-9-]`, 1 to 63 each, not
 /// starting or ending with `-`; never a path.
