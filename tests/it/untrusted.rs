@@ -295,7 +295,7 @@ managers:
         "{stderr}"
     );
     assert!(
-        stderr.contains("fanout.yaml:14:"),
-        "located at the value: {stderr}"
+        stderr.contains("fanout.yaml:") && stderr.contains("expansion stopped here"),
+        "located where expansion stopped: {stderr}"
     );
 }
