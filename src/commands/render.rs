@@ -83,9 +83,21 @@ pub(crate) fn run(args: &RenderArgs, secrets_file: Option<&Path>, limits: &Limit
                             .into_diagnostic()
                             .wrap_err_with(|| format!("cannot create {}", parent.display()))?;
                     }
-                    std::fs::write(&target, text)
-                        .into_diagnostic()
-                        .wrap_err_with(|| format!("cannot write {}", target.display()))?;
+                    // With the secrets filled in, the files are the owner's only.
+                    let mode = if args.reveal_secrets { 0o600 } else { 0o644 };
+                    {
+                        use std::io::Write;
+                        use std::os::unix::fs::OpenOptionsExt;
+                        let _ = std::fs::remove_file(&target);
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .mode(mode)
+                            .open(&target)
+                            .and_then(|mut file| file.write_all(text.as_bytes()))
+                    }
+                    .into_diagnostic()
+                    .wrap_err_with(|| format!("cannot write {}", target.display()))?;
                     written += 1;
                 }
                 None => output::out(&format!("==> {machine}: /{path} <==\n{text}\n")),

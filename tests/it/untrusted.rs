@@ -299,3 +299,82 @@ managers:
         "located where expansion stopped: {stderr}"
     );
 }
+
+#[test]
+fn values_from_a_fleet_file_cannot_add_markup_to_the_merge_request_comment() {
+    let env = Env::new();
+    let fleet = |image: &str| {
+        format!(
+            "fleet: f
+clouds:
+  gcp: {{project: p, region: us-east1}}
+defaults:
+  gcp: {{zone: us-east1-c, machine_type: n1-standard-2}}
+helpers:
+  prometheus-1:
+    image: \"{image}\"
+"
+        )
+    };
+    let file = env.write("f.yaml", &fleet("ubuntu-2204"));
+    env.converge(&file);
+    let hostile = "x</details><img src=https://evil.example/p.png> [click](https://evil.example) `a` | b **bold**";
+    env.write("f.yaml", &fleet(hostile));
+    let run = env.fleet(&["plan", &file, "--format", "markdown"]).ok();
+    let md = run.stdout;
+    assert!(md.contains("image"), "the change is shown:\n{md}");
+    assert!(!md.contains("<img"), "an image tag got through:\n{md}");
+    assert!(
+        !md.contains(" [click](") && md.contains("\\[click\\]"),
+        "a link got through:\n{md}"
+    );
+    assert!(!md.contains("**bold**"), "markup got through:\n{md}");
+    assert_eq!(
+        md.matches("<details>").count(),
+        md.matches("</details>").count(),
+        "a section was closed early:\n{md}"
+    );
+    for line in md.lines().filter(|line| line.starts_with("| `")) {
+        // Six columns: a `|` in a value is escaped, never a new cell.
+        let cells = line.replace("\\|", "").matches('|').count();
+        assert_eq!(cells, 7, "{line}");
+    }
+}
+
+#[test]
+fn files_that_may_hold_secret_values_are_the_owners_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.converge("fleets/distribution.yaml");
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let mut objects = 0;
+    let mut stack = vec![env.path().join("sim-state")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "json")
+                && !path.components().any(|c| c.as_os_str() == "state")
+            {
+                objects += 1;
+                assert_eq!(mode(&path), 0o600, "{}", path.display());
+            }
+        }
+    }
+    assert!(
+        objects > 5,
+        "the simulated cloud's objects were found ({objects})"
+    );
+    env.fleet(&[
+        "render",
+        "fleets/mdis-wb31.yaml",
+        "-o",
+        "out",
+        "--reveal-secrets",
+    ])
+    .ok();
+    let config = env.path().join("out/wb31/etc/gitlab-runner/config.toml");
+    assert_eq!(mode(&config), 0o600, "revealed config.toml");
+}

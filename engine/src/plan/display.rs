@@ -320,25 +320,33 @@ fn write_change(out: &mut String, change: &Change, paint: &Paint) {
 
 /// Markdown for a merge-request comment.
 pub fn markdown(plan: &Plan) -> String {
+    // Every value here may come from a fleet file in a merge request: it is escaped for where
+    // it lands (text, a table cell, inline code, HTML, a fenced block), so that it cannot
+    // add markup, links, images or close a section of the comment.
     let mut out = String::new();
-    let _ = writeln!(out, "### fleet plan: `{}`\n", plan.fleet);
-    let _ = writeln!(out, "Fleet file `{}`.", plan.source);
+    let _ = writeln!(out, "### fleet plan: {}\n", md_code(&plan.fleet));
+    let _ = writeln!(out, "Fleet file {}.", md_code(&plan.source));
     for (cloud, provider) in &plan.providers {
-        let _ = writeln!(out, "- {cloud}: {provider}");
+        let _ = writeln!(out, "- {cloud}: {}", md_text(provider));
     }
     for zone in &plan.unreachable {
         let _ = writeln!(
             out,
-            "\n> **Warning:** {} zone `{}` did not answer: {}",
+            "\n> **Warning:** {} zone {} did not answer: {}",
             zone.cloud,
-            zone.zone,
-            unreachable_note(zone)
+            md_code(&zone.zone),
+            md_text(&unreachable_note(zone))
         );
     }
     for (change, note) in made_outside(plan) {
-        let _ = writeln!(out, "\n> **Note:** `{}`: {}", change.address, note);
+        let _ = writeln!(
+            out,
+            "\n> **Note:** {}: {}",
+            md_code(change.address.as_str()),
+            md_text(&note)
+        );
     }
-    let _ = writeln!(out, "\n**{}**\n", summary_line(plan));
+    let _ = writeln!(out, "\n**{}**\n", md_text(&summary_line(plan)));
     let actionable: Vec<&Change> = plan.actionable().collect();
     if actionable.is_empty() && plan.blocked.is_empty() {
         let _ = writeln!(out, "No changes.");
@@ -359,16 +367,16 @@ pub fn markdown(plan: &Plan) -> String {
                 .reasons
                 .iter()
                 .filter(|r| !matches!(r, Reason::FieldChanged { field, .. } if field.starts_with("metadata.")))
-                .map(|r| r.message().replace('|', "\\|"))
+                .map(|r| md_text(&r.message()))
                 .collect();
             let _ = writeln!(
                 out,
-                "| `{}` | `{}` | {} | {} | {} | {} |",
-                change.action.symbol(),
-                change.address,
+                "| {} | {} | {} | {} | {} | {} |",
+                md_code(change.action.symbol()),
+                md_code(change.address.as_str()),
                 change.cloud,
-                machine,
-                zone,
+                md_text(machine),
+                md_text(zone),
                 why.join("; ")
             );
         }
@@ -380,27 +388,88 @@ pub fn markdown(plan: &Plan) -> String {
         let _ = writeln!(
             out,
             "\n<details><summary><code>{}</code>{}</summary>\n",
-            change.address,
+            html(change.address.as_str()),
             change
                 .impact
                 .as_ref()
                 .map_or(String::new(), |i| format!(": {}", i.class.as_str()))
         );
         if let Some(impact) = &change.impact {
-            let _ = writeln!(out, "{}\n", impact.procedure);
+            let _ = writeln!(out, "{}\n", md_text(&impact.procedure));
         }
         for file in &change.files {
-            let _ = writeln!(out, "```diff\n{}```\n", file.diff);
+            let fence = md_fence(&file.diff);
+            let _ = writeln!(out, "{fence}diff\n{}{fence}\n", file.diff);
         }
         let _ = writeln!(out, "</details>");
     }
     if !plan.blocked.is_empty() {
         let _ = writeln!(out, "\n#### Blocked\n");
         for blocked in &plan.blocked {
-            let _ = writeln!(out, "- `{}`: {}", blocked.address, blocked.help);
+            let _ = writeln!(
+                out,
+                "- {}: {}",
+                md_code(blocked.address.as_str()),
+                md_text(&blocked.help)
+            );
         }
     }
     out
+}
+
+/// Text as Markdown shows it literally, on one line: markup characters escaped, HTML
+/// characters as entities, line breaks as spaces (a table cell or a list item stays whole).
+fn md_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\n' | '\r' => out.push(' '),
+            '\\' | '`' | '*' | '_' | '[' | ']' | '|' | '#' | '!' | '~' | '$' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Inline code that no backtick in `text` can close; `|` escaped, as GitLab's tables need
+/// even inside code.
+fn md_code(text: &str) -> String {
+    let text = text.replace(['\n', '\r'], " ").replace('|', "\\|");
+    let ticks = "`".repeat(longest_run(&text, '`') + 1);
+    let pad = if text.starts_with('`') || text.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    format!("{ticks}{pad}{text}{pad}{ticks}")
+}
+
+/// A code fence longer than any run of backticks in `text`.
+fn md_fence(text: &str) -> String {
+    "`".repeat(longest_run(text, '`').max(2) + 1)
+}
+
+fn longest_run(text: &str, of: char) -> usize {
+    let (mut longest, mut run) = (0, 0);
+    for c in text.chars() {
+        run = if c == of { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    longest
+}
+
+/// Text inside HTML.
+fn html(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// The plan's resources and dependencies as a Graphviz DOT graph, each node marked with

@@ -362,8 +362,17 @@ impl Store {
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_default();
         let temporary = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
-        let mut file =
-            File::create(&temporary).map_err(|error| self.io_error(&temporary, "create", error))?;
+        // Owner only: an object may hold the secret values an apply delivered to it.
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&temporary)
+        }
+        .map_err(|error| self.io_error(&temporary, "create", error))?;
         file.write_all(bytes)
             .map_err(|error| self.io_error(&temporary, "write", error))?;
         drop(file);
