@@ -218,7 +218,9 @@ impl Global {
 pub(crate) enum Command {
     /// Check fleet files: syntax, keys, references, machine types, zones, architectures.
     ///
-    /// Reports every problem at once with file, line and column; exits 1 if there is any.
+    /// Reports every problem at once with file, line and column (the first 100, all counted).
+    ///
+    /// Exit status: 0 every file is valid, 1 a problem in any (usage errors exit 1 too).
     Validate {
         /// Fleet files.
         #[arg(required = true)]
@@ -226,8 +228,8 @@ pub(crate) enum Command {
     },
     /// Show what apply would change: create +, update ~, replace ± or ∓, delete -.
     ///
-    /// Exit status: 0 success (with --detailed-exitcode: no changes), 1 error,
-    /// 2 changes present (with --detailed-exitcode).
+    /// Exit status: 0 success (with --detailed-exitcode: no changes), 1 error (a usage error
+    /// too), 2 changes present or a zone that did not answer (with --detailed-exitcode).
     Plan(PlanArgs),
     /// Make the cloud match a fleet file, or apply a plan saved with `fleet plan -o`.
     ///
@@ -244,6 +246,8 @@ pub(crate) enum Command {
     Apply(ApplyArgs),
     /// Write every file fleet delivers to each machine (config.toml, prometheus.yml, the
     /// bootstrap), as Chef laid them down: for review, or for hosts fleet does not create.
+    ///
+    /// Exit status: 0 rendered, 1 a problem in the fleet file or a file that cannot be written.
     Render(RenderArgs),
     /// List the secrets a fleet file needs (`${secret:NAME}`), where each is read from and
     /// whether it is set, and which machines use it. Never prints a value.
@@ -260,6 +264,8 @@ pub(crate) enum Command {
         check: bool,
     },
     /// Print the plan's dependency graph as Graphviz DOT.
+    ///
+    /// Exit status: 0 printed, 1 error.
     Graph {
         /// Fleet file.
         file: PathBuf,

@@ -23,7 +23,7 @@ pub enum OpError {
     #[error("discovery in {cloud} failed: {source}")]
     #[diagnostic(
         code(fleet::discover),
-        help("this is the cloud's answer; check credentials and quotas, or try again if it is a passing fault")
+        help("each page was retried under --max-attempts/--retry-for; check the endpoint is reachable, the credentials and the quotas, or try again if it is a passing fault")
     )]
     Discover {
         /// The cloud.
