@@ -771,3 +771,26 @@ managers:
     // Two resources inherit the same default: one problem, at the default.
     assert!(stderr.contains("2 problems"), "{stderr}");
 }
+
+#[test]
+fn a_misspelt_required_key_is_one_problem_not_also_a_missing_one() {
+    let stderr = invalid(
+        "fleet: f
+clouds:
+  gcp: {project: p, region: us-east1}
+defaults:
+  gcp: {zone: us-east1-c, image: i}
+managers:
+  m-1:
+    machine_typ: n1-standard-2
+pools:
+  p:
+    machine_type: n1-standard-2
+    siz: 3
+",
+    );
+    assert!(stderr.contains("2 problems in the fleet file"), "{stderr}");
+    assert!(stderr.contains("did you mean `machine_type`?"), "{stderr}");
+    assert!(stderr.contains("did you mean `size`?"), "{stderr}");
+    assert!(!stderr.contains("Missing required field"), "{stderr}");
+}

@@ -1612,6 +1612,7 @@ impl Expander<'_> {
     ) -> Option<(String, SourceSpan)> {
         match own.as_ref().or(default.as_ref()) {
             Some(value) => Some((self.interpolate(value, vars), value.span)),
+            None if decl.misspelt.iter().any(|key| key == field) => None,
             None => {
                 let problem = self
                     .new_problem(ProblemKind::MissingField, decl.name.span, format!("Missing required field `{field}`"), format!("no `{field}` here or in `defaults.{cloud}`"))

@@ -118,6 +118,8 @@ struct Reader<'s> {
 /// The entries of one mapping, keys checked.
 struct Fields<'n> {
     entries: Vec<(&'n str, SourceSpan, &'n Node)>,
+    /// The keys that unknown keys here were taken for (`machine_typ` → `machine_type`).
+    suggested: Vec<String>,
 }
 
 impl<'n> Fields<'n> {
@@ -196,6 +198,7 @@ impl<'s> Reader<'s> {
         };
         let mut fields = Fields {
             entries: Vec::new(),
+            suggested: Vec::new(),
         };
         for (key, value) in entries {
             let Node::Scalar {
@@ -214,6 +217,7 @@ impl<'s> Reader<'s> {
             }
             if !allowed.contains(&name.as_str()) {
                 let suggestion = closest(name, allowed.iter().copied());
+                fields.suggested.extend(suggestion.map(str::to_string));
                 let help = match suggestion {
                     Some(suggestion) => format!(
                         "did you mean `{suggestion}`? Keys allowed in `{section}`: {}",
@@ -238,10 +242,11 @@ impl<'s> Reader<'s> {
             }
             fields.entries.push((name.as_str(), *key_span, value));
         }
+        // A key misspelt is said once, as the unknown key with its "did you mean".
         let missing: Vec<&str> = required
             .iter()
             .copied()
-            .filter(|key| fields.get(key).is_none())
+            .filter(|key| fields.get(key).is_none() && !fields.suggested.iter().any(|s| s == key))
             .collect();
         self.missing(section, &missing, owner);
         Some(fields)
@@ -520,12 +525,14 @@ impl<'s> Reader<'s> {
         let fields = if node.is_null() {
             Fields {
                 entries: Vec::new(),
+                suggested: Vec::new(),
             }
         } else {
             self.fields(node, &section, &allowed, required, name.span)?
         };
         let (disk_type, disk_size_gb) = self.disk(&fields, &section);
         let mut decl = ResourceDecl {
+            misspelt: fields.suggested.clone(),
             kind,
             matrix: Vec::new(),
             count: None,

@@ -196,6 +196,9 @@ pub struct Axis {
 pub struct ResourceDecl {
     /// Its section.
     pub kind: ResourceKind,
+    /// Keys that misspelt keys of this resource were taken for: a missing one of them is
+    /// reported once, as the misspelling.
+    pub misspelt: Vec<String>,
     /// The name pattern, e.g. `runners-manager-distribution-{env}-{color}-{n}`.
     pub name: Spanned<String>,
     /// `matrix:` axes, expanded as a cross product in the order written.
