@@ -638,14 +638,19 @@ fn compare(
     }
     // Metadata content is compared where the cloud returns it (GCE); elsewhere (EC2 user
     // data) the `fleet-config` digest label above stands for it.
+    // An EC2 instance's files come back from its parameters, but its bootstrap rides in user
+    // data, which EC2 does not return: the `fleet-config` digest tells whether it changed.
+    let ec2_instance = want.cloud == Cloud::Aws && want.object == ObjectKind::Instance;
+    let bootstrap_hidden = ec2_instance && !have.metadata.contains_key(render::USER_DATA);
     let metadata_observed =
-        !have.metadata.is_empty() || !have.labels.contains_key(labels::CONFIG_HASH);
+        ec2_instance || !have.metadata.is_empty() || !have.labels.contains_key(labels::CONFIG_HASH);
     let keys: BTreeSet<&String> = if metadata_observed {
         have.metadata
             .keys()
             .chain(spec.metadata.keys())
             // Secret values and the delivered decision ride beside the files: never compared.
             .filter(|key| key.as_str() != render::SECRETS && key.as_str() != impact::ACTION)
+            .filter(|key| !(bootstrap_hidden && key.as_str() == render::USER_DATA))
             .collect()
     } else {
         BTreeSet::new()
@@ -689,8 +694,21 @@ fn compare(
             }
         }
     }
-    // EC2 user data cannot change while an instance runs: new metadata means a new machine.
-    if metadata_changed && want.cloud == Cloud::Aws && want.object == ObjectKind::Instance {
+    // EC2 user data cannot change while an instance runs: a new bootstrap means a new
+    // machine; its files and secrets are parameters its watcher applies in place. Where the
+    // bootstrap is not returned, the digest of the files read back with the bootstrap wanted
+    // matches the instance's `fleet-config` only if the bootstrap is the one it was sent (an
+    // instance whose parameters are missing or edited is made again too).
+    let bootstrap_changed = if bootstrap_hidden {
+        let mut seen = have.metadata.clone();
+        if let Some(bootstrap) = spec.metadata.get(render::USER_DATA) {
+            seen.insert(render::USER_DATA.to_string(), bootstrap.clone());
+        }
+        have.labels.get(labels::CONFIG_HASH) != Some(&metadata_hash(&seen))
+    } else {
+        have.metadata.get(render::USER_DATA) != spec.metadata.get(render::USER_DATA)
+    };
+    if metadata_changed && ec2_instance && bootstrap_changed {
         reasons.push(Reason::FieldChanged {
             field: "metadata".to_string(),
             before: have
@@ -730,6 +748,7 @@ fn compare(
         &Identity::default(),
     );
     let metadata_edited = metadata_observed
+        && !bootstrap_hidden
         && !have.metadata.is_empty()
         && have.labels.get(labels::CONFIG_HASH).map(String::as_str)
             != Some(metadata_hash(&have.metadata).as_str());
