@@ -20,6 +20,8 @@ use crate::support::{actions_of, reasons_of, Env, Run};
 pub(crate) struct Moto {
     child: Child,
     pub(crate) url: String,
+    /// Where moto's request recorder writes, when a test turns it on.
+    _recordings: tempfile::TempDir,
 }
 
 impl Moto {
@@ -28,8 +30,13 @@ impl Moto {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
+        let recordings = tempfile::tempdir().expect("scratch directory");
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env(
+                "MOTO_RECORDER_FILEPATH",
+                recordings.path().join("requests.jsonl"),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -43,6 +50,7 @@ impl Moto {
         let mut moto = Moto {
             child,
             url: format!("http://127.0.0.1:{port}"),
+            _recordings: recordings,
         };
         let started = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -59,6 +67,83 @@ impl Moto {
         }
         moto
     }
+}
+
+impl Moto {
+    /// Calls moto's own API (`/moto-api/...`) and returns the body of its answer.
+    fn api(&self, method: &str, path: &str) -> String {
+        use std::io::{Read, Write};
+        let address = self.url.trim_start_matches("http://");
+        let mut stream = TcpStream::connect(address).expect("moto answers");
+        write!(
+            stream,
+            "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default()
+    }
+
+    /// The SSM requests moto receives while `during` runs: each one's target and JSON body.
+    fn ssm_requests_during<T>(
+        &self,
+        during: impl FnOnce() -> T,
+    ) -> (T, Vec<(String, serde_json::Value)>) {
+        self.api("POST", "/moto-api/recorder/reset-recording");
+        self.api("POST", "/moto-api/recorder/start-recording");
+        let out = during();
+        self.api("POST", "/moto-api/recorder/stop-recording");
+        let recording = self.api("GET", "/moto-api/recorder/download-recording");
+        let requests = recording
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter_map(|entry| {
+                let headers = entry["headers"].as_object()?;
+                let target = headers
+                    .iter()
+                    .find(|(key, _)| key.eq_ignore_ascii_case("x-amz-target"))?
+                    .1
+                    .as_str()?
+                    .strip_prefix("AmazonSSM.")?
+                    .to_string();
+                let body = entry["body"].as_str().unwrap_or_default();
+                let body = if entry["body_encoded"].as_bool() == Some(true) {
+                    String::from_utf8(unbase64(body)).unwrap_or_default()
+                } else {
+                    body.to_string()
+                };
+                Some((
+                    target,
+                    serde_json::from_str(&body)
+                        .unwrap_or_else(|_| serde_json::Value::String(entry.to_string())),
+                ))
+            })
+            .collect();
+        (out, requests)
+    }
+}
+
+/// Standard base64, as moto records a request body.
+fn unbase64(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let digits: Vec<u32> = text
+        .bytes()
+        .filter_map(|b| ALPHABET.iter().position(|a| *a == b))
+        .map(|d| d as u32)
+        .collect();
+    let mut out = Vec::new();
+    for chunk in digits.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, d)| n | (d << (18 - 6 * i)));
+        out.extend(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
 }
 
 impl Drop for Moto {
@@ -1928,14 +2013,60 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
         }
     }
 
-    // A steady plan reads the parameters once, undecrypted, and no secret.
-    let steady = assert_no_changes(&env, &file);
+    // A steady plan reads the parameters once, undecrypted, and no secret: as counted by
+    // fleet and as moto received it.
+    let (steady, requests) = moto.ssm_requests_during(|| assert_no_changes(&env, &file));
     let ssm_calls: Vec<(String, u64)> = calls(&steady)
         .into_iter()
         .filter(|(op, _)| op.starts_with("ssm:"))
         .map(|(op, n)| (op, n.as_u64().unwrap()))
         .collect();
     assert_eq!(ssm_calls, [("ssm:GetParametersByPath".to_string(), 1)]);
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let (target, body) = &requests[0];
+    assert_eq!(target, "GetParametersByPath");
+    assert_eq!(body["Path"], "/fleet/delivery/", "{body}");
+    assert_ne!(body["WithDecryption"], true, "{body}");
+    assert_eq!(
+        body["ParameterFilters"],
+        serde_json::json!([{"Key": "Type", "Option": "Equals", "Values": ["String"]}])
+    );
+    assert!(!steady.stdout.contains(secret) && !steady.stderr.contains(secret));
+
+    // A rotated secret shows by name, is a reload, and rewrites only its parameter's value and
+    // digest, on the same instance.
+    std::fs::write(
+        &secrets_file,
+        secrets.replace(secret, "glrt-rotated-s3cr3t-value"),
+    )
+    .unwrap();
+    let plan = plan_json(&env, &file);
+    let change = &plan["resource_changes"][0];
+    assert_eq!(
+        change["actions"],
+        serde_json::json!(["update"]),
+        "{change:#}"
+    );
+    assert!(
+        change.to_string().contains("DELIVERY_TOKEN"),
+        "the rotation is named: {change:#}"
+    );
+    assert_eq!(change["impact"]["class"], "reload", "{change:#}");
+    assert!(
+        !plan.to_string().contains("glrt-rotated"),
+        "the plan holds the value"
+    );
+    converge(&env, &file);
+    let rotated = stored(&ec2, &ssm, &prefix);
+    assert_ne!(
+        rotated["secrets/DELIVERY_TOKEN"].tags["fleet-digest"], *digest,
+        "the digest tag follows the value"
+    );
+    assert!(rotated["secrets/DELIVERY_TOKEN"]
+        .value
+        .contains("glrt-rotated-s3cr3t-value"));
+    std::fs::write(&secrets_file, &secrets).unwrap();
+    converge(&env, &file);
 
     // A `concurrent` change is a reload of the same instance.
     env.write(
