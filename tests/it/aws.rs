@@ -71,7 +71,7 @@ impl Moto {
 
 impl Moto {
     /// Calls moto's own API (`/moto-api/...`) and returns the body of its answer.
-    fn api(&self, method: &str, path: &str) -> String {
+    pub(crate) fn api(&self, method: &str, path: &str) -> String {
         use std::io::{Read, Write};
         let address = self.url.trim_start_matches("http://");
         let mut stream = TcpStream::connect(address).expect("moto answers");
@@ -88,11 +88,12 @@ impl Moto {
             .unwrap_or_default()
     }
 
-    /// The SSM requests moto receives while `during` runs: each one's target and JSON body.
-    fn ssm_requests_during<T>(
+    /// The SSM requests moto receives while `during` runs: each one's target, JSON body and
+    /// the request as recorded (headers, method, url, body as text).
+    pub(crate) fn ssm_requests_during<T>(
         &self,
         during: impl FnOnce() -> T,
-    ) -> (T, Vec<(String, serde_json::Value)>) {
+    ) -> (T, Vec<(String, serde_json::Value, serde_json::Value)>) {
         self.api("POST", "/moto-api/recorder/reset-recording");
         self.api("POST", "/moto-api/recorder/start-recording");
         let out = during();
@@ -101,7 +102,7 @@ impl Moto {
         let requests = recording
             .lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter_map(|entry| {
+            .filter_map(|mut entry| {
                 let headers = entry["headers"].as_object()?;
                 let target = headers
                     .iter()
@@ -116,11 +117,10 @@ impl Moto {
                 } else {
                     body.to_string()
                 };
-                Some((
-                    target,
-                    serde_json::from_str(&body)
-                        .unwrap_or_else(|_| serde_json::Value::String(entry.to_string())),
-                ))
+                let json = serde_json::from_str(&body)
+                    .unwrap_or_else(|_| serde_json::Value::String(entry.to_string()));
+                entry["body"] = body.into();
+                Some((target, json, entry))
             })
             .collect();
         (out, requests)
@@ -2023,7 +2023,7 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
         .collect();
     assert_eq!(ssm_calls, [("ssm:GetParametersByPath".to_string(), 1)]);
     assert_eq!(requests.len(), 1, "{requests:?}");
-    let (target, body) = &requests[0];
+    let (target, body, _) = &requests[0];
     assert_eq!(target, "GetParametersByPath");
     assert_eq!(body["Path"], "/fleet/delivery/", "{body}");
     assert_ne!(body["WithDecryption"], true, "{body}");

@@ -553,7 +553,24 @@ fn the_ec2_watcher_reads_its_parameters_with_its_role_and_carries_out_the_decisi
             .collect::<Vec<String>>()
     };
     // A new machine: config.toml is written, secret filled in, and nothing restarted.
-    assert_eq!(watch(), Vec::<String>::new());
+    let (commands, requests) = moto.ssm_requests_during(watch);
+    assert_eq!(commands, Vec::<String>::new());
+    // One signed read of its own parameters, decrypted, with the role's session token; the
+    // signature is the one botocore computes for the same request.
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let (target, body, request) = &requests[0];
+    assert_eq!(target, "GetParametersByPath");
+    assert_eq!(body["Path"], format!("/fleet/watched/{id}/"));
+    assert_eq!(body["WithDecryption"], true);
+    assert_eq!(
+        header(request, "x-amz-security-token").as_deref(),
+        Some("instance-session")
+    );
+    assert_eq!(
+        signature(request),
+        botocore_signature(request),
+        "{request:#}"
+    );
     let config = machine.config();
     assert!(
         config.contains(&format!("token = \"{secret}\"")),
@@ -585,4 +602,62 @@ fn the_ec2_watcher_reads_its_parameters_with_its_role_and_carries_out_the_decisi
     let config = machine.config();
     assert!(config.contains("listen_address = \":9253\""), "{config}");
     assert!(config.contains(secret), "{config}");
+}
+
+/// A header of a recorded request, by name in any case.
+fn header(request: &serde_json::Value, name: &str) -> Option<String> {
+    request["headers"]
+        .as_object()?
+        .iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case(name))
+        .and_then(|(_, value)| value.as_str().map(str::to_string))
+}
+
+/// The `Signature=` of a recorded request's `Authorization` header.
+fn signature(request: &serde_json::Value) -> String {
+    let authorization = header(request, "authorization").expect("the request is signed");
+    authorization
+        .rsplit_once("Signature=")
+        .map(|(_, signature)| signature.to_string())
+        .unwrap_or_default()
+}
+
+/// The SigV4 signature botocore computes for a recorded request: the same headers it signed,
+/// the same time, the credentials the IMDS stub hands out.
+fn botocore_signature(request: &serde_json::Value) -> String {
+    const SIGN: &str = r#"
+import json, sys
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+entry = json.load(sys.stdin)
+headers = {k.lower(): v for k, v in entry["headers"].items()}
+signed = headers["authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+request = AWSRequest(method=entry["method"], url=entry["url"], data=entry["body"].encode(), headers={k: headers[k] for k in signed})
+auth = SigV4Auth(Credentials("test", "test", "instance-session"), "ssm", "us-east-1")
+request.context["timestamp"] = headers["x-amz-date"]
+canonical = auth.canonical_request(request)
+print(auth.signature(auth.string_to_sign(request, canonical), request))
+"#;
+    use std::io::Write;
+    let mut python = Command::new("python3")
+        .args(["-c", SIGN])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    python
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    let output = python.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "botocore could not sign: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
