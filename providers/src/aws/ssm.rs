@@ -166,7 +166,15 @@ impl Parameters {
                 .overwrite(true)
                 .send()
                 .await
-                .map_err(|e| about(sdk_error("ssm:PutParameter", e), what))?;
+                .map_err(|e| {
+                    let mut error = sdk_error("ssm:PutParameter", e);
+                    // A service's validation message may quote the value it refused; for a
+                    // secret only the name and the code are told.
+                    if parameter.secure {
+                        error.message = format!("the value of {name} was refused ({})", error.code);
+                    }
+                    about(error, what)
+                })?;
             if let Some(digest) = &parameter.digest {
                 let tag = Tag::builder()
                     .key(DIGEST_TAG)
