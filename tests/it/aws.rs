@@ -1914,7 +1914,22 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
         .expect("the plan shows config.toml")
         .to_string();
     assert!(shown.contains("${secret:DELIVERY_TOKEN}"), "{shown}");
-    converge(&env, &file);
+    let applied = calls(&converge(&env, &file));
+    // Five parameters and the secret's digest tag; nothing listed before (no instance yet),
+    // one listing to verify.
+    let ssm_calls: Vec<(String, u64)> = applied
+        .into_iter()
+        .filter(|(op, _)| op.starts_with("ssm:"))
+        .map(|(op, n)| (op, n.as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        ssm_calls,
+        [
+            ("ssm:AddTagsToResource".to_string(), 1),
+            ("ssm:GetParametersByPath".to_string(), 1),
+            ("ssm:PutParameter".to_string(), 5)
+        ]
+    );
 
     let instances = ec2.instances("delivery");
     assert_eq!(instances.len(), 1, "{instances:?}");
@@ -2108,6 +2123,47 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
     assert_ne!(alive[0], id);
     assert_eq!(
         stored(&ec2, &ssm, &format!("/fleet/delivery/{}/", alive[0])).len(),
+        5
+    );
+    assert_no_changes(&env, &file);
+}
+
+#[test]
+fn an_ec2_instance_whose_parameters_are_gone_is_made_again() {
+    let moto = Moto::start();
+    let env = env_for(&moto);
+    let ec2 = Ec2::new(&moto);
+    let ssm = ssm_client(&moto);
+    let secrets_file = env.path().join("secrets.env");
+    let mut secrets = std::fs::read_to_string(&secrets_file).unwrap();
+    secrets.push_str("DELIVERY_TOKEN=glrt-lost-value\n");
+    std::fs::write(&secrets_file, &secrets).unwrap();
+    let file = env.write("lost.yaml", &manager_with_secret_file("lost"));
+    converge(&env, &file);
+    let id = ec2.alive("lost")[0].id.clone();
+    let prefix = format!("/fleet/lost/{id}/");
+    // What an apply killed between the launch and the parameters leaves: a machine whose
+    // watcher has nothing to read.
+    let names: Vec<String> = stored(&ec2, &ssm, &prefix)
+        .keys()
+        .map(|name| format!("{prefix}{name}"))
+        .collect();
+    assert_eq!(names.len(), 5);
+    ec2.runtime
+        .block_on(ssm.delete_parameters().set_names(Some(names)).send())
+        .expect("DeleteParameters");
+    let plan = plan_json(&env, &file);
+    assert_eq!(
+        actions_of(&plan, "manager.lost-manager-1"),
+        ["create", "delete"],
+        "{plan:#}"
+    );
+    converge(&env, &file);
+    let alive = ec2.alive("lost");
+    assert_eq!(alive.len(), 1);
+    assert_ne!(alive[0].id, id);
+    assert_eq!(
+        stored(&ec2, &ssm, &format!("/fleet/lost/{}/", alive[0].id)).len(),
         5
     );
     assert_no_changes(&env, &file);
