@@ -651,6 +651,7 @@ fn compare(
             // Secret values and the delivered decision ride beside the files: never compared.
             .filter(|key| key.as_str() != render::SECRETS && key.as_str() != impact::ACTION)
             .filter(|key| !(bootstrap_hidden && key.as_str() == render::USER_DATA))
+            .filter(|key| key.as_str() != render::delivery::BOOTSTRAP_DIGEST_KEY)
             .collect()
     } else {
         BTreeSet::new()
@@ -696,15 +697,26 @@ fn compare(
     }
     // EC2 user data cannot change while an instance runs: a new bootstrap means a new
     // machine; its files and secrets are parameters its watcher applies in place. Where the
-    // bootstrap is not returned, the digest of the files read back with the bootstrap wanted
-    // matches the instance's `fleet-config` only if the bootstrap is the one it was sent (an
-    // instance whose parameters are missing or edited is made again too).
+    // bootstrap is not returned, the digest parameter beside the files says which it was
+    // sent; without one (no parameters at all), the files read back with the bootstrap wanted
+    // must match the instance's `fleet-config`, else it is made again.
+    let wanted_bootstrap = spec.metadata.get(render::USER_DATA);
+    let mut seen = have.metadata.clone();
+    let seen_digest = seen.remove(render::delivery::BOOTSTRAP_DIGEST_KEY);
+    if let Some(bootstrap) = wanted_bootstrap {
+        seen.insert(render::USER_DATA.to_string(), bootstrap.clone());
+    }
+    let seen_matches = have.labels.get(labels::CONFIG_HASH) == Some(&metadata_hash(&seen));
     let bootstrap_changed = if bootstrap_hidden {
-        let mut seen = have.metadata.clone();
-        if let Some(bootstrap) = spec.metadata.get(render::USER_DATA) {
-            seen.insert(render::USER_DATA.to_string(), bootstrap.clone());
+        match &seen_digest {
+            Some(digest) => {
+                wanted_bootstrap
+                    .map(|b| render::delivery::bootstrap_digest(b))
+                    .as_ref()
+                    != Some(digest)
+            }
+            None => !seen_matches,
         }
-        have.labels.get(labels::CONFIG_HASH) != Some(&metadata_hash(&seen))
     } else {
         have.metadata.get(render::USER_DATA) != spec.metadata.get(render::USER_DATA)
     };
@@ -747,11 +759,16 @@ fn compare(
         &Networking::default(),
         &Identity::default(),
     );
-    let metadata_edited = metadata_observed
-        && !bootstrap_hidden
-        && !have.metadata.is_empty()
-        && have.labels.get(labels::CONFIG_HASH).map(String::as_str)
-            != Some(metadata_hash(&have.metadata).as_str());
+    // Files edited by hand: for an EC2 instance, those read back with the bootstrap it was
+    // sent do not make its `fleet-config`.
+    let metadata_edited = if bootstrap_hidden {
+        seen_digest.is_some() && !bootstrap_changed && !seen_matches
+    } else {
+        metadata_observed
+            && !have.metadata.is_empty()
+            && have.labels.get(labels::CONFIG_HASH).map(String::as_str)
+                != Some(metadata_hash(&have.metadata).as_str())
+    };
     let drift = stamped.is_some_and(|stamped| stamped != observed && stamped != observed_bare)
         || metadata_edited
         || !unhardened.is_empty();

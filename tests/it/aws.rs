@@ -1915,7 +1915,7 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
         .to_string();
     assert!(shown.contains("${secret:DELIVERY_TOKEN}"), "{shown}");
     let applied = calls(&converge(&env, &file));
-    // Five parameters and the secret's digest tag; nothing listed before (no instance yet),
+    // Six parameters and the secret's digest tag; nothing listed before (no instance yet),
     // one listing to verify.
     let ssm_calls: Vec<(String, u64)> = applied
         .into_iter()
@@ -1927,7 +1927,7 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
         [
             ("ssm:AddTagsToResource".to_string(), 1),
             ("ssm:GetParametersByPath".to_string(), 1),
-            ("ssm:PutParameter".to_string(), 5)
+            ("ssm:PutParameter".to_string(), 6)
         ]
     );
 
@@ -1993,6 +1993,7 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
         names,
         [
             "action",
+            "bootstrap.sha256",
             "config.toml",
             "secret-digests",
             "secrets/DELIVERY_TOKEN",
@@ -2123,13 +2124,14 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
     assert_ne!(alive[0], id);
     assert_eq!(
         stored(&ec2, &ssm, &format!("/fleet/delivery/{}/", alive[0])).len(),
-        5
+        6
     );
     assert_no_changes(&env, &file);
 }
 
 #[test]
-fn an_ec2_instance_whose_parameters_are_gone_is_made_again() {
+fn an_ec2_instance_whose_config_was_edited_is_put_back_and_one_whose_parameters_are_gone_is_made_again(
+) {
     let moto = Moto::start();
     let env = env_for(&moto);
     let ec2 = Ec2::new(&moto);
@@ -2142,13 +2144,34 @@ fn an_ec2_instance_whose_parameters_are_gone_is_made_again() {
     converge(&env, &file);
     let id = ec2.alive("lost")[0].id.clone();
     let prefix = format!("/fleet/lost/{id}/");
+    let config = stored(&ec2, &ssm, &prefix)["config.toml"].value.clone();
+    // config.toml edited at the console: drift, put back in place on the same machine.
+    ec2.runtime
+        .block_on(
+            ssm.put_parameter()
+                .name(format!("{prefix}config.toml"))
+                .value("concurrent = 99\n")
+                .r#type(aws_sdk_ssm::types::ParameterType::String)
+                .overwrite(true)
+                .send(),
+        )
+        .expect("PutParameter");
+    let plan = plan_json(&env, &file);
+    assert_eq!(actions_of(&plan, "manager.lost-manager-1"), ["update"]);
+    assert!(
+        reasons_of(&plan, "manager.lost-manager-1").contains(&"drift".to_string()),
+        "{plan:#}"
+    );
+    converge(&env, &file);
+    assert_eq!(ec2.alive("lost")[0].id, id);
+    assert_eq!(stored(&ec2, &ssm, &prefix)["config.toml"].value, config);
     // What an apply killed between the launch and the parameters leaves: a machine whose
     // watcher has nothing to read.
     let names: Vec<String> = stored(&ec2, &ssm, &prefix)
         .keys()
         .map(|name| format!("{prefix}{name}"))
         .collect();
-    assert_eq!(names.len(), 5);
+    assert_eq!(names.len(), 6);
     ec2.runtime
         .block_on(ssm.delete_parameters().set_names(Some(names)).send())
         .expect("DeleteParameters");
@@ -2164,7 +2187,7 @@ fn an_ec2_instance_whose_parameters_are_gone_is_made_again() {
     assert_ne!(alive[0].id, id);
     assert_eq!(
         stored(&ec2, &ssm, &format!("/fleet/lost/{}/", alive[0].id)).len(),
-        5
+        6
     );
     assert_no_changes(&env, &file);
 }

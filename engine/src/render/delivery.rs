@@ -44,6 +44,21 @@ pub const EC2_PARAMETERS: &[(&str, &str)] = &[
 pub const SECRET_PARAMETERS: &str = "secrets/";
 /// The digests of the secrets, without values, as one `String` parameter.
 pub const SECRET_DIGESTS: &str = "secret-digests";
+/// The SHA-256 of the bootstrap an instance was sent, as a `String` parameter: EC2 does not
+/// return user data, so this is how a plan tells a new bootstrap (a new machine) from files
+/// edited by hand (put back in place).
+pub const BOOTSTRAP_DIGEST: &str = "bootstrap.sha256";
+/// The metadata key discovery reports [`BOOTSTRAP_DIGEST`] under; never delivered, never a file.
+pub const BOOTSTRAP_DIGEST_KEY: &str = "user-data-sha256";
+
+/// The SHA-256 (hex) of a bootstrap.
+pub fn bootstrap_digest(bootstrap: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bootstrap.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
 /// How a later part merges into the config before it: lists (`write_files`, `runcmd`) are
 /// appended, keys already set are kept.
 pub const MERGE_TYPE: &str = "list(append)+dict(no_replace,recurse_list)+str()";
@@ -267,6 +282,9 @@ pub struct Parameter {
 /// The metadata key a parameter name stands for, for discovery to read a `String` parameter
 /// back as the metadata it delivered; `None` for a name that is no file.
 pub fn parameter_key(name: &str) -> Option<&'static str> {
+    if name == BOOTSTRAP_DIGEST {
+        return Some(BOOTSTRAP_DIGEST_KEY);
+    }
     EC2_PARAMETERS
         .iter()
         .find(|(_, known)| *known == name)
@@ -308,6 +326,15 @@ pub fn parameters(metadata: &BTreeMap<String, String>) -> Vec<Parameter> {
         out.push(Parameter {
             name: SECRET_DIGESTS.to_string(),
             value: serde_json::to_string(&digests).unwrap_or_default(),
+            secure: false,
+            digest: None,
+        });
+    }
+    // Only beside something to watch: an instance with no parameters has none of its own.
+    if let (false, Some(bootstrap)) = (out.is_empty(), metadata.get(USER_DATA)) {
+        out.push(Parameter {
+            name: BOOTSTRAP_DIGEST.to_string(),
+            value: bootstrap_digest(bootstrap),
             secure: false,
             digest: None,
         });
@@ -681,7 +708,8 @@ mod tests {
                 ("version", false),
                 ("action", false),
                 ("secrets/T", true),
-                ("secret-digests", false)
+                ("secret-digests", false),
+                ("bootstrap.sha256", false)
             ]
         );
         assert_eq!(parameters[3].value, "glrt-value");
@@ -694,6 +722,14 @@ mod tests {
         // Discovery reads the files back under their metadata keys.
         assert_eq!(parameter_key("config.toml"), Some(RUNNER_CONFIG));
         assert_eq!(parameter_key("secrets/T"), None);
+        assert_eq!(
+            parameter_key("bootstrap.sha256"),
+            Some(BOOTSTRAP_DIGEST_KEY)
+        );
+        assert_eq!(
+            parameters[5].value,
+            bootstrap_digest("#cloud-config\nruncmd:\n  - echo hi\n")
+        );
     }
 
     #[test]
