@@ -638,14 +638,20 @@ fn compare(
     }
     // Metadata content is compared where the cloud returns it (GCE); elsewhere (EC2 user
     // data) the `fleet-config` digest label above stands for it.
+    // An EC2 instance's files come back from its parameters, but its bootstrap rides in user
+    // data, which EC2 does not return: the `fleet-config` digest tells whether it changed.
+    let ec2_instance = want.cloud == Cloud::Aws && want.object == ObjectKind::Instance;
+    let bootstrap_hidden = ec2_instance && !have.metadata.contains_key(render::USER_DATA);
     let metadata_observed =
-        !have.metadata.is_empty() || !have.labels.contains_key(labels::CONFIG_HASH);
+        ec2_instance || !have.metadata.is_empty() || !have.labels.contains_key(labels::CONFIG_HASH);
     let keys: BTreeSet<&String> = if metadata_observed {
         have.metadata
             .keys()
             .chain(spec.metadata.keys())
             // Secret values and the delivered decision ride beside the files: never compared.
             .filter(|key| key.as_str() != render::SECRETS && key.as_str() != impact::ACTION)
+            .filter(|key| !(bootstrap_hidden && key.as_str() == render::USER_DATA))
+            .filter(|key| key.as_str() != render::delivery::BOOTSTRAP_DIGEST_KEY)
             .collect()
     } else {
         BTreeSet::new()
@@ -689,8 +695,32 @@ fn compare(
             }
         }
     }
-    // EC2 user data cannot change while an instance runs: new metadata means a new machine.
-    if metadata_changed && want.cloud == Cloud::Aws && want.object == ObjectKind::Instance {
+    // EC2 user data cannot change while an instance runs: a new bootstrap means a new
+    // machine; its files and secrets are parameters its watcher applies in place. Where the
+    // bootstrap is not returned, the digest parameter beside the files says which it was
+    // sent; without one (no parameters at all), the files read back with the bootstrap wanted
+    // must match the instance's `fleet-config`, else it is made again.
+    let wanted_bootstrap = spec.metadata.get(render::USER_DATA);
+    let mut seen = have.metadata.clone();
+    let seen_digest = seen.remove(render::delivery::BOOTSTRAP_DIGEST_KEY);
+    if let Some(bootstrap) = wanted_bootstrap {
+        seen.insert(render::USER_DATA.to_string(), bootstrap.clone());
+    }
+    let seen_matches = have.labels.get(labels::CONFIG_HASH) == Some(&metadata_hash(&seen));
+    let bootstrap_changed = if bootstrap_hidden {
+        match &seen_digest {
+            Some(digest) => {
+                wanted_bootstrap
+                    .map(|b| render::delivery::bootstrap_digest(b))
+                    .as_ref()
+                    != Some(digest)
+            }
+            None => !seen_matches,
+        }
+    } else {
+        have.metadata.get(render::USER_DATA) != spec.metadata.get(render::USER_DATA)
+    };
+    if metadata_changed && ec2_instance && bootstrap_changed {
         reasons.push(Reason::FieldChanged {
             field: "metadata".to_string(),
             before: have
@@ -729,10 +759,16 @@ fn compare(
         &Networking::default(),
         &Identity::default(),
     );
-    let metadata_edited = metadata_observed
-        && !have.metadata.is_empty()
-        && have.labels.get(labels::CONFIG_HASH).map(String::as_str)
-            != Some(metadata_hash(&have.metadata).as_str());
+    // Files edited by hand: for an EC2 instance, those read back with the bootstrap it was
+    // sent do not make its `fleet-config`.
+    let metadata_edited = if bootstrap_hidden {
+        seen_digest.is_some() && !bootstrap_changed && !seen_matches
+    } else {
+        metadata_observed
+            && !have.metadata.is_empty()
+            && have.labels.get(labels::CONFIG_HASH).map(String::as_str)
+                != Some(metadata_hash(&have.metadata).as_str())
+    };
     let drift = stamped.is_some_and(|stamped| stamped != observed && stamped != observed_bare)
         || metadata_edited
         || !unhardened.is_empty();

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::desired::{glob_match, DesiredResource};
 use crate::diff::{Action, Reason};
-use crate::provider::{Cloud, MachineSpec, ObjectKind};
+use crate::provider::{MachineSpec, ObjectKind};
 use crate::render;
 
 /// Metadata key of the delivered [`Decision`].
@@ -358,11 +358,10 @@ pub struct Decision {
     pub config_sha256: String,
 }
 
-/// Whether a machine has a watcher that applies configuration delivered later (GCE metadata;
-/// EC2 user data is fixed at boot).
-fn is_watched(resource: &DesiredResource) -> bool {
-    resource.cloud == Cloud::Gcp
-        && resource.object == ObjectKind::Instance
+/// Whether a machine has a watcher that applies configuration delivered later (GCE metadata,
+/// EC2 parameters; a launch template's user data is fixed at boot).
+pub fn is_watched(resource: &DesiredResource) -> bool {
+    resource.object == ObjectKind::Instance
         && resource.spec.metadata.contains_key(render::RUNNER_CONFIG)
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use fleet_engine::provider::Cloud;
+use fleet_engine::provider::{Cloud, ObjectKind};
 use fleet_engine::render::delivery;
 
 use crate::support::{golden, repo, Env};
@@ -227,8 +227,21 @@ fn golden_deliveries_of_every_machine_match_and_cloud_init_reads_the_ec2_ones() 
             }
             let (file, text) = match resource.cloud {
                 Cloud::Aws => {
-                    let document = delivery::ec2_document(metadata).unwrap();
-                    let sent = delivery::ec2_user_data(metadata).unwrap();
+                    // An instance is sent its bootstrap and parameter root; its files are
+                    // parameters. A launch template's machines get the files in user data.
+                    let (document, sent) = match resource.object {
+                        ObjectKind::Instance => {
+                            let root = delivery::parameter_root(&desired.fleet);
+                            (
+                                delivery::ec2_instance_document(metadata, &root).unwrap(),
+                                delivery::ec2_instance_user_data(metadata, &root).unwrap(),
+                            )
+                        }
+                        ObjectKind::InstanceTemplate => (
+                            delivery::ec2_document(metadata).unwrap(),
+                            delivery::ec2_user_data(metadata).unwrap(),
+                        ),
+                    };
                     let read = cloud_init_reads(&base64(&sent));
                     assert_eq!(
                         read["document"],
@@ -324,12 +337,14 @@ fn ec2_user_data_too_large_even_gzipped_is_a_diagnostic_at_the_machine() {
         "not located at the machine:\n{stderr}"
     );
     assert!(
-        stderr.contains("The EC2 user data of big-manager-1 is too large"),
+        stderr.contains("The SSM parameter `config.toml` of big-manager-1 is too large"),
         "{stderr}"
     );
-    assert!(stderr.contains("bytes gzip-compressed ("), "{stderr}");
-    assert!(stderr.contains("EC2 takes at most 16384 bytes"), "{stderr}");
-    // Fewer runners fit once compressed: the same file validates.
+    assert!(
+        stderr.contains("an Advanced SSM parameter holds at most 8192 bytes"),
+        "{stderr}"
+    );
+    // Fewer runners fit one Advanced parameter: the same file validates.
     let file = env.write("fits.yaml", &oversized_file(40));
     env.fleet(&["validate", &file]).ok();
 }
@@ -357,8 +372,7 @@ managers:
 ";
 
 #[test]
-fn on_first_boot_an_ec2_manager_gets_config_toml_with_its_secrets_filled_in_root_only() {
-    use std::os::unix::fs::PermissionsExt;
+fn an_ec2_managers_user_data_holds_references_only_and_its_watcher_runs_on_the_images_python() {
     let desired = fleet_engine::spec::compile("boot.yaml", EC2_MANAGER).unwrap();
     let manager = desired.resources.values().next().unwrap();
     // What apply sends: the files and the secret values the config references.
@@ -373,21 +387,28 @@ fn on_first_boot_an_ec2_manager_gets_config_toml_with_its_secrets_filled_in_root
         fleet_engine::render::SECRETS.to_string(),
         serde_json::to_string(&secrets).unwrap(),
     );
-    let read = cloud_init_reads(&base64(&delivery::ec2_user_data(&metadata).unwrap()));
-    // The machine as cloud-init leaves it before `runcmd`: every file written, with its mode.
-    let root = tempfile::tempdir().unwrap();
-    for entry in read["merged"]["write_files"].as_array().unwrap() {
-        let path = root
-            .path()
-            .join(entry["path"].as_str().unwrap().trim_start_matches('/'));
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, entry["content"].as_str().unwrap()).unwrap();
-        let mode = u32::from_str_radix(entry["permissions"].as_str().unwrap_or("0644"), 8).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-    let first = read["merged"]["runcmd"][0].as_str().unwrap();
-    assert_eq!(first, "/usr/local/sbin/fleet-fill-secrets");
-    let script = root.path().join("usr/local/sbin/fleet-fill-secrets");
+    let sent = delivery::ec2_instance_user_data(&metadata, "/fleet/boot/").unwrap();
+    let read = cloud_init_reads(&base64(&sent));
+    let document = read["document"].as_str().unwrap();
+    assert!(!document.contains("glrt-boot-value"), "{document}");
+    assert!(written(&read, "/etc/gitlab-runner/config.toml").is_none());
+    assert!(written(&read, "/etc/fleet/secrets.json").is_none());
+    assert_eq!(
+        written(&read, "/etc/fleet/parameters").unwrap()["content"],
+        "/fleet/boot/"
+    );
+    // The value goes to its SecureString parameter only.
+    let parameters = delivery::parameters(&metadata);
+    let holding: Vec<(&str, bool)> = parameters
+        .iter()
+        .filter(|p| p.value.contains("glrt-boot-value"))
+        .map(|p| (p.name.as_str(), p.secure))
+        .collect();
+    assert_eq!(holding, [("secrets/BOOT_TOKEN", true)]);
+    let watcher = written(&read, "/usr/local/sbin/fleet-watch").expect("the watcher is laid down");
+    let scratch = tempfile::tempdir().unwrap();
+    let script = scratch.path().join("fleet-watch");
+    std::fs::write(&script, watcher["content"].as_str().unwrap()).unwrap();
     // `3.10-`: nothing the script uses needs a Python newer than Ubuntu 22.04's.
     let checked = Command::new("vermin")
         .args(["--target=3.10-", "--no-tips", "--violations"])
@@ -396,35 +417,9 @@ fn on_first_boot_an_ec2_manager_gets_config_toml_with_its_secrets_filled_in_root
         .expect("vermin is not installed: `pip install vermin` (CI's .ci/run does)");
     assert!(
         checked.status.success(),
-        "fleet-fill-secrets needs a Python newer than 3.10:\n{}",
+        "the EC2 watcher needs a Python newer than 3.10:\n{}",
         String::from_utf8_lossy(&checked.stdout)
     );
-    let run = Command::new("python3")
-        .arg(&script)
-        .env("FLEET_WATCH_ROOT", root.path())
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let config_path = root.path().join("etc/gitlab-runner/config.toml");
-    let config = std::fs::read_to_string(&config_path).unwrap();
-    let parsed: toml::Table = toml::from_str(&config).unwrap();
-    assert_eq!(
-        parsed["runners"][0]["token"].as_str(),
-        Some("glrt-boot-value 'quoted'")
-    );
-    assert!(!config.contains("${secret:"), "{config}");
-    let mode = std::fs::metadata(&config_path)
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
-    let secrets_mode = std::fs::metadata(root.path().join("etc/fleet/secrets.json"))
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(secrets_mode & 0o777, 0o600);
+    let problems = schema_problems_of_read(scratch.path(), "boot", &read);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -1,8 +1,9 @@
-//! The GCE watcher (`fleet-watch` in the bootstrap) run as the machine runs it: extracted from
+//! The watcher (`fleet-watch` in the bootstrap) run as the machine runs it: extracted from
 //! the bootstrap fleet delivered, executed by the real `python3` against a loopback metadata
 //! server serving what fleet delivered, with stub `systemctl`, `dpkg-query` and `apt-get` first
 //! on `PATH` that record their arguments. Each impact class the plan shows is checked against
-//! the commands the machine runs for it, so plan and machine are shown to agree.
+//! the commands the machine runs for it, so plan and machine are shown to agree. On EC2 it runs
+//! against a loopback IMDSv2 stub and reads, signed, the parameters fleet wrote to moto.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -438,4 +439,225 @@ fn a_rotated_secret_is_written_in_without_a_restart() {
     let config = machine.config();
     assert!(config.contains("glrt-rotated-value"), "{config}");
     assert!(!config.contains(&secret_value("DISTRIBUTION_com_AMD64_GCP_TOKEN")));
+}
+
+/// IMDSv2 as an EC2 instance's watcher sees it: a session token for a `PUT` that asks for one,
+/// and the instance's id, region and role credentials only to requests that carry it.
+async fn imds(
+    State(id): State<Arc<String>>,
+    headers: HeaderMap,
+    method: axum::http::Method,
+    uri: Uri,
+) -> Response {
+    const TOKEN: &str = "imds-session-token";
+    if uri.path() == "/latest/api/token" {
+        if method != axum::http::Method::PUT
+            || !headers.contains_key("x-aws-ec2-metadata-token-ttl-seconds")
+        {
+            return StatusCode::BAD_REQUEST.into_response();
+        }
+        return TOKEN.into_response();
+    }
+    if headers
+        .get("x-aws-ec2-metadata-token")
+        .and_then(|v| v.to_str().ok())
+        != Some(TOKEN)
+    {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let credentials = serde_json::json!({
+        "Code": "Success",
+        "AccessKeyId": "test",
+        "SecretAccessKey": "test",
+        "Token": "instance-session",
+    });
+    match uri.path() {
+        "/latest/meta-data/instance-id" => id.to_string().into_response(),
+        "/latest/meta-data/placement/region" => "us-east-1".into_response(),
+        "/latest/meta-data/iam/security-credentials/" => "fleet-runner".into_response(),
+        "/latest/meta-data/iam/security-credentials/fleet-runner" => {
+            credentials.to_string().into_response()
+        }
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+#[test]
+fn the_ec2_watcher_reads_its_parameters_with_its_role_and_carries_out_the_decision() {
+    let moto = crate::aws::Moto::start();
+    let env = crate::aws::env_for(&moto);
+    let ec2 = crate::aws::Ec2::new(&moto);
+    let secret = "glrt-ec2-watcher-s3cr3t";
+    let secrets_file = env.path().join("secrets.env");
+    let mut secrets = std::fs::read_to_string(&secrets_file).unwrap();
+    secrets.push_str(&format!("DELIVERY_TOKEN={secret}\n"));
+    std::fs::write(&secrets_file, &secrets).unwrap();
+    let fleet = crate::aws::manager_with_secret_file("watched");
+    let file = env.write("watched.yaml", &fleet);
+    crate::aws::converge(&env, &file);
+    let id = ec2.alive("watched")[0].id.clone();
+    let user_data = ec2
+        .runtime
+        .block_on(
+            ec2.client
+                .describe_instance_attribute()
+                .instance_id(&id)
+                .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+                .send(),
+        )
+        .expect("DescribeInstanceAttribute")
+        .user_data()
+        .and_then(|v| v.value())
+        .unwrap()
+        .to_string();
+    let read = crate::delivery::cloud_init_reads(&user_data);
+    let bootstrap = read["parts"][0]["body"].as_str().unwrap().to_string();
+    let machine = Machine::new(env.path(), &bootstrap);
+    // What cloud-init laid down from user data: where the parameters are.
+    let root_file = machine.root.join("etc/fleet/parameters");
+    std::fs::create_dir_all(root_file.parent().unwrap()).unwrap();
+    let written = crate::delivery::written(&read, "/etc/fleet/parameters").unwrap();
+    std::fs::write(&root_file, written["content"].as_str().unwrap()).unwrap();
+    let server = Loopback::serve(
+        axum::Router::new()
+            .fallback(imds)
+            .with_state(Arc::new(id.clone())),
+    );
+    let watch = || {
+        let _ = std::fs::remove_file(&machine.log);
+        let path = format!(
+            "{}:{}",
+            machine.bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let output = Command::new("python3")
+            .arg(&machine.script)
+            .env("PATH", path)
+            .env("FLEET_WATCH_IMDS_URL", server.url())
+            .env("FLEET_WATCH_SSM_URL", &moto.url)
+            .env("FLEET_WATCH_ROOT", &machine.root)
+            .env("FLEET_WATCH_TEST_LOG", &machine.log)
+            .output()
+            .expect("run python3");
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        assert!(
+            output.status.success(),
+            "the watcher failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!stdout.contains("cannot read"), "{stdout}");
+        std::fs::read_to_string(&machine.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<String>>()
+    };
+    // A new machine: config.toml is written, secret filled in, and nothing restarted.
+    let (commands, requests) = moto.ssm_requests_during(watch);
+    assert_eq!(commands, Vec::<String>::new());
+    // One signed read of its own parameters, decrypted, with the role's session token; the
+    // signature is the one botocore computes for the same request.
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let (target, body, request) = &requests[0];
+    assert_eq!(target, "GetParametersByPath");
+    assert_eq!(body["Path"], format!("/fleet/watched/{id}/"));
+    assert_eq!(body["WithDecryption"], true);
+    assert_eq!(
+        header(request, "x-amz-security-token").as_deref(),
+        Some("instance-session")
+    );
+    assert_eq!(
+        signature(request),
+        botocore_signature(request),
+        "{request:#}"
+    );
+    let config = machine.config();
+    assert!(
+        config.contains(&format!("token = \"{secret}\"")),
+        "{config}"
+    );
+    assert!(config.contains("concurrent = 4"), "{config}");
+    assert!(!config.contains("${secret:"), "{config}");
+    // A `concurrent` change: reload, the same machine, nothing restarted.
+    let file = env.write(
+        "watched.yaml",
+        &fleet.replace("concurrent: 4", "concurrent: 5"),
+    );
+    crate::aws::converge(&env, &file);
+    assert_eq!(ec2.alive("watched")[0].id, id);
+    assert_eq!(watch(), Vec::<String>::new());
+    let config = machine.config();
+    assert!(config.contains("concurrent = 5"), "{config}");
+    assert!(config.contains(secret), "{config}");
+    // Carried out once.
+    assert_eq!(watch(), Vec::<String>::new());
+    // A new listen address: a graceful restart.
+    let file = env.write(
+        "watched.yaml",
+        &fleet.replace("concurrent: 4", "concurrent: 5, listen_address: \":9253\""),
+    );
+    crate::aws::converge(&env, &file);
+    assert_eq!(ec2.alive("watched")[0].id, id);
+    assert_eq!(watch(), ["systemctl restart gitlab-runner"]);
+    let config = machine.config();
+    assert!(config.contains("listen_address = \":9253\""), "{config}");
+    assert!(config.contains(secret), "{config}");
+}
+
+/// A header of a recorded request, by name in any case.
+fn header(request: &serde_json::Value, name: &str) -> Option<String> {
+    request["headers"]
+        .as_object()?
+        .iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case(name))
+        .and_then(|(_, value)| value.as_str().map(str::to_string))
+}
+
+/// The `Signature=` of a recorded request's `Authorization` header.
+fn signature(request: &serde_json::Value) -> String {
+    let authorization = header(request, "authorization").expect("the request is signed");
+    authorization
+        .rsplit_once("Signature=")
+        .map(|(_, signature)| signature.to_string())
+        .unwrap_or_default()
+}
+
+/// The SigV4 signature botocore computes for a recorded request: the same headers it signed,
+/// the same time, the credentials the IMDS stub hands out.
+fn botocore_signature(request: &serde_json::Value) -> String {
+    const SIGN: &str = r#"
+import json, sys
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+entry = json.load(sys.stdin)
+headers = {k.lower(): v for k, v in entry["headers"].items()}
+signed = headers["authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+request = AWSRequest(method=entry["method"], url=entry["url"], data=entry["body"].encode(), headers={k: headers[k] for k in signed})
+auth = SigV4Auth(Credentials("test", "test", "instance-session"), "ssm", "us-east-1")
+request.context["timestamp"] = headers["x-amz-date"]
+canonical = auth.canonical_request(request)
+print(auth.signature(auth.string_to_sign(request, canonical), request))
+"#;
+    use std::io::Write;
+    let mut python = Command::new("python3")
+        .args(["-c", SIGN])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    python
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    let output = python.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "botocore could not sign: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
 }

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use crate::desired::short_hash;
-use crate::provider::Cloud;
+use crate::provider::{Cloud, ObjectKind};
 use crate::render::{
     yaml_quote, PROMETHEUS_CONFIG, RUNNER_CONFIG, RUNNER_VERSION, SECRETS, USER_DATA,
 };
@@ -24,8 +24,41 @@ use crate::render::{
 pub const EC2_USER_DATA_LIMIT: usize = 16 * 1024;
 /// GCE takes at most 256 KB in one metadata value.
 pub const GCE_METADATA_VALUE_LIMIT: usize = 256 * 1024;
-/// Where the secret values land on an EC2 machine: root only, read once at boot.
-pub const EC2_SECRETS_PATH: &str = "/etc/fleet/secrets.json";
+/// Where an EC2 instance finds the root of its parameters (written from its user data).
+pub const EC2_PARAMETER_ROOT_PATH: &str = "/etc/fleet/parameters";
+/// SSM Parameter Store holds at most 4 KB in a Standard parameter...
+pub const SSM_STANDARD_LIMIT: usize = 4 * 1024;
+/// ...and 8 KB in an Advanced one.
+pub const SSM_ADVANCED_LIMIT: usize = 8 * 1024;
+/// The longest parameter root a fleet can have (`/fleet/`, a 63-character label, `/`), which
+/// the validate-time size check assumes, since it runs before the fleet's name is final.
+const LONGEST_ROOT: usize = 7 + 63 + 1;
+/// The parameter names of an EC2 instance's delivered items, below its prefix.
+pub const EC2_PARAMETERS: &[(&str, &str)] = &[
+    (RUNNER_CONFIG, "config.toml"),
+    (RUNNER_VERSION, "version"),
+    (PROMETHEUS_CONFIG, "prometheus.yml"),
+    (crate::impact::ACTION, "action"),
+];
+/// Secret values are `SecureString` parameters below this name.
+pub const SECRET_PARAMETERS: &str = "secrets/";
+/// The digests of the secrets, without values, as one `String` parameter.
+pub const SECRET_DIGESTS: &str = "secret-digests";
+/// The SHA-256 of the bootstrap an instance was sent, as a `String` parameter: EC2 does not
+/// return user data, so this is how a plan tells a new bootstrap (a new machine) from files
+/// edited by hand (put back in place).
+pub const BOOTSTRAP_DIGEST: &str = "bootstrap.sha256";
+/// The metadata key discovery reports [`BOOTSTRAP_DIGEST`] under; never delivered, never a file.
+pub const BOOTSTRAP_DIGEST_KEY: &str = "user-data-sha256";
+
+/// The SHA-256 (hex) of a bootstrap.
+pub fn bootstrap_digest(bootstrap: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bootstrap.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
 /// How a later part merges into the config before it: lists (`write_files`, `runcmd`) are
 /// appended, keys already set are kept.
 pub const MERGE_TYPE: &str = "list(append)+dict(no_replace,recurse_list)+str()";
@@ -46,6 +79,8 @@ pub enum Channel {
     Ec2UserData,
     /// One GCE metadata value.
     GceMetadataValue,
+    /// One SSM parameter of an EC2 instance.
+    SsmParameter,
 }
 
 /// A delivery that does not fit its channel.
@@ -72,6 +107,10 @@ impl Oversize {
                 "The GCE metadata item `{}` of {machine} is too large",
                 self.key.as_deref().unwrap_or_default()
             ),
+            Channel::SsmParameter => format!(
+                "The SSM parameter `{}` of {machine} is too large",
+                self.key.as_deref().unwrap_or_default()
+            ),
         }
     }
 
@@ -86,6 +125,10 @@ impl Oversize {
                 "it is {} bytes; GCE takes at most {} bytes in one metadata value",
                 self.bytes, self.limit
             ),
+            Channel::SsmParameter => format!(
+                "it is {} bytes; an Advanced SSM parameter holds at most {} bytes",
+                self.bytes, self.limit
+            ),
         }
     }
 
@@ -95,27 +138,47 @@ impl Oversize {
     }
 }
 
-/// Every channel a machine's delivery does not fit.
-pub fn oversize(cloud: Cloud, metadata: &BTreeMap<String, String>) -> Vec<Oversize> {
+/// Every channel a machine's delivery does not fit: on EC2 the user data and, for an
+/// instance, each parameter its files become (secret values are known only at apply time).
+pub fn oversize(
+    cloud: Cloud,
+    object: ObjectKind,
+    metadata: &BTreeMap<String, String>,
+) -> Vec<Oversize> {
     match cloud {
         Cloud::Aws => {
-            let Some(document) = ec2_document(metadata) else {
-                return Vec::new();
+            let mut out = Vec::new();
+            let placeholder = "r".repeat(LONGEST_ROOT);
+            let document = match object {
+                ObjectKind::Instance => ec2_instance_document(metadata, &placeholder),
+                ObjectKind::InstanceTemplate => ec2_document(metadata),
             };
-            if document.len() <= EC2_USER_DATA_LIMIT {
-                return Vec::new();
+            if let Some(document) = document.filter(|d| d.len() > EC2_USER_DATA_LIMIT) {
+                let sent = gzip(document.as_bytes()).len();
+                if sent > EC2_USER_DATA_LIMIT {
+                    out.push(Oversize {
+                        channel: Channel::Ec2UserData,
+                        key: None,
+                        bytes: sent,
+                        uncompressed: document.len(),
+                        limit: EC2_USER_DATA_LIMIT,
+                    });
+                }
             }
-            let sent = gzip(document.as_bytes()).len();
-            if sent <= EC2_USER_DATA_LIMIT {
-                return Vec::new();
+            if object == ObjectKind::Instance {
+                for parameter in parameters(metadata) {
+                    if Tier::for_size(parameter.value.len()).is_none() {
+                        out.push(Oversize {
+                            channel: Channel::SsmParameter,
+                            key: Some(parameter.name),
+                            bytes: parameter.value.len(),
+                            uncompressed: parameter.value.len(),
+                            limit: SSM_ADVANCED_LIMIT,
+                        });
+                    }
+                }
             }
-            vec![Oversize {
-                channel: Channel::Ec2UserData,
-                key: None,
-                bytes: sent,
-                uncompressed: document.len(),
-                limit: EC2_USER_DATA_LIMIT,
-            }]
+            out
         }
         Cloud::Gcp => metadata
             .iter()
@@ -135,10 +198,15 @@ pub fn oversize(cloud: Cloud, metadata: &BTreeMap<String, String>) -> Vec<Oversi
 /// compressed when it is over [`EC2_USER_DATA_LIMIT`]. `None` when there is nothing to deliver.
 pub fn ec2_user_data(metadata: &BTreeMap<String, String>) -> Option<Vec<u8>> {
     let document = ec2_document(metadata)?;
+    Some(compress_over_limit(document))
+}
+
+/// A document as sent: gzip-compressed when it is over [`EC2_USER_DATA_LIMIT`].
+fn compress_over_limit(document: String) -> Vec<u8> {
     if document.len() <= EC2_USER_DATA_LIMIT {
-        Some(document.into_bytes())
+        document.into_bytes()
     } else {
-        Some(gzip(document.as_bytes()))
+        gzip(document.as_bytes())
     }
 }
 
@@ -150,9 +218,132 @@ struct Part {
     body: String,
 }
 
-/// The user-data document of an EC2 machine, uncompressed: a cloud-init MIME multi-part.
-/// `None` when the machine has no bootstrap and no files.
+/// The user-data document of an EC2 launch-template version, uncompressed: a cloud-init MIME
+/// multi-part with the bootstrap and the files. Machines made from a template come and go
+/// with the autoscaler and have no parameters of their own, so their files ride in user data.
+/// `None` when there is no bootstrap and no files.
 pub fn ec2_document(metadata: &BTreeMap<String, String>) -> Option<String> {
+    document(metadata, None)
+}
+
+/// The user-data document of an EC2 instance, uncompressed: the bootstrap and the parameter
+/// root its watcher reads from (see [`parameters`]); references only, no file and no value.
+pub fn ec2_instance_document(metadata: &BTreeMap<String, String>, root: &str) -> Option<String> {
+    document(metadata, Some(root))
+}
+
+/// The EC2 user data of an instance, as sent (before base64): [`ec2_instance_document`],
+/// gzip-compressed when it is over [`EC2_USER_DATA_LIMIT`].
+pub fn ec2_instance_user_data(metadata: &BTreeMap<String, String>, root: &str) -> Option<Vec<u8>> {
+    let document = ec2_instance_document(metadata, root)?;
+    Some(compress_over_limit(document))
+}
+
+/// The parameter root of a fleet: every instance's parameters are under `<root><instance id>/`.
+pub fn parameter_root(fleet: &str) -> String {
+    format!("/fleet/{fleet}/")
+}
+
+/// The SSM Parameter Store tier a value needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    /// Up to 4 KB, free.
+    Standard,
+    /// Up to 8 KB, charged per parameter.
+    Advanced,
+}
+
+impl Tier {
+    /// The smallest tier that holds `bytes`, or `None` when no tier does.
+    pub fn for_size(bytes: usize) -> Option<Tier> {
+        if bytes <= SSM_STANDARD_LIMIT {
+            Some(Tier::Standard)
+        } else if bytes <= SSM_ADVANCED_LIMIT {
+            Some(Tier::Advanced)
+        } else {
+            None
+        }
+    }
+}
+
+/// One SSM parameter of an EC2 instance, its name relative to the instance's prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parameter {
+    /// `config.toml`, `version`, `action`, `secret-digests`, `secrets/<NAME>`, ...
+    pub name: String,
+    /// The value as stored.
+    pub value: String,
+    /// Stored as a `SecureString` (a secret value), else as a `String`.
+    pub secure: bool,
+    /// For a secret, its salted digest (the tag beside it); never the value.
+    pub digest: Option<String>,
+}
+
+/// The metadata key a parameter name stands for, for discovery to read a `String` parameter
+/// back as the metadata it delivered; `None` for a name that is no file.
+pub fn parameter_key(name: &str) -> Option<&'static str> {
+    if name == BOOTSTRAP_DIGEST {
+        return Some(BOOTSTRAP_DIGEST_KEY);
+    }
+    EC2_PARAMETERS
+        .iter()
+        .find(|(_, known)| *known == name)
+        .map(|(key, _)| *key)
+}
+
+/// What an EC2 instance's watcher reads from Parameter Store: each file and the decision as a
+/// `String`, each secret value as a `SecureString` under `secrets/` with its digest, and the
+/// digests together as `secret-digests` (what a plan reads to see a rotation). The bootstrap is
+/// not among them: it rides in user data.
+pub fn parameters(metadata: &BTreeMap<String, String>) -> Vec<Parameter> {
+    let mut out: Vec<Parameter> = EC2_PARAMETERS
+        .iter()
+        .filter_map(|(key, name)| {
+            Some(Parameter {
+                name: (*name).to_string(),
+                value: metadata.get(*key)?.clone(),
+                secure: false,
+                digest: None,
+            })
+        })
+        .collect();
+    if let Some(delivery) = metadata
+        .get(SECRETS)
+        .and_then(|text| serde_json::from_str::<crate::secrets::Delivery>(text).ok())
+    {
+        for (name, value) in &delivery.values {
+            out.push(Parameter {
+                name: format!("{SECRET_PARAMETERS}{name}"),
+                value: value.clone(),
+                secure: true,
+                digest: delivery.digests.get(name).cloned(),
+            });
+        }
+        let digests = crate::secrets::Delivery {
+            digests: delivery.digests,
+            values: BTreeMap::new(),
+        };
+        out.push(Parameter {
+            name: SECRET_DIGESTS.to_string(),
+            value: serde_json::to_string(&digests).unwrap_or_default(),
+            secure: false,
+            digest: None,
+        });
+    }
+    // Only beside something to watch: an instance with no parameters has none of its own.
+    if let (false, Some(bootstrap)) = (out.is_empty(), metadata.get(USER_DATA)) {
+        out.push(Parameter {
+            name: BOOTSTRAP_DIGEST.to_string(),
+            value: bootstrap_digest(bootstrap),
+            secure: false,
+            digest: None,
+        });
+    }
+    out
+}
+
+/// A document of the bootstrap and either the files (`root` `None`) or the parameter root.
+fn document(metadata: &BTreeMap<String, String>, root: Option<&str>) -> Option<String> {
     let mut parts = Vec::new();
     if let Some(bootstrap) = metadata.get(USER_DATA) {
         parts.push(Part {
@@ -160,6 +351,22 @@ pub fn ec2_document(metadata: &BTreeMap<String, String>) -> Option<String> {
             merges: false,
             body: bootstrap.clone(),
         });
+    }
+    if let Some(root) = root {
+        // An instance with no parameters (a builder: only its bootstrap) is told no root.
+        if parameters(metadata).is_empty() {
+            return mime(parts);
+        }
+        let mut body = String::from(
+            "#cloud-config\n# Where this machine's watcher reads its files and secrets: SSM parameters under this root and its instance id.\nwrite_files:\n",
+        );
+        body.push_str(&write_file(EC2_PARAMETER_ROOT_PATH, "0644", root));
+        parts.push(Part {
+            filename: "parameters.yaml",
+            merges: true,
+            body,
+        });
+        return mime(parts);
     }
     let mut files: Vec<(String, &str, &str)> = EC2_FILES
         .iter()
@@ -190,19 +397,11 @@ pub fn ec2_document(metadata: &BTreeMap<String, String>) -> Option<String> {
             body,
         });
     }
-    if let Some(secrets) = metadata.get(SECRETS) {
-        // Secret values ride in user data until they move to a secret store; only this part
-        // holds them, in a root-only file the bootstrap reads once at boot.
-        let mut body = String::from(
-            "#cloud-config\n# The secret values config.toml references, filled in at boot; root only.\nwrite_files:\n",
-        );
-        body.push_str(&write_file(EC2_SECRETS_PATH, "0600", secrets));
-        parts.push(Part {
-            filename: "secrets.yaml",
-            merges: true,
-            body,
-        });
-    }
+    mime(parts)
+}
+
+/// The MIME multi-part of some parts; `None` for none.
+fn mime(parts: Vec<Part>) -> Option<String> {
     if parts.is_empty() {
         return None;
     }
@@ -477,21 +676,84 @@ mod tests {
     }
 
     #[test]
-    fn secret_values_ride_only_in_their_own_root_only_part() {
+    fn an_instance_is_sent_its_bootstrap_and_parameter_root_and_its_values_go_to_parameters() {
         let mut metadata = manager("token = \"${secret:T}\"\n");
         metadata.insert(
             SECRETS.to_string(),
             "{\"digests\":{\"T\":\"d\"},\"values\":{\"T\":\"glrt-value\"}}".to_string(),
         );
-        let (_, parts) = parse(&ec2_document(&metadata).unwrap());
-        assert_eq!(parts.len(), 3);
-        assert!(parts[..2].iter().all(|p| !p.body.contains("glrt-value")));
-        assert_eq!(parts[2].header("Merge-Type"), Some(MERGE_TYPE));
-        let files = written(&parts[2]);
-        assert_eq!(files.len(), 1);
-        assert_eq!(files[0].0, EC2_SECRETS_PATH);
-        assert_eq!(files[0].1, "0600");
-        assert_eq!(files[0].2, metadata[SECRETS]);
+        let document = ec2_instance_document(&metadata, "/fleet/f/").unwrap();
+        assert!(!document.contains("glrt-value"), "{document}");
+        assert!(!document.contains("token"), "{document}");
+        let (_, parts) = parse(&document);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[1].header("Merge-Type"), Some(MERGE_TYPE));
+        assert_eq!(
+            written(&parts[1]),
+            [(
+                EC2_PARAMETER_ROOT_PATH.to_string(),
+                "0644".to_string(),
+                "/fleet/f/".to_string()
+            )]
+        );
+        let parameters = parameters(&metadata);
+        let names: Vec<(&str, bool)> = parameters
+            .iter()
+            .map(|p| (p.name.as_str(), p.secure))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("config.toml", false),
+                ("version", false),
+                ("action", false),
+                ("secrets/T", true),
+                ("secret-digests", false),
+                ("bootstrap.sha256", false)
+            ]
+        );
+        assert_eq!(parameters[3].value, "glrt-value");
+        assert_eq!(parameters[3].digest.as_deref(), Some("d"));
+        assert_eq!(parameters[4].value, "{\"digests\":{\"T\":\"d\"}}");
+        assert!(parameters
+            .iter()
+            .filter(|p| !p.secure)
+            .all(|p| !p.value.contains("glrt-value")));
+        // Discovery reads the files back under their metadata keys.
+        assert_eq!(parameter_key("config.toml"), Some(RUNNER_CONFIG));
+        assert_eq!(parameter_key("secrets/T"), None);
+        assert_eq!(
+            parameter_key("bootstrap.sha256"),
+            Some(BOOTSTRAP_DIGEST_KEY)
+        );
+        assert_eq!(
+            parameters[5].value,
+            bootstrap_digest("#cloud-config\nruncmd:\n  - echo hi\n")
+        );
+    }
+
+    #[test]
+    fn a_parameter_over_the_advanced_tier_is_too_large_and_one_over_standard_is_advanced() {
+        assert_eq!(Tier::for_size(4096), Some(Tier::Standard));
+        assert_eq!(Tier::for_size(4097), Some(Tier::Advanced));
+        assert_eq!(Tier::for_size(8193), None);
+        let metadata = manager(&incompressible(8193));
+        let over = oversize(Cloud::Aws, ObjectKind::Instance, &metadata);
+        assert_eq!(over.len(), 1);
+        assert_eq!(over[0].channel, Channel::SsmParameter);
+        assert_eq!(over[0].key.as_deref(), Some("config.toml"));
+        assert_eq!(
+            over[0].label(),
+            "it is 8193 bytes; an Advanced SSM parameter holds at most 8192 bytes"
+        );
+        assert_eq!(
+            oversize(
+                Cloud::Aws,
+                ObjectKind::Instance,
+                &manager(&incompressible(8000))
+            ),
+            []
+        );
     }
 
     #[test]
@@ -514,7 +776,10 @@ mod tests {
         let sent = ec2_user_data(&metadata).unwrap();
         assert_eq!(&sent[..2], &[0x1f, 0x8b]);
         assert!(sent.len() < EC2_USER_DATA_LIMIT);
-        assert_eq!(oversize(Cloud::Aws, &metadata), []);
+        assert_eq!(
+            oversize(Cloud::Aws, ObjectKind::InstanceTemplate, &metadata),
+            []
+        );
         // cloud-init decompresses with Python's gzip module.
         let mut python = std::process::Command::new("python3")
             .args([
@@ -540,7 +805,7 @@ mod tests {
     #[test]
     fn a_delivery_that_does_not_fit_says_how_large_it_is_and_the_limit() {
         let metadata = manager(&incompressible(40_000));
-        let over = oversize(Cloud::Aws, &metadata);
+        let over = oversize(Cloud::Aws, ObjectKind::InstanceTemplate, &metadata);
         assert_eq!(over.len(), 1);
         assert_eq!(over[0].channel, Channel::Ec2UserData);
         assert!(over[0].bytes > EC2_USER_DATA_LIMIT);
@@ -553,9 +818,9 @@ mod tests {
             )
         );
         // The same files fit one GCE metadata value each; a larger one does not.
-        assert_eq!(oversize(Cloud::Gcp, &metadata), []);
+        assert_eq!(oversize(Cloud::Gcp, ObjectKind::Instance, &metadata), []);
         let large = manager(&incompressible(GCE_METADATA_VALUE_LIMIT + 1));
-        let over = oversize(Cloud::Gcp, &large);
+        let over = oversize(Cloud::Gcp, ObjectKind::Instance, &large);
         assert_eq!(over.len(), 1);
         assert_eq!(over[0].key.as_deref(), Some(RUNNER_CONFIG));
         assert_eq!(

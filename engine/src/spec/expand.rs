@@ -1523,14 +1523,20 @@ impl Expander<'_> {
                 runs_prometheus,
                 runner_version: version,
                 shutdown_timeout,
-                watch_metadata: cloud == Cloud::Gcp,
+                // GCE machines read their metadata; EC2 instances their parameters. Machines made
+                // from an EC2 launch template keep the files their user data laid down, and
+                // an EC2 instance with neither runner nor Prometheus has nothing to watch.
+                watch_metadata: cloud == Cloud::Gcp
+                    || (cloud == Cloud::Aws
+                        && e.resource.object == ObjectKind::Instance
+                        && (runs_runner || runs_prometheus)),
             };
             let span = e.name_span;
             if let Some(text) = self.bootstrap(&input, span) {
                 metadata.insert(render::USER_DATA.to_string(), text);
             }
             // What the machine is sent must fit its channel; said at the machine, not at apply.
-            for over in render::delivery::oversize(cloud, &metadata) {
+            for over in render::delivery::oversize(cloud, e.resource.object, &metadata) {
                 let problem = self
                     .new_problem(
                         ProblemKind::Limit,

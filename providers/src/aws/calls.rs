@@ -1,7 +1,8 @@
-//! Counts every EC2 request this process sends, by operation.
+//! Counts every EC2 and SSM request this process sends, by operation.
 //!
 //! In: each HTTP attempt the SDK is about to transmit (an interceptor, so retries and
-//! pages count too). Out: `ec2:RunInstances`-style counts for `--stats` and the tests.
+//! pages count too). Out: `ec2:RunInstances`- and `ssm:PutParameter`-style counts for
+//! `--stats` and the tests.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -12,12 +13,31 @@ use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 
 /// Shared request counts; cloned into the SDK client as an interceptor.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct CallCounter {
     counts: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// The service prefix of the client it is installed in.
+    service: &'static str,
+}
+
+impl Default for CallCounter {
+    fn default() -> CallCounter {
+        CallCounter {
+            counts: Arc::default(),
+            service: "ec2",
+        }
+    }
 }
 
 impl CallCounter {
+    /// The same counts, for another service's client.
+    pub(crate) fn for_service(&self, service: &'static str) -> CallCounter {
+        CallCounter {
+            counts: Arc::clone(&self.counts),
+            service,
+        }
+    }
+
     /// The counts so far.
     pub(crate) fn snapshot(&self) -> BTreeMap<String, u64> {
         self.counts.lock().map(|c| c.clone()).unwrap_or_default()
@@ -40,7 +60,9 @@ impl Intercept for CallCounter {
             .map_or("Unknown", |metadata| metadata.name())
             .to_string();
         if let Ok(mut counts) = self.counts.lock() {
-            *counts.entry(format!("ec2:{operation}")).or_insert(0) += 1;
+            *counts
+                .entry(format!("{}:{operation}", self.service))
+                .or_insert(0) += 1;
         }
         Ok(())
     }

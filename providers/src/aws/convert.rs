@@ -92,6 +92,17 @@ pub(crate) fn user_data(metadata: &BTreeMap<String, String>) -> Option<String> {
     fleet_engine::render::delivery::ec2_user_data(metadata).map(aws_smithy_types::base64::encode)
 }
 
+/// The user data of an instance: the engine's instance document (its bootstrap and the
+/// parameter root of `fleet`) in base64.
+pub(crate) fn instance_user_data(
+    metadata: &BTreeMap<String, String>,
+    fleet: &str,
+) -> Option<String> {
+    let root = fleet_engine::render::delivery::parameter_root(fleet);
+    fleet_engine::render::delivery::ec2_instance_user_data(metadata, &root)
+        .map(aws_smithy_types::base64::encode)
+}
+
 /// fleet's status for an EC2 state; `None` for terminated instances, which are gone.
 pub(crate) fn status(state: Option<&InstanceStateName>) -> Option<InstanceStatus> {
     match state? {

@@ -37,6 +37,7 @@
 mod calls;
 mod convert;
 mod errors;
+mod ssm;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -117,6 +118,12 @@ impl AwsOptions {
 #[derive(Debug)]
 pub struct AwsEc2 {
     client: Client,
+    /// SSM Parameter Store, where each instance's files, decision and secrets live.
+    parameters: ssm::Parameters,
+    /// The full parameter names of each instance, by instance id, as the last discovery
+    /// found them (secret parameters named from `secret-digests`): what a deletion deletes
+    /// and what an update no longer wants.
+    parameter_names: Mutex<BTreeMap<String, Vec<String>>>,
     options: AwsOptions,
     /// The endpoint in use, for [`Provider::describe`], when it is not AWS's own.
     endpoint: Option<String>,
@@ -194,6 +201,8 @@ impl AwsEc2 {
             .build();
         AwsEc2 {
             client: Client::from_conf(config),
+            parameters: ssm::Parameters::new(shared, calls.for_service("ssm"), options.retry),
+            parameter_names: Mutex::new(BTreeMap::new()),
             options,
             endpoint,
             calls,
@@ -582,7 +591,10 @@ impl AwsEc2 {
                     .build(),
             )
             .tag_specifications(convert::tag_spec(ResourceType::Instance, tags))
-            .set_user_data(convert::user_data(&spec.metadata))
+            .set_user_data(convert::instance_user_data(
+                &spec.metadata,
+                spec.labels.get(labels::FLEET).map_or("", String::as_str),
+            ))
             // Unset: the default VPC's subnet in the zone and its default group.
             .set_subnet_id(spec.networking.subnet.clone())
             .set_security_group_ids(convert::groups(&spec.networking))
@@ -690,7 +702,123 @@ impl AwsEc2 {
         })?;
         let live = AwsEc2::created(request, instance)?;
         self.remember(&live.id, &request.name);
+        self.write_parameters(
+            &live.id,
+            &request.spec.labels,
+            &request.spec.metadata,
+            &request.name,
+        )
+        .await?;
         Ok(live)
+    }
+
+    /// The parameter prefix of an instance of the fleet its labels name.
+    fn parameter_prefix(labels: &BTreeMap<String, String>, id: &str) -> String {
+        let fleet = labels.get(labels::FLEET).map_or("", String::as_str);
+        format!(
+            "{}{id}/",
+            fleet_engine::render::delivery::parameter_root(fleet)
+        )
+    }
+
+    /// Writes an instance's parameters and deletes those it had that are no longer wanted (a
+    /// secret no longer referenced).
+    async fn write_parameters(
+        &self,
+        id: &str,
+        labels: &BTreeMap<String, String>,
+        metadata: &BTreeMap<String, String>,
+        what: &str,
+    ) -> Result<(), ProviderError> {
+        let prefix = AwsEc2::parameter_prefix(labels, id);
+        let wanted = fleet_engine::render::delivery::parameters(metadata);
+        self.parameters.put(&prefix, &wanted, what).await?;
+        let names: BTreeSet<String> = wanted
+            .iter()
+            .map(|p| format!("{prefix}{}", p.name))
+            .collect();
+        let stale: Vec<String> = self
+            .parameter_names
+            .lock()
+            .map(|known| known.get(id).cloned().unwrap_or_default())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|name| !names.contains(name))
+            .collect();
+        if !stale.is_empty() {
+            self.parameters.delete(&stale, what).await?;
+        }
+        if let Ok(mut known) = self.parameter_names.lock() {
+            known.insert(id.to_string(), names.into_iter().collect());
+        }
+        Ok(())
+    }
+
+    /// The files, decision and secret digests each instance's parameters hold, read back
+    /// into its metadata as the engine delivered them (`fleet-secrets` with digests only),
+    /// and the names of all its parameters remembered for a deletion.
+    async fn read_parameters(
+        &self,
+        fleet: &str,
+        found: &mut [LiveResource],
+    ) -> Result<(), ProviderError> {
+        use fleet_engine::render::delivery;
+        // No instance, no parameters to read for it: an empty fleet costs no SSM call.
+        if !found.iter().any(|live| live.kind == ObjectKind::Instance) {
+            return Ok(());
+        }
+        let root = delivery::parameter_root(fleet);
+        let strings = self.parameters.strings_under(&root).await?;
+        let mut by_instance: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
+        for (name, value) in &strings {
+            let Some((id, rest)) = name
+                .strip_prefix(&root)
+                .and_then(|rest| rest.split_once('/'))
+            else {
+                continue;
+            };
+            by_instance
+                .entry(id)
+                .or_default()
+                .push((rest, value.as_str()));
+        }
+        let mut names: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for live in found.iter_mut() {
+            if live.kind != ObjectKind::Instance {
+                continue;
+            }
+            let Some(items) = by_instance.get(live.id.as_str()) else {
+                continue;
+            };
+            let prefix = format!("{root}{}/", live.id);
+            let mut own = Vec::new();
+            for (name, value) in items {
+                own.push(format!("{prefix}{name}"));
+                if let Some(key) = delivery::parameter_key(name) {
+                    live.spec
+                        .metadata
+                        .insert(key.to_string(), (*value).to_string());
+                } else if *name == delivery::SECRET_DIGESTS {
+                    let digests = serde_json::from_str::<fleet_engine::secrets::Delivery>(value)
+                        .map(|d| d.digests)
+                        .unwrap_or_default();
+                    own.extend(
+                        digests.keys().map(|secret| {
+                            format!("{prefix}{}{secret}", delivery::SECRET_PARAMETERS)
+                        }),
+                    );
+                    live.spec.metadata.insert(
+                        fleet_engine::render::SECRETS.to_string(),
+                        (*value).to_string(),
+                    );
+                }
+            }
+            names.insert(live.id.clone(), own);
+        }
+        if let Ok(mut known) = self.parameter_names.lock() {
+            known.extend(names);
+        }
+        Ok(())
     }
 
     /// One `RunInstances` for members of the same shape and user data, then one `CreateTags`
@@ -796,7 +924,19 @@ impl AwsEc2 {
                 .map(|(key, value)| (key.clone(), value.clone()))
                 .collect();
             let own = convert::instance_tags(&request.name, &own_labels);
-            match self.tag_with_retry(&live.id, own, &request.name).await {
+            let tagged = match self.tag_with_retry(&live.id, own, &request.name).await {
+                Ok(()) => {
+                    self.write_parameters(
+                        &live.id,
+                        &request.spec.labels,
+                        &request.spec.metadata,
+                        &request.name,
+                    )
+                    .await
+                }
+                Err(error) => Err(error),
+            };
+            match tagged {
                 Ok(()) => results.push(Ok(live)),
                 Err(error) => {
                     // The machine exists but is not this member yet; give it back so the
@@ -917,6 +1057,9 @@ impl AwsEc2 {
                 .filter(|(key, value)| live.spec.labels.get(*key) != Some(value))
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
+        // The files first: the new `fleet-config` tag says they are there.
+        self.write_parameters(&request.id, &request.labels, &request.metadata, &what)
+            .await?;
         self.create_tags(&request.id, changed, &what).await?;
         self.delete_tags(&request.id, &stale, &what).await?;
         live.spec.labels = request.labels.clone();
@@ -1325,6 +1468,7 @@ impl Provider for AwsEc2 {
     async fn discover(&self, fleet: &str) -> Result<Vec<LiveResource>, ProviderError> {
         let tag = format!("tag:{}", labels::FLEET);
         let mut found = self.list_fleet_instances(fleet).await?;
+        self.read_parameters(fleet, &mut found).await?;
         for (template_id, _, tags) in self
             .list_templates(
                 vec![filter(&tag, [fleet]), filter("tag-key", [labels::KIND])],
@@ -1434,7 +1578,10 @@ impl Provider for AwsEc2 {
                 spec.image.as_str(),
                 spec.disk_type.as_str(),
                 spec.disk_size_gb,
-                convert::user_data(&spec.metadata),
+                convert::instance_user_data(
+                    &spec.metadata,
+                    spec.labels.get(labels::FLEET).map_or("", String::as_str),
+                ),
                 &spec.networking,
             ))
         });
@@ -1503,7 +1650,21 @@ impl Provider for AwsEc2 {
                 }
                 self.terminate(&request.id)
                     .await
-                    .map_err(|e| about(e, &request.name))
+                    .map_err(|e| about(e, &request.name))?;
+                // Its parameters go with it; they were found by the discovery this plan
+                // was made against.
+                let names = self
+                    .parameter_names
+                    .lock()
+                    .map(|known| known.get(&request.id).cloned().unwrap_or_default())
+                    .unwrap_or_default();
+                if !names.is_empty() {
+                    self.parameters.delete(&names, &request.name).await?;
+                    if let Ok(mut known) = self.parameter_names.lock() {
+                        known.remove(&request.id);
+                    }
+                }
+                Ok(())
             }
             ObjectKind::InstanceTemplate => self.delete_template(request).await,
         }
