@@ -542,35 +542,14 @@ fn compare(
     // Networking the fleet file leaves to the cloud's defaults is not compared.
     let want_net = &spec.networking;
     let have_net = seen_networking(&have.networking, want_net);
-    for (field, before, after) in [
-        ("network", &have_net.network, &want_net.network),
-        ("subnet", &have_net.subnet, &want_net.subnet),
-    ] {
-        if after.is_some() && before != after {
-            reasons.push(Reason::FieldChanged {
-                field: field.to_string(),
-                before: before.clone().unwrap_or_default(),
-                after: after.clone().unwrap_or_default(),
-                forces_replacement: true,
-            });
-            replace = true;
-        }
-    }
-    if have_net.security_groups != want_net.security_groups {
-        reasons.push(Reason::FieldChanged {
-            field: "security_groups".to_string(),
-            before: have_net.security_groups.join(","),
-            after: want_net.security_groups.join(","),
-            forces_replacement: true,
-        });
-        replace = true;
-    }
     // Identity likewise: a different role or account is a new machine (EC2 cannot swap an
     // instance profile into a launch it made, and a GCE VM must be stopped to change its
     // account).
     let want_id = &spec.identity;
     let have_id = seen_identity(&have.identity, want_id);
     for (field, before, after) in [
+        ("network", &have_net.network, &want_net.network),
+        ("subnet", &have_net.subnet, &want_net.subnet),
         (
             "instance_profile",
             &have_id.instance_profile,
@@ -592,14 +571,23 @@ fn compare(
             replace = true;
         }
     }
-    if have_id.scopes != want_id.scopes {
-        reasons.push(Reason::FieldChanged {
-            field: "scopes".to_string(),
-            before: have_id.scopes.join(","),
-            after: want_id.scopes.join(","),
-            forces_replacement: true,
-        });
-        replace = true;
+    for (field, before, after) in [
+        (
+            "security_groups",
+            &have_net.security_groups,
+            &want_net.security_groups,
+        ),
+        ("scopes", &have_id.scopes, &want_id.scopes),
+    ] {
+        if before != after {
+            reasons.push(Reason::FieldChanged {
+                field: field.to_string(),
+                before: before.join(","),
+                after: after.join(","),
+                forces_replacement: true,
+            });
+            replace = true;
+        }
     }
     // Fleet launches every EC2 machine with the hardened metadata options; options found
     // weaker were changed by hand, and a machine whose containers may borrow its role is

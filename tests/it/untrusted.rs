@@ -227,6 +227,24 @@ fn a_file_of_thousands_of_problems_shows_the_first_hundred_and_counts_the_rest()
     );
 }
 
+/// Runs `fleet validate FILE` with 512 MiB of address space, asserts it exits 1 (a
+/// diagnostic, not an abort) and returns its standard error.
+#[track_caller]
+fn invalid_under_a_memory_cap(env: &Env, file: &str) -> String {
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 524288 && exec \"$0\" validate \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_fleet"))
+        .arg(file)
+        .current_dir(env.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run fleet under a memory cap");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
 #[test]
 fn an_alias_bomb_of_long_strings_is_refused_under_a_memory_cap() {
     // Few nodes, many bytes: one megabyte string aliased 90,000 times (90 GB when copied).
@@ -237,17 +255,7 @@ fn an_alias_bomb_of_long_strings_is_refused_under_a_memory_cap() {
         "A".repeat(1_000_000)
     );
     let file = env.write("strings.yaml", &text);
-    let output = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -v 524288 && exec \"$0\" validate \"$1\"")
-        .arg(env!("CARGO_BIN_EXE_fleet"))
-        .arg(&file)
-        .current_dir(env.path())
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run fleet under a memory cap");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = invalid_under_a_memory_cap(&env, &file);
     assert!(stderr.contains("Aliases copy more than"), "{stderr}");
     assert!(
         stderr.contains("strings.yaml:3:"),
@@ -278,17 +286,7 @@ managers:
         "B".repeat(1_000_000)
     );
     let file = env.write("fanout.yaml", &text);
-    let output = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -v 524288 && exec \"$0\" validate \"$1\"")
-        .arg(env!("CARGO_BIN_EXE_fleet"))
-        .arg(&file)
-        .current_dir(env.path())
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run fleet under a memory cap");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = invalid_under_a_memory_cap(&env, &file);
     assert!(stderr.contains("1 problem in the fleet file"), "{stderr}");
     assert!(
         stderr.contains("The fleet's values expand to more than 128 MiB"),
