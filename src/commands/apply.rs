@@ -100,6 +100,13 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
                     ));
                 }
             }
+            // What the plan said when it was made; whether the cloud still matches is checked
+            // next, under the lock, and a plan that went stale is refused.
+            output::line(&format!(
+                "Saved plan {} ({}), as it was made:",
+                plan.plan_id,
+                args.file.display()
+            ));
             output::out(&display::text(&plan, TextOptions { color }));
             (plan, desired, clouds)
         }

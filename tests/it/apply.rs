@@ -176,6 +176,12 @@ fn a_saved_plan_without_changes_is_refused_once_the_cloud_moved() {
     env.fleet(&["sim", "delete", &member]).ok();
     let run = env.fleet(&["apply", "noop.json", "--auto-approve"]).code(1);
     assert!(run.stderr.contains("the plan is stale"), "{}", run.stderr);
+    // Its "No changes" is shown as what the plan said when it was made, not as the cloud now.
+    assert!(
+        run.stdout.contains("Saved plan ") && run.stdout.contains("(noop.json), as it was made:"),
+        "{}",
+        run.stdout
+    );
     let again = env.fleet(&["plan", "fleets/arm-builders.yaml", "--detailed-exitcode"]);
     assert_eq!(again.code, 2, "{}", again.stdout);
     assert!(again.stdout.contains("1 to create"), "{}", again.stdout);
