@@ -146,22 +146,26 @@ pub(crate) fn available(
         .collect()
 }
 
-/// Where a secret would be read from, and whether it is there: one line of `fleet secrets`.
-/// Never the value.
-pub(crate) fn describe(source: &Secrets, name: &str) -> String {
+/// Where a secret would be read from, and whether it is there: one line of `fleet secrets`
+/// (never the value), and whether it is set.
+pub(crate) fn describe(source: &Secrets, name: &str) -> (String, bool) {
     let variable = variable(name);
-    let from = if std::env::var_os(&variable).is_some() {
-        format!("set in {variable}")
+    let set_in = if std::env::var_os(&variable).is_some() {
+        Some(variable.clone())
     } else if source.file.contains_key(name) {
-        format!(
-            "set in {}",
-            source.file_name.as_deref().unwrap_or("the secrets file")
+        Some(
+            source
+                .file_name
+                .clone()
+                .unwrap_or_else(|| "the secrets file".to_string()),
         )
     } else {
-        match &source.file_name {
-            Some(file) => format!("not set: {variable} or `{name}=…` in {file}"),
-            None => format!("not set: {variable} or `{name}=…` in --secrets-file FILE"),
-        }
+        None
     };
-    format!("{name}\t{from}")
+    let from = match (&set_in, &source.file_name) {
+        (Some(place), _) => format!("set in {place}"),
+        (None, Some(file)) => format!("not set: {variable} or `{name}=…` in {file}"),
+        (None, None) => format!("not set: {variable} or `{name}=…` in --secrets-file FILE"),
+    };
+    (format!("{name}\t{from}"), set_in.is_some())
 }

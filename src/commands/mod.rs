@@ -38,19 +38,29 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
 /// A plan saved with `fleet plan -o` is not a fleet file: it is said so, with what to do,
 /// instead of a list of problems with its keys.
 pub(crate) fn compile(path: &Path, limits: &Limits) -> Result<Desired> {
-    refuse_saved_plan(path)?;
+    refuse_saved_plan(path, limits)?;
     Ok(fleet_engine::spec::compile_file(path, limits)?)
 }
 
 /// A plan saved with `fleet plan -o` where a fleet file belongs: said so, with what to do.
-pub(crate) fn refuse_saved_plan(path: &Path) -> Result<()> {
-    let saved_plan = std::fs::read(path).ok().is_some_and(|bytes| {
-        serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .is_some_and(|value| {
-                value.get("format_version").is_some() && value.get("fleet").is_some()
-            })
-    });
+///
+/// Only a file that opens with `{` is read whole, and then within the fleet-file size limit:
+/// a fleet file is YAML, and anything larger is the loader's to refuse.
+pub(crate) fn refuse_saved_plan(path: &Path, limits: &Limits) -> Result<()> {
+    use std::io::Read;
+    let Ok(file) = std::fs::File::open(path) else {
+        return Ok(());
+    };
+    let most = u64::try_from(limits.file_bytes).unwrap_or(u64::MAX);
+    let mut bytes = Vec::new();
+    if file.take(most).read_to_end(&mut bytes).is_err()
+        || bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{')
+    {
+        return Ok(());
+    }
+    let saved_plan = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .is_some_and(|value| value.get("format_version").is_some() && value.get("fleet").is_some());
     if !saved_plan {
         return Ok(());
     }

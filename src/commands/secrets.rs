@@ -28,8 +28,8 @@ pub(crate) fn run(global: &Global, file: &Path, check: bool) -> Result<u8> {
     let mut text = String::new();
     let mut unset = 0;
     for (name, addresses) in &users {
-        let line = crate::secrets::describe(&source, name);
-        if line.contains("\tnot set") {
+        let (line, set) = crate::secrets::describe(&source, name);
+        if !set {
             unset += 1;
         }
         text.push_str(&line);

@@ -11,7 +11,7 @@ use crate::output;
 pub(crate) fn run(files: &[PathBuf], limits: &Limits) -> Result<u8> {
     let mut failed = false;
     for path in files {
-        if let Err(report) = super::refuse_saved_plan(path) {
+        if let Err(report) = super::refuse_saved_plan(path, limits) {
             failed = true;
             output::diagnostic(report);
             continue;

@@ -113,7 +113,10 @@ impl Moto {
                     .to_string();
                 let body = entry["body"].as_str().unwrap_or_default();
                 let body = if entry["body_encoded"].as_bool() == Some(true) {
-                    String::from_utf8(unbase64(body)).unwrap_or_default()
+                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body)
+                        .ok()
+                        .and_then(|bytes| String::from_utf8(bytes).ok())
+                        .unwrap_or_default()
                 } else {
                     body.to_string()
                 };
@@ -125,25 +128,6 @@ impl Moto {
             .collect();
         (out, requests)
     }
-}
-
-/// Standard base64, as moto records a request body.
-fn unbase64(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let digits: Vec<u32> = text
-        .bytes()
-        .filter_map(|b| ALPHABET.iter().position(|a| *a == b))
-        .map(|d| d as u32)
-        .collect();
-    let mut out = Vec::new();
-    for chunk in digits.chunks(4) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, d)| n | (d << (18 - 6 * i)));
-        out.extend(&n.to_be_bytes()[1..chunk.len()]);
-    }
-    out
 }
 
 impl Drop for Moto {

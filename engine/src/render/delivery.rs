@@ -14,6 +14,9 @@
 
 use std::collections::BTreeMap;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+
 use crate::desired::short_hash;
 use crate::provider::{Cloud, ObjectKind};
 use crate::render::{
@@ -432,7 +435,7 @@ fn mime(parts: Vec<Part>) -> Option<String> {
             }
         } else {
             out.push_str("Content-Transfer-Encoding: base64\n\n");
-            let encoded = base64(part.body.as_bytes());
+            let encoded = BASE64.encode(part.body.as_bytes());
             for line in encoded.as_bytes().chunks(76) {
                 out.push_str(std::str::from_utf8(line).unwrap_or_default());
                 out.push('\n');
@@ -450,28 +453,6 @@ fn write_file(path: &str, mode: &str, content: &str) -> String {
         yaml_quote(path),
         yaml_quote(content)
     )
-}
-
-/// Standard base64 with padding.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (index, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-            if index <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// A gzip member (RFC 1952) of `data`: no file name and no time, so the same input gives the
@@ -550,31 +531,13 @@ mod tests {
                     body: body.to_string(),
                 };
                 if parsed.header("Content-Transfer-Encoding") == Some("base64") {
-                    parsed.body = String::from_utf8(unbase64(&parsed.body)).unwrap();
+                    let encoded: String = parsed.body.split_ascii_whitespace().collect();
+                    parsed.body = String::from_utf8(BASE64.decode(encoded).unwrap()).unwrap();
                 }
                 parsed
             })
             .collect();
         (boundary, parts)
-    }
-
-    fn unbase64(text: &str) -> Vec<u8> {
-        const ALPHABET: &[u8; 64] =
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let digits: Vec<u32> = text
-            .bytes()
-            .filter(|b| !b.is_ascii_whitespace() && *b != b'=')
-            .map(|b| ALPHABET.iter().position(|a| *a == b).unwrap() as u32)
-            .collect();
-        let mut out = Vec::new();
-        for chunk in digits.chunks(4) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, d)| n | (d << (18 - 6 * i)));
-            out.extend(&n.to_be_bytes()[1..chunk.len()]);
-        }
-        out
     }
 
     fn yaml(text: &str) -> yaml_rust2::Yaml {
