@@ -5,6 +5,7 @@
 //! idempotency tokens are stable across retries and resumes). Rendering lives in
 //! [`display`]; nothing else prints a plan.
 
+pub mod digest;
 pub mod display;
 
 use std::collections::BTreeMap;
@@ -51,6 +52,10 @@ pub struct Plan {
     pub fleet: String,
     /// The fleet file.
     pub source: String,
+    /// The SHA-256 of the fleet file's bytes ([`digest::fleet_file_digest`]), when the plan
+    /// was made from a file: which revision of it was reviewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_file_sha256: Option<String>,
     /// Where each cloud is reached.
     pub clouds: BTreeMap<Cloud, CloudTarget>,
     /// The clouds this plan covers (all of `clouds`, or the one of `--only-cloud`).
@@ -116,6 +121,7 @@ impl Plan {
             format_version: FORMAT_VERSION.to_string(),
             fleet: desired.fleet.clone(),
             source: desired.source.clone(),
+            fleet_file_sha256: None,
             clouds: desired.clouds.clone(),
             scope_clouds,
             providers,
@@ -129,6 +135,14 @@ impl Plan {
         };
         plan.plan_id = plan.content_hash();
         plan
+    }
+
+    /// The plan with the digest of the fleet file it was made from, and its id made anew
+    /// (the id covers the digest, so a saved plan cannot claim another revision).
+    pub fn with_fleet_file(mut self, bytes: &[u8]) -> Plan {
+        self.fleet_file_sha256 = Some(digest::fleet_file_digest(bytes));
+        self.plan_id = self.content_hash();
+        self
     }
 
     /// The zones that did not answer, `gcp us-east1-d, …`; empty when all did.
