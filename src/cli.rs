@@ -273,6 +273,9 @@ pub(crate) enum Command {
     /// Act on the simulated cloud out of band, as a person in the cloud console would.
     #[command(subcommand)]
     Sim(SimCommand),
+    /// GitLab CI: the plan as a merge-request note, and the reviewed changes after merge.
+    #[command(subcommand)]
+    Ci(CiCommand),
 }
 
 /// Output format of a plan.
@@ -318,6 +321,81 @@ pub(crate) struct ApplyArgs {
     /// Cloud calls in flight at once.
     #[arg(long, default_value_t = 16)]
     pub(crate) concurrency: usize,
+    /// Apply only if the changes planned now are the ones reviewed: DIGEST is the changes
+    /// digest from the merge request's plan note (`fleet ci expected-changes`), or the path of
+    /// the reviewed saved plan. Otherwise stop before any change (exit 1) and say which
+    /// resources differ. The reviewed changes are the approval: no question is asked, and a
+    /// cloud that changes between this plan and the lock is refused, not planned again.
+    #[arg(long, value_name = "DIGEST")]
+    pub(crate) expect_changes: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CiCommand {
+    /// Post the plan as a note on the merge request (GitLab REST API), or update fleet's
+    /// earlier note for the same fleet file; an unchanged note is not sent again.
+    ///
+    /// Reads CI_API_V4_URL, CI_PROJECT_ID and CI_MERGE_REQUEST_IID (set by GitLab in
+    /// merge-request pipelines) and the token in GITLAB_TOKEN (or --token-env), sent as
+    /// PRIVATE-TOKEN and never printed. CI_JOB_TOKEN cannot write notes: use a project access
+    /// token with the `api` scope.
+    ///
+    /// Exit status: 0 the note is posted or already up to date, 1 error.
+    Comment(CommentArgs),
+    /// Print the changes digest of the reviewed plan for a fleet file, read from fleet's note
+    /// on the merge request that brought the commit CI_COMMIT_SHA, for
+    /// `fleet apply FILE --expect-changes DIGEST` on the default branch.
+    ///
+    /// Exit status: 0 printed, 1 no merged merge request or no note for the file, or an error.
+    ExpectedChanges(ExpectedChangesArgs),
+    /// Print the changes digest of a saved plan (what the plan note shows).
+    ///
+    /// Exit status: 0 printed, 1 error.
+    Digest {
+        /// A plan saved with `fleet plan -o`.
+        plan: PathBuf,
+    },
+}
+
+/// Where GitLab is and how fleet signs in.
+#[derive(Debug, Args)]
+pub(crate) struct GitLabArgs {
+    /// GitLab's REST API, e.g. https://gitlab.example.com/api/v4.
+    #[arg(long, value_name = "URL", env = "CI_API_V4_URL")]
+    pub(crate) api_url: Option<String>,
+    /// The project: its id or its full path.
+    #[arg(long, value_name = "ID", env = "CI_PROJECT_ID")]
+    pub(crate) project: Option<String>,
+    /// The environment variable holding the API token (a project access token with the `api`
+    /// scope); it is sent as PRIVATE-TOKEN and never printed.
+    #[arg(long, value_name = "NAME", default_value = "GITLAB_TOKEN")]
+    pub(crate) token_env: String,
+    /// Longest wait before a retry, in seconds, whatever GitLab's Retry-After asks; attempts
+    /// and the time budget are --max-attempts and --retry-for.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub(crate) max_wait: u64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CommentArgs {
+    /// A plan saved with `fleet plan -o` (the pipeline plans once), or a fleet file to plan now.
+    pub(crate) file: PathBuf,
+    /// The merge request's IID.
+    #[arg(long, value_name = "IID", env = "CI_MERGE_REQUEST_IID")]
+    pub(crate) merge_request: Option<String>,
+    #[command(flatten)]
+    pub(crate) gitlab: GitLabArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExpectedChangesArgs {
+    /// The fleet file whose reviewed plan is wanted (as it was given to `fleet plan`).
+    pub(crate) file: PathBuf,
+    /// The merged commit.
+    #[arg(long, value_name = "SHA", env = "CI_COMMIT_SHA")]
+    pub(crate) commit: Option<String>,
+    #[command(flatten)]
+    pub(crate) gitlab: GitLabArgs,
 }
 
 #[derive(Debug, Args)]

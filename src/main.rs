@@ -4,6 +4,7 @@
 mod cli;
 mod clouds;
 mod commands;
+mod gitlab;
 mod output;
 mod secrets;
 

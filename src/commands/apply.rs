@@ -53,11 +53,93 @@ fn interrupt_stops_new_steps() -> Arc<AtomicBool> {
     flag
 }
 
-fn read_saved_plan(text: &str) -> Option<Result<Plan>> {
+pub(crate) fn read_saved_plan(text: &str) -> Option<Result<Plan>> {
     let value: serde_json::Value = serde_json::from_str(text).ok()?;
     value.get("format_version")?;
     Some(serde_json::from_value(value).into_diagnostic().wrap_err(
         "this looks like a saved plan but cannot be read; make it again with `fleet plan … -o PLAN`",
+    ))
+}
+
+/// Stops (exit 1, nothing changed) unless `plan`'s changes are the reviewed ones: `expected`
+/// is a changes digest, or the path of the reviewed saved plan, which also lets the message
+/// name each resource that differs.
+fn check_expected_changes(plan: &Plan, expected: &str) -> Result<()> {
+    use fleet_engine::plan::digest;
+    let now = digest::changes_digest(plan);
+    let path = std::path::Path::new(expected);
+    let (reviewed_digest, reviewed_plan) = if digest::is_changes_digest(expected) {
+        (expected.to_ascii_lowercase(), None)
+    } else if path.is_file() {
+        let text = std::fs::read_to_string(path)
+            .into_diagnostic()
+            .wrap_err_with(|| format!("cannot read {}", path.display()))?;
+        let reviewed = read_saved_plan(&text).unwrap_or_else(|| {
+            Err(miette!(
+                "{} is not a plan saved with `fleet plan -o`",
+                path.display()
+            ))
+        })?;
+        (digest::changes_digest(&reviewed), Some(reviewed))
+    } else {
+        return Err(miette!(
+            code = "fleet::apply::expect_changes",
+            help = "give the changes digest from the merge request's plan note (64 hex digits, `fleet ci expected-changes FILE` prints it) or the reviewed saved plan",
+            "--expect-changes {expected:?} is neither a changes digest nor a saved plan"
+        ));
+    };
+    if reviewed_digest == now {
+        output::line(&format!(
+            "The changes are the reviewed ones (changes digest {now})."
+        ));
+        return Ok(());
+    }
+    let mut lines = Vec::new();
+    match &reviewed_plan {
+        Some(reviewed) => {
+            lines.extend(
+                digest::differences(reviewed, plan)
+                    .iter()
+                    .map(|difference| format!("  {difference}")),
+            );
+            if reviewed.fleet != plan.fleet {
+                lines.push(format!(
+                    "  the reviewed plan is of fleet {}, this one of fleet {}",
+                    reviewed.fleet, plan.fleet
+                ));
+            }
+            if let (Some(before), Some(after)) =
+                (&reviewed.fleet_file_sha256, &plan.fleet_file_sha256)
+            {
+                if before != after {
+                    lines.push(format!(
+                        "  the fleet file is not the reviewed revision (sha256 {} reviewed, {} now)",
+                        &before[..before.len().min(12)],
+                        &after[..after.len().min(12)]
+                    ));
+                }
+            }
+        }
+        None => {
+            lines.push("  the changes planned now:".to_string());
+            lines.extend(plan.actionable().map(|change| {
+                format!(
+                    "    {} {} ({})",
+                    change.action.symbol(),
+                    change.address,
+                    change.action.verb()
+                )
+            }));
+            if plan.actionable().next().is_none() {
+                lines.push("    none".to_string());
+            }
+        }
+    }
+    Err(miette!(
+        code = "fleet::apply::unexpected_changes",
+        help = "nothing was changed. Review the changes in a merge request (its plan note shows the new digest) and merge it; or, if the cloud moved since the review, plan it again there",
+        "The changes planned now are not the reviewed ones (reviewed changes digest {reviewed_digest}, now {now}):\n{}",
+        lines.join("\n")
     ))
 }
 
@@ -128,10 +210,14 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
             };
             source.announce_placeholders();
             let (plan, _) = ops::plan(&desired, &clouds.providers, &options).await?;
+            let plan = super::with_fleet_file(plan, &args.file, &global.limits())?;
             output::out(&display::text(&plan, TextOptions { color }));
             (plan, desired, clouds)
         }
     };
+    if let Some(expected) = &args.expect_changes {
+        check_expected_changes(&plan, expected)?;
+    }
     let nothing_to_do = !plan.summary.has_changes() && plan.blocked.is_empty();
     // A plan just made from the fleet file saw the cloud a moment ago; a saved plan without
     // changes is still checked against the cloud below, like any saved plan.
@@ -143,7 +229,9 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
     let secret_values = fleet_engine::secrets::resolve(&ops::secret_references(&plan), &source)?;
     source.announce_placeholders();
     // A saved plan is the approval: it was reviewed as it is, and is refused if it is stale.
-    if from_file && !args.auto_approve && plan.blocked.is_empty() && !nothing_to_do {
+    // Changes checked against the reviewed ones (--expect-changes) are approved by that review.
+    let approved = args.auto_approve || args.expect_changes.is_some();
+    if from_file && !approved && plan.blocked.is_empty() && !nothing_to_do {
         if !std::io::stdin().is_terminal() {
             return Err(miette!(
                 code = "fleet::apply::confirm",
@@ -174,7 +262,8 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
         retry: clouds::retry_policy(global),
         // A fleet file applied without review is planned again if the cloud moved; a saved
         // or just-confirmed plan is applied exactly as seen, or not at all.
-        replan_when_changed: from_file && args.auto_approve,
+        // With --expect-changes a plan made again could differ from the reviewed changes.
+        replan_when_changed: from_file && args.auto_approve && args.expect_changes.is_none(),
         abort_after_journal_lines: abort_after_journal_lines(),
         interrupted: Some(interrupt_stops_new_steps()),
     };

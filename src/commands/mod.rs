@@ -1,6 +1,7 @@
 //! One module per subcommand; each parses nothing more and calls one engine operation.
 
 mod apply;
+mod ci;
 mod graph;
 mod plan;
 mod render;
@@ -30,6 +31,7 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
         Command::Secrets { file, check } => secrets::run(&cli.global, &file, check),
         Command::Graph { file } => graph::run(&cli.global, &file).await,
         Command::Sim(command) => sim::run(&cli.global, command),
+        Command::Ci(command) => ci::run(&cli.global, command).await,
     }
 }
 
@@ -40,6 +42,24 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
 pub(crate) fn compile(path: &Path, limits: &Limits) -> Result<Desired> {
     refuse_saved_plan(path, limits)?;
     Ok(fleet_engine::spec::compile_file(path, limits)?)
+}
+
+/// The plan with the SHA-256 of the fleet file it was made from (read again within the
+/// size limit), so a saved plan says which revision of the file was reviewed.
+pub(crate) fn with_fleet_file(
+    plan: fleet_engine::plan::Plan,
+    path: &Path,
+    limits: &Limits,
+) -> Result<fleet_engine::plan::Plan> {
+    use miette::{IntoDiagnostic, WrapErr};
+    use std::io::Read;
+    let most = u64::try_from(limits.file_bytes).unwrap_or(u64::MAX);
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(most).read_to_end(&mut bytes))
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot read {}", path.display()))?;
+    Ok(plan.with_fleet_file(&bytes))
 }
 
 /// A plan saved with `fleet plan -o` where a fleet file belongs: said so, with what to do.

@@ -25,6 +25,7 @@ pub(crate) async fn run(global: &Global, args: &PlanArgs) -> Result<u8> {
     };
     source.announce_placeholders();
     let (plan, _) = ops::plan(&desired, &clouds.providers, &options).await?;
+    let plan = super::with_fleet_file(plan, &args.file, &global.limits())?;
     match args.format {
         Format::Text => output::out(&display::text(
             &plan,

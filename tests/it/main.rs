@@ -2,6 +2,7 @@
 
 mod apply;
 mod aws;
+mod ci;
 mod config;
 mod crash;
 mod delivery;
@@ -9,6 +10,7 @@ mod drift;
 mod fault_proxy;
 mod gce_server;
 mod gcp;
+mod gitlab_server;
 mod golden;
 mod loopback;
 mod plan;
