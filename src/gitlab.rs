@@ -44,7 +44,7 @@ pub(crate) enum GitLabError {
     )]
     BadUrl { value: String },
 
-    #[error("no API token in {variable}; CI_JOB_TOKEN is set, but a job token cannot write merge-request notes")]
+    #[error("no API token in {variable}; CI_JOB_TOKEN is there, but a job token cannot write merge-request notes")]
     #[diagnostic(
         code(fleet::gitlab::job_token),
         help("create a project access token with the `api` scope (the Reporter role is enough to comment) under Settings → Access tokens, and store it as a masked, protected CI/CD variable named {variable}")
@@ -204,6 +204,9 @@ impl GitLab {
                 help: "GitLab CI sets it in every job; elsewhere give --project ID".to_string(),
             })?;
         let variable = settings.token_variable;
+        if variable == "CI_JOB_TOKEN" {
+            return Err(GitLabError::JobTokenOnly { variable });
+        }
         let token = match settings.token.filter(|token| !token.trim().is_empty()) {
             Some(token) => token,
             None if settings.job_token_present => {
