@@ -435,6 +435,15 @@ fn the_reviewed_digest_is_read_back_after_merge_and_applied() {
     let vars = ci_env(&server);
     let reviewed = save_plan(&env, ARM, "plan.json");
     save_plan(&env, DISTRIBUTION, "distribution.json");
+    // Someone else's note with fleet's marker and another digest comes first: not trusted.
+    let forged_digest = "0".repeat(64);
+    server.add_note(
+        MERGE_REQUEST,
+        8,
+        &format!(
+            "<!-- fleet:plan-note file=fleets/arm-builders.yaml -->\n<!-- fleet:changes-digest {forged_digest} -->"
+        ),
+    );
     run(&env, &["ci", "comment", "plan.json"], &vars).ok();
     run(&env, &["ci", "comment", "distribution.json"], &vars).ok();
     server.add_merge_request("c0ffee", 3, "opened");
