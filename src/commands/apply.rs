@@ -80,6 +80,15 @@ fn check_expected_changes(plan: &Plan, expected: &str) -> Result<()> {
                 path.display()
             ))
         })?;
+        if reviewed.content_hash() != reviewed.plan_id {
+            return Err(miette!(
+                code = "fleet::apply::modified_plan",
+                help = "give the reviewed plan as `fleet plan -o` saved it, or the digest its merge-request note shows",
+                "{} was changed after it was made (its content no longer matches plan id {})",
+                path.display(),
+                reviewed.plan_id
+            ));
+        }
         (digest::changes_digest(&reviewed), Some(reviewed))
     } else {
         return Err(miette!(

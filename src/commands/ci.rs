@@ -163,16 +163,9 @@ async fn expected_changes(global: &Global, args: &ExpectedChangesArgs) -> Result
 /// The plan a note shows: a saved plan as it is (refused if edited), or a fleet file planned
 /// now with the usual cloud options.
 async fn plan_of(global: &Global, path: &Path) -> Result<Plan> {
-    let text_start = {
-        use std::io::Read;
-        let mut head = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|file| file.take(4096).read_to_end(&mut head))
-            .into_diagnostic()
-            .wrap_err_with(|| format!("cannot read {}", path.display()))?;
-        head.iter().find(|b| !b.is_ascii_whitespace()).copied()
-    };
-    if text_start == Some(b'{') {
+    // A saved plan is what `fleet plan`, `render` and `graph` refuse as a fleet file (a
+    // bounded look at a file that opens with `{`); a flow-style YAML fleet file is not one.
+    if super::refuse_saved_plan(path, &global.limits()).is_err() {
         return read_plan(path);
     }
     let desired = super::compile(path, &global.limits())?;

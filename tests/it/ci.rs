@@ -567,6 +567,17 @@ fn apply_stops_when_the_changes_are_not_the_reviewed_ones() {
         by_plan.stderr
     );
     assert!(!has(&by_plan.stderr, "arm-builder-1 (create)"));
+    // A reviewed plan edited afterwards is not an expectation.
+    let saved = std::fs::read_to_string(env.path().join("reviewed.json")).expect("plan");
+    env.write("edited.json", &saved.replace("m6g.2xlarge", "m6g.4xlarge"));
+    let edited = env
+        .fleet(&["apply", ARM, "--expect-changes", "edited.json"])
+        .code(1);
+    assert!(
+        has(&edited.stderr, "edited.json was changed after it was made"),
+        "{}",
+        edited.stderr
+    );
     // Nothing was created, and no cloud call but discovery was made.
     assert!(env.sim_list().is_empty());
     assert!(env
