@@ -1988,7 +1988,14 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
         ]
     );
     assert_eq!(parameters["config.toml"].kind, "String");
-    assert_eq!(parameters["config.toml"].value, shown);
+    // What the plan showed, its secret reference masked there.
+    assert_eq!(
+        fleet_engine::render::mask_secrets(&parameters["config.toml"].value),
+        shown
+    );
+    assert!(parameters["config.toml"]
+        .value
+        .contains("${secret:DELIVERY_TOKEN}"));
     assert_eq!(parameters["version"].value, "16.11.1");
     let action: serde_json::Value = serde_json::from_str(&parameters["action"].value).unwrap();
     assert_eq!(action["class"], "replace");
