@@ -771,4 +771,35 @@ mod tests {
         let shown = cut.split("\n> **Cut short:**").next().unwrap();
         assert!(whole.starts_with(shown));
     }
+
+    #[test]
+    fn a_head_longer_than_the_budget_is_cut_at_a_line_and_keeps_the_summary() {
+        let wanted: Vec<_> = Vec::new();
+        let gone: Vec<_> = (0..300)
+            .map(|n| {
+                let orphan = desired(ResourceKind::Manager, &format!("old-manager-{n}"));
+                live(
+                    &orphan,
+                    &format!("zones/us-east1-c/instances/old-manager-{n}"),
+                )
+            })
+            .collect();
+        let plan = plan_of(&desired_set(wanted), &gone);
+        assert_eq!(plan.summary.delete, 300);
+        let budget = 5_000;
+        let cut = markdown_with(
+            &plan,
+            MarkdownOptions {
+                budget,
+                artifact: None,
+            },
+        );
+        assert!(cut.chars().count() <= budget, "{}", cut.chars().count());
+        assert!(cut.contains("**Plan: 0 to create, 0 to update, 0 to replace, 300 to delete.**"));
+        assert!(cut.contains("> **Warning: this plan destroys 300 resource(s).**"));
+        assert!(cut.contains("`manager.old-manager-0` is destroyed"));
+        assert!(
+            cut.contains("the list of what this plan destroys, replaces or finds changed goes on")
+        );
+    }
 }
