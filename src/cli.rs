@@ -283,7 +283,8 @@ pub(crate) enum Command {
 pub(crate) enum Format {
     /// For people; colour on a terminal unless NO_COLOR is set.
     Text,
-    /// Machine-readable, Terraform-style `resource_changes`; the saved-plan format.
+    /// For tools, in the shape of `terraform show -json` (`resource_changes[].change.actions`,
+    /// `before`, `after`, `planned_values`); not a saved plan: save one with -o.
     Json,
     /// For a merge-request comment.
     Markdown,
@@ -299,6 +300,10 @@ pub(crate) struct PlanArgs {
     /// Save the plan (JSON) for `fleet apply PLAN`.
     #[arg(short = 'o', long = "out")]
     pub(crate) out: Option<PathBuf>,
+    /// Also write GitLab's Terraform report to FILE (`artifacts:reports:terraform`):
+    /// `{"create": N, "update": N, "delete": N}`, a replacement counted in create and delete.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) gitlab_report: Option<PathBuf>,
     /// Exit 0 when there are no changes, 2 when there are (or when a zone did not answer, so
     /// part of the fleet could not be compared), 1 on error.
     #[arg(long)]

@@ -56,6 +56,13 @@ fn interrupt_stops_new_steps() -> Arc<AtomicBool> {
 pub(crate) fn read_saved_plan(text: &str) -> Option<Result<Plan>> {
     let value: serde_json::Value = serde_json::from_str(text).ok()?;
     value.get("format_version")?;
+    if super::is_json_plan_for_tools(&value) {
+        return Some(Err(miette!(
+            code = "fleet::apply::json_plan",
+            help = "save the plan to apply with `fleet plan … -o PLAN` and apply that file; `--format json` prints the plan for tools (Terraform's shape), which is not applied",
+            "this is the JSON plan `fleet plan --format json` prints, not a saved plan"
+        )));
+    }
     Some(serde_json::from_value(value).into_diagnostic().wrap_err(
         "this looks like a saved plan but cannot be read; make it again with `fleet plan … -o PLAN`",
     ))

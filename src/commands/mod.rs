@@ -78,11 +78,19 @@ pub(crate) fn refuse_saved_plan(path: &Path, limits: &Limits) -> Result<()> {
     {
         return Ok(());
     }
-    let saved_plan = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .is_some_and(|value| value.get("format_version").is_some() && value.get("fleet").is_some());
-    if !saved_plan {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
         return Ok(());
+    };
+    if value.get("format_version").is_none() || value.get("fleet").is_none() {
+        return Ok(());
+    }
+    if is_json_plan_for_tools(&value) {
+        return Err(miette::miette!(
+            code = "fleet::json_plan",
+            help = "plan, render and graph read the fleet file it was made from",
+            "{} is the JSON plan `fleet plan --format json` prints, not a fleet file",
+            path.display()
+        ));
     }
     let help = format!(
         "apply it with `fleet apply {}`; plan, render and graph read the fleet file it was made from",
@@ -94,4 +102,11 @@ pub(crate) fn refuse_saved_plan(path: &Path, limits: &Limits) -> Result<()> {
         "{} is a plan saved with `fleet plan -o`, not a fleet file",
         path.display()
     ))
+}
+
+/// Whether a JSON document is the plan for tools (`fleet plan --format json`): it names the
+/// fleet release that wrote it and is not marked as a saved plan (`saved_plan`).
+pub(crate) fn is_json_plan_for_tools(value: &serde_json::Value) -> bool {
+    value.get("saved_plan") != Some(&serde_json::Value::Bool(true))
+        && value.get("fleet_version").is_some()
 }

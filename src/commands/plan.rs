@@ -2,6 +2,8 @@
 
 use fleet_engine::ops::{self, PlanOptions};
 use fleet_engine::plan::display::{self, TextOptions};
+use fleet_engine::plan::gitlab;
+use fleet_engine::plan::markdown::{self, MarkdownOptions};
 use miette::{IntoDiagnostic, Result, WrapErr};
 
 use crate::cli::{Format, Global, PlanArgs};
@@ -33,12 +35,32 @@ pub(crate) async fn run(global: &Global, args: &PlanArgs) -> Result<u8> {
                 color: output::color(),
             },
         )),
-        Format::Json => output::out(&plan.to_json()),
-        Format::Markdown => output::out(&display::markdown(&plan)),
+        Format::Json => output::out(&display::json(&plan)),
+        Format::Markdown => {
+            // Where the whole plan is, for a comment cut short: the plan saved beside it.
+            let artifact = args.out.as_ref().map(|path| path.display().to_string());
+            output::out(&markdown::markdown_with(
+                &plan,
+                MarkdownOptions {
+                    artifact: artifact.as_deref(),
+                    ..MarkdownOptions::default()
+                },
+            ))
+        }
+    }
+    if let Some(path) = &args.gitlab_report {
+        let report = gitlab::report(&plan);
+        write_atomically(path, &report.json)
+            .wrap_err_with(|| format!("cannot write the GitLab report to {}", path.display()))?;
+        for (name, count) in &report.clamped {
+            output::warn(&format!(
+                "warning: the GitLab report says {name} {} ({count} in the plan): GitLab reads at most six digits",
+                gitlab::REPORT_MAX
+            ));
+        }
     }
     if let Some(path) = &args.out {
-        std::fs::write(path, plan.to_json())
-            .into_diagnostic()
+        write_atomically(path, &plan.to_json())
             .wrap_err_with(|| format!("cannot write the plan to {}", path.display()))?;
         if args.format == Format::Text {
             let mut command = vec!["fleet".to_string()];
@@ -71,4 +93,23 @@ pub(crate) async fn run(global: &Global, args: &PlanArgs) -> Result<u8> {
     } else {
         0
     })
+}
+
+/// Writes `text` to a temporary file beside `path` and renames it over `path`, so a reader
+/// (a CI job collecting artifacts, a second plan) never sees half of it.
+fn write_atomically(path: &std::path::Path, text: &str) -> Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map_or_else(|| "plan".into(), |name| name.to_string_lossy().into_owned());
+    let temporary = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&temporary, text)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&temporary);
+        })
+        .into_diagnostic()
 }

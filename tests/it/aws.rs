@@ -1085,7 +1085,7 @@ fn subnet_and_security_groups_are_set_and_kept() {
         .iter()
         .find(|c| c["address"] == "manager.net-manager-1")
         .unwrap();
-    let config = manager["after"]["spec"]["metadata"]["gitlab-runner-config"]
+    let config = manager["change"]["after"]["metadata"]["gitlab-runner-config"]
         .as_str()
         .unwrap();
     assert!(
@@ -1893,11 +1893,14 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
     let file = env.write("delivery.yaml", &manager_with_secret_file("delivery"));
 
     let plan = plan_json(&env, &file);
-    let shown = plan["resource_changes"][0]["after"]["spec"]["metadata"]["gitlab-runner-config"]
+    let shown = plan["resource_changes"][0]["change"]["after"]["metadata"]["gitlab-runner-config"]
         .as_str()
         .expect("the plan shows config.toml")
         .to_string();
-    assert!(shown.contains("${secret:DELIVERY_TOKEN}"), "{shown}");
+    assert!(
+        shown.contains("(sensitive)") && !shown.contains(secret),
+        "{shown}"
+    );
     let applied = calls(&converge(&env, &file));
     // Six parameters and the secret's digest tag; nothing listed before (no instance yet),
     // one listing to verify.
@@ -1985,7 +1988,14 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
         ]
     );
     assert_eq!(parameters["config.toml"].kind, "String");
-    assert_eq!(parameters["config.toml"].value, shown);
+    // What the plan showed, its secret reference masked there.
+    assert_eq!(
+        fleet_engine::render::mask_secrets(&parameters["config.toml"].value),
+        shown
+    );
+    assert!(parameters["config.toml"]
+        .value
+        .contains("${secret:DELIVERY_TOKEN}"));
     assert_eq!(parameters["version"].value, "16.11.1");
     let action: serde_json::Value = serde_json::from_str(&parameters["action"].value).unwrap();
     assert_eq!(action["class"], "replace");
@@ -2043,7 +2053,7 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
     let plan = plan_json(&env, &file);
     let change = &plan["resource_changes"][0];
     assert_eq!(
-        change["actions"],
+        change["change"]["actions"],
         serde_json::json!(["update"]),
         "{change:#}"
     );
@@ -2076,7 +2086,7 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
     let plan = plan_json(&env, &file);
     let change = &plan["resource_changes"][0];
     assert_eq!(
-        change["actions"],
+        change["change"]["actions"],
         serde_json::json!(["update"]),
         "{change:#}"
     );

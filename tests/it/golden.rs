@@ -1,5 +1,6 @@
-//! Golden plans: the CLI's text and JSON plan for each fleet in `fleets/`, against an empty
-//! simulated cloud and after out-of-band changes, compared with `plans/`. Run with
+//! Golden plans: the CLI's text, JSON and markdown plan and GitLab report for each fleet in
+//! `fleets/`, against an empty simulated cloud and after out-of-band changes, compared with
+//! `plans/`. Run with
 //! `FLEET_BLESS=1` to rewrite them after an intended change, and review the diff.
 
 use crate::support::{golden, Env};
@@ -58,6 +59,28 @@ fn golden_plans_match_the_cli() {
             golden(
                 &format!("plans/{fleet}/{scenario}.json"),
                 &json,
+                &mut failures,
+            );
+            let report = format!("{scenario}.gitlab.json");
+            let markdown = env
+                .fleet(&[
+                    "plan",
+                    &file,
+                    "--format",
+                    "markdown",
+                    "--gitlab-report",
+                    &report,
+                ])
+                .ok()
+                .stdout;
+            golden(
+                &format!("plans/{fleet}/{scenario}.md"),
+                &markdown,
+                &mut failures,
+            );
+            golden(
+                &format!("plans/{fleet}/{scenario}.gitlab.json"),
+                &std::fs::read_to_string(env.path().join(&report)).unwrap(),
                 &mut failures,
             );
         }

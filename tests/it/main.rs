@@ -15,6 +15,7 @@ mod golden;
 mod loopback;
 mod plan;
 mod quickstart;
+mod review;
 mod support;
 mod untrusted;
 mod validate;

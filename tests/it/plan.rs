@@ -48,7 +48,7 @@ fn json_uses_terraform_action_words() {
         .fleet(&["plan", "fleets/arm-builders.yaml", "--format", "json"])
         .ok()
         .json();
-    assert_eq!(plan["format_version"], "1.1");
+    assert_eq!(plan["format_version"], "1.2");
     assert_eq!(plan["summary"]["create"], 4);
     assert_eq!(actions_of(&plan, "pool.arm-builder-1"), ["create"]);
     env.converge("fleets/arm-builders.yaml");

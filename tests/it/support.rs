@@ -248,12 +248,19 @@ pub(crate) fn actions_of(plan: &serde_json::Value, address: &str) -> Vec<String>
         .expect("resource_changes")
         .iter()
         .filter(|change| change["address"] == address)
-        .flat_map(|change| change["actions"].as_array().cloned().unwrap_or_default())
+        // The JSON plan for tools has them under `change`, as Terraform's; a saved plan beside.
+        .flat_map(|change| {
+            change["change"]["actions"]
+                .as_array()
+                .or(change["actions"].as_array())
+                .cloned()
+                .unwrap_or_default()
+        })
         .map(|a| a.as_str().unwrap_or_default().to_string())
         .collect()
 }
 
-/// The reason types of one address in a JSON plan.
+/// The reason types of one address in a JSON plan (`fleet plan --format json`).
 pub(crate) fn reasons_of(plan: &serde_json::Value, address: &str) -> Vec<String> {
     plan["resource_changes"]
         .as_array()

@@ -1,5 +1,6 @@
 //! Renders a plan for people and machines: text (terminal), markdown (merge-request
-//! comment), JSON (saved plans, tooling) and DOT (`fleet graph`).
+//! comment, in [`super::markdown`]), JSON for tools (Terraform's shape, in
+//! [`super::terraform`]) and DOT (`fleet graph`). The saved plan is [`Plan::to_json`].
 //!
 //! In: a [`Plan`]. Out: a string. Stable: the same plan renders to the same bytes.
 
@@ -91,7 +92,7 @@ fn made_outside(plan: &Plan) -> impl Iterator<Item = (&Change, String)> {
 }
 
 /// What an unreachable zone means for the plan, in one sentence.
-fn unreachable_note(zone: &crate::plan::UnreachableZone) -> String {
+pub(crate) fn unreachable_note(zone: &crate::plan::UnreachableZone) -> String {
     let listed: Vec<&str> = zone.not_planned.iter().map(|a| a.as_str()).collect();
     let which = if listed.is_empty() {
         "the fleet has nothing there".to_string()
@@ -161,6 +162,16 @@ pub fn text(plan: &Plan, options: TextOptions) -> String {
             paint.dim(heading(change.action))
         );
         write_change(&mut out, change, &paint);
+    }
+    let changed_pools: Vec<_> = super::pools::pools(&plan.resource_changes)
+        .into_iter()
+        .filter(|pool| pool.has_changes())
+        .collect();
+    if !changed_pools.is_empty() {
+        let _ = writeln!(out, "\nPools:");
+        for pool in changed_pools {
+            let _ = writeln!(out, "  {}", pool.line());
+        }
     }
     if !plan.blocked.is_empty() {
         let _ = writeln!(
@@ -318,158 +329,16 @@ fn write_change(out: &mut String, change: &Change, paint: &Paint) {
     }
 }
 
-/// Markdown for a merge-request comment.
+/// Markdown for a merge-request comment, within [`super::markdown::MARKDOWN_BUDGET`]
+/// characters; see [`super::markdown`].
 pub fn markdown(plan: &Plan) -> String {
-    // Every value here may come from a fleet file in a merge request: it is escaped for where
-    // it lands (text, a table cell, inline code, HTML, a fenced block), so that it cannot
-    // add markup, links, images or close a section of the comment.
-    let mut out = String::new();
-    let _ = writeln!(out, "### fleet plan: {}\n", md_code(&plan.fleet));
-    let _ = writeln!(out, "Fleet file {}.", md_code(&plan.source));
-    for (cloud, provider) in &plan.providers {
-        let _ = writeln!(out, "- {cloud}: {}", md_text(provider));
-    }
-    for zone in &plan.unreachable {
-        let _ = writeln!(
-            out,
-            "\n> **Warning:** {} zone {} did not answer: {}",
-            zone.cloud,
-            md_code(&zone.zone),
-            md_text(&unreachable_note(zone))
-        );
-    }
-    for (change, note) in made_outside(plan) {
-        let _ = writeln!(
-            out,
-            "\n> **Note:** {}: {}",
-            md_code(change.address.as_str()),
-            md_text(&note)
-        );
-    }
-    let _ = writeln!(out, "\n**{}**\n", md_text(&summary_line(plan)));
-    let actionable: Vec<&Change> = plan.actionable().collect();
-    if actionable.is_empty() && plan.blocked.is_empty() {
-        let _ = writeln!(out, "No changes.");
-        return out;
-    }
-    if !actionable.is_empty() {
-        let _ = writeln!(out, "| | address | cloud | machine | zone | why |");
-        let _ = writeln!(out, "|---|---|---|---|---|---|");
-        for change in &actionable {
-            let (machine, zone) = match (&change.after, &change.before) {
-                (Some(after), _) => (after.spec.machine_type.as_str(), after.spec.zone.as_str()),
-                (None, Some(before)) => {
-                    (before.spec.machine_type.as_str(), before.spec.zone.as_str())
-                }
-                _ => ("", ""),
-            };
-            let why: Vec<String> = change
-                .reasons
-                .iter()
-                .filter(|r| !matches!(r, Reason::FieldChanged { field, .. } if field.starts_with("metadata.")))
-                .map(|r| md_text(&r.message()))
-                .collect();
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} |",
-                md_code(change.action.symbol()),
-                md_code(change.address.as_str()),
-                change.cloud,
-                md_text(machine),
-                md_text(zone),
-                why.join("; ")
-            );
-        }
-    }
-    for change in &actionable {
-        if change.impact.is_none() && change.files.is_empty() {
-            continue;
-        }
-        let _ = writeln!(
-            out,
-            "\n<details><summary><code>{}</code>{}</summary>\n",
-            html(change.address.as_str()),
-            change
-                .impact
-                .as_ref()
-                .map_or(String::new(), |i| format!(": {}", i.class.as_str()))
-        );
-        if let Some(impact) = &change.impact {
-            let _ = writeln!(out, "{}\n", md_text(&impact.procedure));
-        }
-        for file in &change.files {
-            let fence = md_fence(&file.diff);
-            let _ = writeln!(out, "{fence}diff\n{}{fence}\n", file.diff);
-        }
-        let _ = writeln!(out, "</details>");
-    }
-    if !plan.blocked.is_empty() {
-        let _ = writeln!(out, "\n#### Blocked\n");
-        for blocked in &plan.blocked {
-            let _ = writeln!(
-                out,
-                "- {}: {}",
-                md_code(blocked.address.as_str()),
-                md_text(&blocked.help)
-            );
-        }
-    }
-    out
+    super::markdown::markdown(plan)
 }
 
-/// Text as Markdown shows it literally, on one line: markup characters escaped, HTML
-/// characters as entities, line breaks as spaces (a table cell or a list item stays whole).
-fn md_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\n' | '\r' => out.push(' '),
-            '\\' | '`' | '*' | '_' | '[' | ']' | '|' | '#' | '!' | '~' | '$' => {
-                out.push('\\');
-                out.push(c);
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Inline code that no backtick in `text` can close; `|` escaped, as GitLab's tables need
-/// even inside code.
-fn md_code(text: &str) -> String {
-    let text = text.replace(['\n', '\r'], " ").replace('|', "\\|");
-    let ticks = "`".repeat(longest_run(&text, '`') + 1);
-    let pad = if text.starts_with('`') || text.ends_with('`') {
-        " "
-    } else {
-        ""
-    };
-    format!("{ticks}{pad}{text}{pad}{ticks}")
-}
-
-/// A code fence longer than any run of backticks in `text`.
-fn md_fence(text: &str) -> String {
-    "`".repeat(longest_run(text, '`').max(2) + 1)
-}
-
-fn longest_run(text: &str, of: char) -> usize {
-    let (mut longest, mut run) = (0, 0);
-    for c in text.chars() {
-        run = if c == of { run + 1 } else { 0 };
-        longest = longest.max(run);
-    }
-    longest
-}
-
-/// Text inside HTML.
-fn html(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// The JSON plan for tools, in the shape of `terraform show -json`; see [`super::terraform`].
+/// Not the saved plan, which is [`Plan::to_json`].
+pub fn json(plan: &Plan) -> String {
+    super::terraform::json(plan)
 }
 
 /// The plan's resources and dependencies as a Graphviz DOT graph, each node marked with

@@ -3,10 +3,16 @@
 //! In: a [`Diff`](crate::diff::Diff) and the live objects it saw. Out: a [`Plan`] with a
 //! fingerprint of that live state (so a stale saved plan is refused) and a plan id (so
 //! idempotency tokens are stable across retries and resumes). Rendering lives in
-//! [`display`]; nothing else prints a plan.
+//! [`display`] (text, DOT), [`markdown`] (the merge-request comment), [`terraform`] (the JSON
+//! plan for tools) and [`gitlab`] (GitLab's Terraform report), over one grouping of pool
+//! members, [`pools`]; nothing else prints a plan.
 
 pub mod digest;
 pub mod display;
+pub mod gitlab;
+pub mod markdown;
+pub mod pools;
+pub mod terraform;
 
 use std::collections::BTreeMap;
 
@@ -16,7 +22,8 @@ use crate::desired::{short_hash, Address, CloudTarget, Desired};
 use crate::diff::{Action, Blocked, Change, Diff};
 use crate::provider::{Cloud, LiveResource};
 
-/// The JSON format version of saved plans and `--format json`.
+/// The JSON format version of saved plans. The JSON plan for tools has its own,
+/// [`terraform::JSON_FORMAT_VERSION`]; what tells the two apart is [`Plan::saved_plan`].
 pub const FORMAT_VERSION: &str = "1.1";
 
 /// Counts of changes by kind.
@@ -48,6 +55,11 @@ impl Summary {
 pub struct Plan {
     /// [`FORMAT_VERSION`].
     pub format_version: String,
+    /// `true` in every plan fleet saves (`fleet plan -o`): what tells a saved plan from the
+    /// JSON plan for tools, which carries a `format_version` too but is not applied. Left out
+    /// of the plan id, so plans saved before it was written still apply.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub saved_plan: bool,
     /// The fleet name.
     pub fleet: String,
     /// The fleet file.
@@ -119,6 +131,7 @@ impl Plan {
         }
         let mut plan = Plan {
             format_version: FORMAT_VERSION.to_string(),
+            saved_plan: true,
             fleet: desired.fleet.clone(),
             source: desired.source.clone(),
             fleet_file_sha256: None,
@@ -158,6 +171,7 @@ impl Plan {
     pub fn content_hash(&self) -> String {
         let mut copy = self.clone();
         copy.plan_id = String::new();
+        copy.saved_plan = false;
         let bytes = serde_json::to_vec(&copy).unwrap_or_default();
         short_hash(&[&String::from_utf8_lossy(&bytes)])
     }
