@@ -11,6 +11,7 @@
 //! is sent (GCE metadata items, the EC2 user-data document) and checks it fits.
 
 pub mod delivery;
+mod fleet;
 mod keys;
 pub mod toml_doc;
 
@@ -23,6 +24,7 @@ use serde::Serialize;
 
 use crate::provider::{Cloud, Networking};
 use crate::spec::diagnostic::{closest, ProblemKind};
+pub use fleet::fleet;
 pub use toml_doc::{Table, Value};
 
 /// Metadata key of `/etc/gitlab-runner/config.toml`.

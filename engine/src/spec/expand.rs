@@ -1,9 +1,12 @@
-//! Expands fleet files into the desired set and checks what they mean.
+//! Expands fleet files into machines and checks what they mean.
 //!
-//! In: a loaded [`FleetFile`]. Out: the [`Desired`] set, or every problem found: unknown
+//! In: a loaded [`FleetFile`]. Out: the expanded [`Fleet`] (every machine with its address,
+//! cloud name, labels, dependencies and the inputs its files are rendered from, with the
+//! spans they came from; nothing rendered, no hashes), and every problem found: unknown
 //! `{variables}`, clouds the file does not configure, zones and machine types the catalog
 //! does not know or does not offer there, runners whose architecture their machines cannot
 //! run, duplicate names after expansion, dangling references and dependency cycles.
+//! `render::fleet` renders the files from it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,7 +21,7 @@ use super::model::{
     RunnerGlobal, Spanned,
 };
 use crate::catalog::{self, Arch};
-use crate::desired::{metadata_hash, spec_hash, Address, CloudTarget, Desired, DesiredResource};
+use crate::desired::{Address, CloudTarget, DesiredResource};
 use crate::provider::{labels, Cloud, Identity, MachineSpec, Networking, ObjectKind};
 use crate::render;
 use crate::secrets;
@@ -32,69 +35,102 @@ const GCP_DISK_TYPES: &[&str] = &[
 ];
 const AWS_DISK_TYPES: &[&str] = &["gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"];
 
-/// A runner after expansion, with the places its values came from.
+/// A fleet file after expansion: what rendering needs, nothing rendered yet.
 #[derive(Debug, Clone)]
-struct Runner {
-    name: String,
-    name_span: SourceSpan,
-    template: Option<Spanned<String>>,
-    arch: Option<Spanned<String>>,
-    executor: String,
-    executor_span: Option<SourceSpan>,
-    config: render::Table,
+pub struct Fleet {
+    /// The fleet's name.
+    pub fleet: String,
+    /// The fleet file, for the problems rendering finds in it.
+    pub source: SourceFile,
+    /// The clouds the file configures.
+    pub clouds: BTreeMap<Cloud, CloudTarget>,
+    /// Every machine and template, in the file's order.
+    pub machines: Vec<Machine>,
+    /// The static hosts.
+    pub hosts: Vec<Host>,
 }
 
-impl Runner {
-    /// What rendering needs of this runner, with its template (if any) resolved.
-    fn input(&self, template: Option<render::TemplateInfo>) -> render::RunnerInput {
-        render::RunnerInput {
-            name: self.name.clone(),
-            name_span: self.name_span,
-            executor: self.executor.clone(),
-            executor_span: self.executor_span,
-            template,
-            config: self.config.clone(),
-        }
-    }
+/// A runner after expansion, with the places its values came from.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    /// Its name.
+    pub name: String,
+    /// Where the name is written.
+    pub name_span: SourceSpan,
+    /// The template its machines come from, as written (`None` on a host).
+    pub template: Option<Spanned<String>>,
+    /// The architecture it builds, as written.
+    pub arch: Option<Spanned<String>>,
+    /// Executor (fleet's default when not written).
+    pub executor: String,
+    /// Where the executor is written (`None`: fleet's default).
+    pub executor_span: Option<SourceSpan>,
+    /// The `[[runners]]` keys, `{variables}` substituted.
+    pub config: render::Table,
 }
 
 /// A manager's or host's `runner:` block after expansion.
 #[derive(Debug, Clone)]
-struct RunnerSettings {
-    version: Option<String>,
-    global: render::Table,
-    span: SourceSpan,
+pub struct RunnerSettings {
+    /// The pinned gitlab-runner version.
+    pub version: Option<String>,
+    /// The global section of config.toml.
+    pub global: render::Table,
+    /// Where the block is written.
+    pub span: SourceSpan,
+}
+
+/// A helper's `prometheus:` block after expansion.
+#[derive(Debug, Clone)]
+pub struct Prometheus {
+    /// The scrape interval (`30s` when not written).
+    pub scrape_interval: String,
+    /// Prometheus servers this one federates from.
+    pub federate: Vec<String>,
 }
 
 /// A static host: rendered, never created.
-struct Host {
-    name: String,
-    name_span: SourceSpan,
-    role: String,
-    runner: Option<RunnerSettings>,
-    runners: Vec<Runner>,
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Its host name.
+    pub name: String,
+    /// Where the name is written.
+    pub name_span: SourceSpan,
+    /// Its role.
+    pub role: String,
+    /// Its `runner:` block.
+    pub runner: Option<RunnerSettings>,
+    /// Its runners.
+    pub runners: Vec<Runner>,
 }
 
-/// A resource after expansion, with the spans needed to report problems found across
-/// resources (duplicates, references, cycles).
-struct Expanded {
-    resource: DesiredResource,
+/// A machine or template after expansion, with the spans needed to report problems found
+/// across resources (duplicates, references, cycles) and in its rendered files.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    /// The resource with its address, cloud name, spec and labels; no metadata yet, no
+    /// `fleet-config` or `fleet-spec` label, a template's cloud name not yet versioned.
+    pub resource: DesiredResource,
     /// Whether a `{variable}` of this resource was not set (and reported): the files it
     /// renders are not checked again, as their empty values are that one problem.
-    unresolved: bool,
-    name_span: SourceSpan,
-    references: Vec<(Address, SourceSpan)>,
-    scrape: Vec<Spanned<String>>,
-    runners: Vec<Runner>,
-    runner: Option<RunnerSettings>,
-    prometheus: Option<(String, Vec<String>)>,
+    pub unresolved: bool,
+    /// Where its name is written.
+    pub name_span: SourceSpan,
+    /// Its `depends_on` addresses, where each is written.
+    pub references: Vec<(Address, SourceSpan)>,
+    /// Its `scrape:` patterns.
+    pub scrape: Vec<Spanned<String>>,
+    /// Its runners.
+    pub runners: Vec<Runner>,
+    /// Its `runner:` block.
+    pub runner: Option<RunnerSettings>,
+    /// Its `prometheus:` block.
+    pub prometheus: Option<Prometheus>,
 }
 
-/// Expands one fleet file and checks it.
-///
-/// # Errors
-/// Every problem found, not the first.
-pub fn expand(file: &FleetFile, limits: &Limits) -> Result<Desired, Vec<Problem>> {
+/// Expands one fleet file and checks it. The fleet comes back whatever was found, so that
+/// rendering can report its own problems beside these.
+pub fn expand(file: &FleetFile, limits: &Limits) -> (Fleet, Vec<Problem>) {
     let mut expander = Expander {
         file,
         source: &file.source,
@@ -106,14 +142,9 @@ pub fn expand(file: &FleetFile, limits: &Limits) -> Result<Desired, Vec<Problem>
         missing_env_lines: BTreeMap::new(),
         problems: Vec::new(),
         hosts: Vec::new(),
-        bootstraps: BTreeMap::new(),
     };
-    let desired = expander.run();
-    if expander.problems.is_empty() {
-        Ok(desired)
-    } else {
-        Err(expander.problems)
-    }
+    let fleet = expander.run();
+    (fleet, expander.problems)
 }
 
 struct Expander<'f> {
@@ -133,8 +164,6 @@ struct Expander<'f> {
     over_budget: Option<SourceSpan>,
     problems: Vec<Problem>,
     hosts: Vec<Host>,
-    /// Bootstraps rendered so far, by their input: most machines share one.
-    bootstraps: BTreeMap<String, String>,
 }
 
 impl Expander<'_> {
@@ -169,7 +198,7 @@ impl Expander<'_> {
         Problem::new(kind, self.source, span, message, label)
     }
 
-    fn run(&mut self) -> Desired {
+    fn run(&mut self) -> Fleet {
         let file = self.file;
         self.check_label_value(&file.fleet, "fleet name");
         let mut clouds = BTreeMap::new();
@@ -247,17 +276,17 @@ impl Expander<'_> {
                         Limits::DEFAULT_RESOURCES
                     ));
                 self.problem(problem);
-                return Desired {
-                    hosts: BTreeMap::new(),
+                return Fleet {
                     fleet: file.fleet.value.clone(),
-                    source: file.source.name.clone(),
+                    source: file.source.clone(),
                     clouds,
-                    resources: BTreeMap::new(),
+                    machines: Vec::new(),
+                    hosts: Vec::new(),
                 };
             }
             within.push(decl);
         }
-        let mut expanded: Vec<Expanded> = Vec::new();
+        let mut expanded: Vec<Machine> = Vec::new();
         for decl in within {
             self.expand_decl(decl, &clouds, &mut expanded);
         }
@@ -285,16 +314,12 @@ impl Expander<'_> {
             // Nothing is rendered from a fleet that did not expand whole.
             expanded.clear();
         }
-        let hosts = self.finish(&clouds, &mut expanded);
-        Desired {
-            hosts,
+        Fleet {
             fleet: file.fleet.value.clone(),
-            source: file.source.name.clone(),
+            source: file.source.clone(),
             clouds,
-            resources: expanded
-                .into_iter()
-                .map(|e| (e.resource.address.clone(), e.resource))
-                .collect(),
+            machines: expanded,
+            hosts: std::mem::take(&mut self.hosts),
         }
     }
 
@@ -570,7 +595,7 @@ impl Expander<'_> {
         &mut self,
         decl: &ResourceDecl,
         clouds: &BTreeMap<Cloud, CloudTarget>,
-        out: &mut Vec<Expanded>,
+        out: &mut Vec<Machine>,
     ) {
         let file = self.file;
         let count = decl.count.as_ref().map_or(1, |count| count.value);
@@ -667,7 +692,7 @@ impl Expander<'_> {
         decl: &ResourceDecl,
         vars: &BTreeMap<String, String>,
         clouds: &BTreeMap<Cloud, CloudTarget>,
-    ) -> Option<Expanded> {
+    ) -> Option<Machine> {
         let unresolved_before = self.unresolved_uses;
         let file = self.file;
         let name = self.interpolate(&decl.name, vars);
@@ -1046,7 +1071,7 @@ impl Expander<'_> {
         let zone = zone.map(|z| z.0).unwrap_or_default();
         let machine_type = machine_type.map(|m| m.0).unwrap_or_default();
         let image = image.map(|i| i.0).unwrap_or_default();
-        Some(Expanded {
+        Some(Machine {
             unresolved: self.unresolved_uses != unresolved_before,
             resource: DesiredResource {
                 address,
@@ -1080,15 +1105,17 @@ impl Expander<'_> {
                 if let Some(interval) = &p.scrape_interval {
                     self.check_scrape_interval(interval);
                 }
-                (
-                    p.scrape_interval
+                Prometheus {
+                    scrape_interval: p
+                        .scrape_interval
                         .as_ref()
                         .map_or_else(|| "30s".to_string(), |i| i.value.clone()),
-                    p.federate
+                    federate: p
+                        .federate
                         .iter()
                         .map(|f| self.interpolate(f, vars))
                         .collect(),
-                )
+                }
             }),
         })
     }
@@ -1204,406 +1231,6 @@ impl Expander<'_> {
             runner: decl.runner.as_ref().map(|r| self.runner_settings(r, vars)),
             runners,
         }
-    }
-
-    /// Reports what gitlab-runner would make of a rendered config.toml where the fleet file
-    /// wrote it.
-    fn report_config_problems(&mut self, rendered: &render::RenderedConfig, fallback: SourceSpan) {
-        for found in &rendered.problems {
-            // A value shared through a YAML alias or a matrix is one line of the fleet file:
-            // one problem there, not one per runner or machine that uses it.
-            let span = found.span.unwrap_or(fallback);
-            if (self.problems.iter()).any(|p| p.span == span && p.message == found.message) {
-                continue;
-            }
-            let mut problem = self
-                .new_problem(found.kind, span, found.message.clone(), found.label.clone())
-                .with_help(found.help.clone());
-            if let Some((span, label)) = &found.secondary {
-                problem = problem.with_secondary(*span, label.clone());
-            }
-            self.problem(problem);
-        }
-    }
-
-    /// Renders one manager's or host's config.toml; problems are reported, not returned.
-    fn render_config(
-        &mut self,
-        machine: &str,
-        fallback: SourceSpan,
-        settings: Option<&RunnerSettings>,
-        runners: Vec<render::RunnerInput>,
-        unresolved: bool,
-    ) -> Option<String> {
-        let input = render::ManagerInput {
-            fleet: self.file.fleet.value.clone(),
-            source: self.source.name.clone(),
-            machine: machine.to_string(),
-            global: settings.map(|s| s.global.clone()).unwrap_or_default(),
-            runners,
-        };
-        match render::config_toml(&input) {
-            Ok(rendered) => {
-                if !unresolved {
-                    self.report_config_problems(&rendered, fallback);
-                }
-                Some(rendered.text)
-            }
-            Err(error) => {
-                let problem = self
-                    .new_problem(
-                        ProblemKind::InvalidValue,
-                        fallback,
-                        format!("Cannot render config.toml of {machine}"),
-                        error.message.clone(),
-                    )
-                    .with_help("check the values of this machine's `runner:` and `runners:`");
-                self.problem(problem);
-                None
-            }
-        }
-    }
-
-    fn require_version(
-        &mut self,
-        settings: Option<&RunnerSettings>,
-        name_span: SourceSpan,
-    ) -> String {
-        match settings.and_then(|s| s.version.clone()) {
-            Some(version) => version,
-            None => {
-                let span = settings.map_or(name_span, |s| s.span);
-                let problem = self
-                    .new_problem(ProblemKind::MissingField, span, "Missing required field `runner.version`", "which gitlab-runner version?")
-                    .with_help("pin the gitlab-runner version, e.g. `runner: {version: \"16.11.1\"}`; fleet installs exactly it and upgrades with a graceful stop");
-                self.problem(problem);
-                String::new()
-            }
-        }
-    }
-
-    fn bootstrap(&mut self, input: &render::BootstrapInput, span: SourceSpan) -> Option<String> {
-        let key = serde_json::to_string(input).unwrap_or_default();
-        if let Some(text) = self.bootstraps.get(&key) {
-            return Some(text.clone());
-        }
-        match render::bootstrap(input) {
-            Ok(text) => {
-                self.bootstraps.insert(key, text.clone());
-                Some(text)
-            }
-            Err(error) => {
-                let problem = self.new_problem(
-                    ProblemKind::InvalidValue,
-                    span,
-                    format!("Cannot render the bootstrap of {}", input.machine),
-                    error.message.clone(),
-                );
-                self.problem(problem);
-                None
-            }
-        }
-    }
-
-    /// Names templates by version, renders every machine's files into its metadata, and stamps
-    /// every resource with its config and spec hashes, templates first. Returns the rendered
-    /// files of the static hosts.
-    fn finish(
-        &mut self,
-        clouds: &BTreeMap<Cloud, CloudTarget>,
-        expanded: &mut [Expanded],
-    ) -> BTreeMap<String, render::Files> {
-        let fleet = self.file.fleet.value.clone();
-        let source = self.source.name.clone();
-        let mut templates: BTreeMap<String, render::TemplateInfo> = BTreeMap::new();
-        for e in expanded
-            .iter_mut()
-            .filter(|e| e.resource.kind == ResourceKind::Template)
-        {
-            let hash = spec_hash(e.resource.cloud, e.resource.object, &e.resource.spec);
-            let name = e.resource.address.name().to_string();
-            e.resource.cloud_name = format!("{}-{}", e.resource.cloud_name, &hash[..8]);
-            e.resource
-                .spec
-                .labels
-                .insert(labels::SPEC_HASH.to_string(), hash);
-            let target = clouds.get(&e.resource.cloud);
-            let spec = &e.resource.spec;
-            templates.insert(
-                name,
-                render::TemplateInfo {
-                    cloud: e.resource.cloud,
-                    cloud_name: e.resource.cloud_name.clone(),
-                    project: target.and_then(|t| t.project.clone()),
-                    region: catalog::zone(&spec.zone).map_or_else(
-                        || target.map(|t| t.region.clone()).unwrap_or_default(),
-                        |(_, r)| r.to_string(),
-                    ),
-                    zone: spec.zone.clone(),
-                    machine_type: spec.machine_type.clone(),
-                    image: spec.image.clone(),
-                    disk_type: spec.disk_type.clone(),
-                    disk_size_gb: spec.disk_size_gb,
-                    networking: spec.networking.clone(),
-                },
-            );
-        }
-        // Every machine and the templates its runners use, for the Prometheus helpers that
-        // scrape them.
-        let locations: BTreeMap<Address, (render::ScrapeTarget, Vec<String>)> = expanded
-            .iter()
-            .map(|e| {
-                let target = clouds.get(&e.resource.cloud);
-                let location = render::ScrapeTarget {
-                    name: e.resource.cloud_name.clone(),
-                    cloud: e.resource.cloud,
-                    project: target.and_then(|t| t.project.clone()),
-                    zone: e.resource.spec.zone.clone(),
-                    region: target.map(|t| t.region.clone()).unwrap_or_default(),
-                };
-                let used = (e.runners.iter())
-                    .filter_map(|r| r.template.as_ref().map(|t| t.value.clone()))
-                    .collect();
-                (e.resource.address.clone(), (location, used))
-            })
-            .collect();
-        let mut rendered_bytes = 0usize;
-        let mut over_budget = false;
-        for e in expanded.iter_mut() {
-            if e.resource.kind == ResourceKind::Template || over_budget {
-                continue;
-            }
-            if rendered_bytes > RENDERED_BYTES {
-                // A long value in a matrix of many machines renders once per machine: the
-                // size of the file says nothing of what it expands to.
-                over_budget = true;
-                let problem = self
-                    .new_problem(
-                        ProblemKind::Limit,
-                        e.name_span,
-                        format!(
-                            "The machines' rendered files pass {} MiB",
-                            RENDERED_BYTES >> 20
-                        ),
-                        "rendering stopped at this machine",
-                    )
-                    .with_help("a value repeated in many machines' config.toml (a long `environment`, say) is rendered once per machine: shorten it, or split the fleet into several files");
-                self.problem(problem);
-                continue;
-            }
-            let machine = e.resource.cloud_name.clone();
-            let role = e
-                .resource
-                .spec
-                .labels
-                .get(labels::ROLE)
-                .cloned()
-                .unwrap_or_default();
-            let cloud = e.resource.cloud;
-            let mut metadata = BTreeMap::new();
-            let mut version = String::new();
-            let settings = e.runner.clone();
-            let runs_runner = e.resource.kind == ResourceKind::Manager || !e.runners.is_empty();
-            if runs_runner {
-                let runners = e
-                    .runners
-                    .iter()
-                    .map(|runner| {
-                        runner.input(
-                            runner
-                                .template
-                                .as_ref()
-                                .and_then(|t| templates.get(&t.value).cloned()),
-                        )
-                    })
-                    .collect::<Vec<_>>();
-                let name_span = e.name_span;
-                let has_runners = !runners.is_empty();
-                if let Some(text) = self.render_config(
-                    &machine,
-                    name_span,
-                    settings.as_ref(),
-                    runners,
-                    e.unresolved,
-                ) {
-                    rendered_bytes = rendered_bytes.saturating_add(text.len());
-                    metadata.insert(render::RUNNER_CONFIG.to_string(), text);
-                }
-                if has_runners || settings.is_some() {
-                    version = self.require_version(settings.as_ref(), name_span);
-                    metadata.insert(render::RUNNER_VERSION.to_string(), version.clone());
-                }
-            }
-            let runs_prometheus = role == "prometheus" || e.prometheus.is_some();
-            if runs_prometheus {
-                let (scrape_interval, federate) = e
-                    .prometheus
-                    .clone()
-                    .unwrap_or_else(|| ("30s".to_string(), Vec::new()));
-                // Exactly what the helper's `scrape:` patterns name, not everything near it.
-                let mut managers = BTreeSet::new();
-                let mut machines = BTreeSet::new();
-                let mut scraped_templates = BTreeSet::new();
-                for (address, (location, used)) in &locations {
-                    let named = *address != e.resource.address
-                        && e.scrape.iter().any(|p| address.matches(&p.value));
-                    if !named {
-                        continue;
-                    }
-                    match address.kind() {
-                        ResourceKind::Template => {
-                            scraped_templates.insert(address.name().to_string());
-                        }
-                        ResourceKind::Manager => {
-                            managers.insert(location.clone());
-                            machines.insert(location.clone());
-                            scraped_templates.extend(used.iter().cloned());
-                        }
-                        _ => {
-                            machines.insert(location.clone());
-                        }
-                    }
-                }
-                let input = render::PrometheusInput {
-                    fleet: fleet.clone(),
-                    source: source.clone(),
-                    machine: machine.clone(),
-                    scrape_interval,
-                    managers: managers.into_iter().collect(),
-                    machines: machines.into_iter().collect(),
-                    templates: (scraped_templates.into_iter())
-                        .filter_map(|name| {
-                            let info = templates.get(&name)?.clone();
-                            Some(render::ScrapedTemplate { name, info })
-                        })
-                        .collect(),
-                    federate,
-                };
-                match render::prometheus_yml(&input) {
-                    Ok(text) => {
-                        rendered_bytes = rendered_bytes.saturating_add(text.len());
-                        metadata.insert(render::PROMETHEUS_CONFIG.to_string(), text);
-                    }
-                    Err(error) => {
-                        let problem = self.new_problem(
-                            ProblemKind::InvalidValue,
-                            e.name_span,
-                            format!("Cannot render prometheus.yml of {machine}"),
-                            error.message,
-                        );
-                        self.problem(problem);
-                    }
-                }
-            }
-            let shutdown_timeout = settings
-                .as_ref()
-                .and_then(|s| s.global.iter().find(|(k, _, _)| k == "shutdown_timeout"))
-                .and_then(|(_, _, v)| match v {
-                    render::Value::Int(n) => Some(*n),
-                    _ => None,
-                })
-                .unwrap_or(render::DEFAULT_SHUTDOWN_TIMEOUT);
-            // Machines of one role are set up alike, so the bootstrap names the pool or the
-            // role, not the machine: pool members can then be made in one batch call, and one
-            // rendering serves every machine that shares it.
-            let bootstrap_name = e
-                .resource
-                .spec
-                .labels
-                .get(labels::POOL)
-                .cloned()
-                .unwrap_or_else(|| format!("every {role} machine"));
-            let input = render::BootstrapInput {
-                fleet: fleet.clone(),
-                source: source.clone(),
-                machine: bootstrap_name,
-                role,
-                cloud: cloud.to_string(),
-                runs_runner,
-                runs_prometheus,
-                runner_version: version,
-                shutdown_timeout,
-                // GCE machines read their metadata; EC2 instances their parameters. Machines made
-                // from an EC2 launch template keep the files their user data laid down, and
-                // an EC2 instance with neither runner nor Prometheus has nothing to watch.
-                watch_metadata: cloud == Cloud::Gcp
-                    || (cloud == Cloud::Aws
-                        && e.resource.object == ObjectKind::Instance
-                        && (runs_runner || runs_prometheus)),
-            };
-            let span = e.name_span;
-            if let Some(text) = self.bootstrap(&input, span) {
-                metadata.insert(render::USER_DATA.to_string(), text);
-            }
-            // What the machine is sent must fit its channel; said at the machine, not at apply.
-            for over in render::delivery::oversize(cloud, e.resource.object, &metadata) {
-                let problem = self
-                    .new_problem(
-                        ProblemKind::Limit,
-                        e.name_span,
-                        over.message(&machine),
-                        over.label(),
-                    )
-                    .with_help(over.help());
-                self.problem(problem);
-            }
-            e.resource.spec.metadata = metadata;
-            let digest = metadata_hash(&e.resource.spec.metadata);
-            e.resource
-                .spec
-                .labels
-                .insert(labels::CONFIG_HASH.to_string(), digest);
-            let hash = spec_hash(e.resource.cloud, e.resource.object, &e.resource.spec);
-            e.resource
-                .spec
-                .labels
-                .insert(labels::SPEC_HASH.to_string(), hash);
-        }
-        let mut hosts = BTreeMap::new();
-        for host in std::mem::take(&mut self.hosts) {
-            let runners = host
-                .runners
-                .iter()
-                .map(|runner| runner.input(None))
-                .collect();
-            let mut files = render::Files::new();
-            if let Some(text) = self.render_config(
-                &host.name,
-                host.name_span,
-                host.runner.as_ref(),
-                runners,
-                false,
-            ) {
-                files.insert(render::RUNNER_CONFIG.to_string(), text);
-            }
-            let version = self.require_version(host.runner.as_ref(), host.name_span);
-            files.insert(render::RUNNER_VERSION.to_string(), version.clone());
-            let input = render::BootstrapInput {
-                fleet: fleet.clone(),
-                source: source.clone(),
-                machine: host.name.clone(),
-                role: host.role.clone(),
-                cloud: "none".to_string(),
-                runs_runner: true,
-                runs_prometheus: false,
-                runner_version: version,
-                shutdown_timeout: render::DEFAULT_SHUTDOWN_TIMEOUT,
-                watch_metadata: false,
-            };
-            if let Some(text) = self.bootstrap(&input, host.name_span) {
-                files.insert(render::USER_DATA.to_string(), text);
-            }
-            if hosts.insert(host.name.clone(), files).is_some() {
-                let problem = self.new_problem(
-                    ProblemKind::DuplicateName,
-                    host.name_span,
-                    format!("Duplicate host `{}`", host.name),
-                    "expands to a name already taken",
-                );
-                self.problem(problem);
-            }
-        }
-        hosts
     }
 
     /// A field from the resource or the cloud's defaults, interpolated; missing is a problem.
@@ -1864,9 +1491,9 @@ impl Expander<'_> {
         }
     }
 
-    fn check_duplicates(&mut self, expanded: &[Expanded]) {
-        let mut by_address: BTreeMap<&Address, &Expanded> = BTreeMap::new();
-        let mut by_cloud_name: BTreeMap<(Cloud, ObjectKind, &str), &Expanded> = BTreeMap::new();
+    fn check_duplicates(&mut self, expanded: &[Machine]) {
+        let mut by_address: BTreeMap<&Address, &Machine> = BTreeMap::new();
+        let mut by_cloud_name: BTreeMap<(Cloud, ObjectKind, &str), &Machine> = BTreeMap::new();
         for e in expanded {
             let r = &e.resource;
             if let Some(first) = by_address.insert(&r.address, e) {
@@ -1894,7 +1521,7 @@ impl Expander<'_> {
 
     fn resolve_references(
         &mut self,
-        expanded: &mut [Expanded],
+        expanded: &mut [Machine],
         addresses: &BTreeMap<Address, usize>,
     ) {
         let all: Vec<&str> = addresses.keys().map(Address::as_str).collect();
@@ -2028,7 +1655,7 @@ impl Expander<'_> {
         self.problems.extend(problems);
     }
 
-    fn check_cycles(&mut self, expanded: &[Expanded], addresses: &BTreeMap<Address, usize>) {
+    fn check_cycles(&mut self, expanded: &[Machine], addresses: &BTreeMap<Address, usize>) {
         let mut graph: DiGraphMap<usize, ()> = DiGraphMap::new();
         for (index, e) in expanded.iter().enumerate() {
             graph.add_node(index);
@@ -2100,10 +1727,6 @@ fn zones_of_region(region: &str) -> Vec<&'static str> {
 /// The most bytes of values one fleet expands to, all resources together. A fleet of 100,000
 /// resources expands to some tens of megabytes.
 const EXPANDED_BYTES: usize = 128 << 20;
-
-/// The most bytes of config.toml and prometheus.yml one fleet renders, all machines together
-/// (bootstraps are shared and not counted). Real fleets render a few kilobytes per manager.
-const RENDERED_BYTES: usize = 256 << 20;
 
 /// A host name (RFC 1123, lowercase): dot-separated labels of `[a-z0-9-]`, 1 to 63 each, not
 /// starting or ending with `-`; never a path.
