@@ -75,6 +75,7 @@ fn runner_input(runner: &Runner, template: Option<TemplateInfo>) -> RunnerInput 
     }
 }
 
+/// One fleet's rendering under way: the problems found so far and the bootstraps made.
 struct Renderer<'a> {
     fleet: &'a str,
     source: &'a SourceFile,
