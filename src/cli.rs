@@ -244,10 +244,19 @@ pub(crate) enum Command {
     /// but the fleet is not verified (not converged, a zone did not answer, or it could not be
     /// re-discovered), 5 the journal could not be written (fleet stopped starting steps).
     Apply(ApplyArgs),
-    /// Write every file fleet delivers to each machine (config.toml, prometheus.yml, the
-    /// bootstrap), as Chef laid them down: for review, or for hosts fleet does not create.
+    /// Show each machine's delivery exactly as its cloud receives it, or with -o write every
+    /// file fleet delivers to each machine (config.toml, prometheus.yml, the bootstrap), as
+    /// Chef laid them down: for review, or for hosts fleet does not create.
     ///
-    /// Exit status: 0 rendered, 1 a problem in the fleet file or a file that cannot be written.
+    /// Printed, per machine sorted by name (`==> NAME (ADDRESS, KIND) <==`): on GCE each
+    /// metadata item as sent; on EC2 the user-data document (the cloud-init MIME multi-part,
+    /// shown decompressed when it is sent gzip-compressed, with both sizes) and, for an
+    /// instance, its SSM parameters by name with type and tier; a static host's files by path.
+    /// Files keep their `${secret:NAME}` references as delivered; secret values are
+    /// `(sensitive)`, never shown.
+    ///
+    /// Exit status: 0 rendered, 1 a problem in the fleet file, a --machine the fleet does not
+    /// have, or a file that cannot be written.
     Render(RenderArgs),
     /// List the secrets a fleet file needs (`${secret:NAME}`), where each is read from and
     /// whether it is set, and which machines use it. Never prints a value.
@@ -408,11 +417,16 @@ pub(crate) struct RenderArgs {
     /// Fleet file.
     pub(crate) file: PathBuf,
     /// Directory to write `<machine>/etc/gitlab-runner/config.toml` and the rest into;
-    /// without it, every file is printed.
+    /// without it, each machine's delivery is printed.
     #[arg(short = 'o', long = "out")]
     pub(crate) out: Option<PathBuf>,
-    /// Fill in secret values instead of `(sensitive)`; every referenced secret must be given.
-    #[arg(long)]
+    /// Only this machine: its cloud name (a template's versioned or plain name), its address
+    /// (`manager.NAME`) or a static host's name.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) machine: Option<String>,
+    /// With -o, fill in secret values instead of `(sensitive)`; every referenced secret must
+    /// be given. What is printed never holds a value.
+    #[arg(long, requires = "out")]
     pub(crate) reveal_secrets: bool,
 }
 

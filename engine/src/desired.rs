@@ -1,6 +1,6 @@
 //! The desired set: every object the fleet files ask for, fully expanded.
 //!
-//! In: nothing (plain data built by `spec::expand`). Out: what `diff` compares with the live
+//! In: nothing (plain data built by `render::fleet` from `spec::expand`'s machines). Out: what `diff` compares with the live
 //! set, and what a saved plan carries so `apply` needs no fleet file.
 
 use std::collections::BTreeMap;

@@ -1,6 +1,6 @@
 //! fleet's engine: the pure stages of the pipeline and the traits the I/O layers implement.
 //!
-//! `spec → desired → diff → graph → plan → apply`; see ARCHITECTURE.md for the code map.
+//! `spec → render → desired → diff → graph → plan → apply`; see ARCHITECTURE.md for the code map.
 //! Nothing here depends on a cloud SDK: providers implement [`provider::Provider`].
 
 pub mod apply;

@@ -1,7 +1,9 @@
-//! `fleet render`: every file fleet would deliver, per machine, as Chef laid them down.
+//! `fleet render`: each machine's delivery as its cloud receives it, or with `-o` every file
+//! fleet would deliver, per machine, as Chef laid them down.
 
 use std::path::Path;
 
+use fleet_engine::desired::Desired;
 use fleet_engine::render;
 use fleet_engine::secrets;
 use fleet_engine::spec::Limits;
@@ -11,27 +13,41 @@ use crate::cli::RenderArgs;
 use crate::output;
 use crate::secrets::Secrets;
 
-pub(crate) fn run(args: &RenderArgs, secrets_file: Option<&Path>, limits: &Limits) -> Result<u8> {
-    let desired = super::compile(&args.file, limits)?;
-    let mut machines: Vec<(String, Vec<(String, String)>)> = Vec::new();
-    for resource in desired.resources.values() {
-        let files: Vec<(String, String)> = resource
-            .spec
-            .metadata
-            .iter()
-            .map(|(key, text)| (key.clone(), text.clone()))
-            .collect();
-        if !files.is_empty() {
-            machines.push((resource.cloud_name.clone(), files));
-        }
-    }
-    for (host, files) in &desired.hosts {
-        machines.push((
-            host.clone(),
-            files.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+/// The one machine `--machine` names, refused with the names there are when there is none.
+fn only_machine(
+    shown: Vec<render::show::Shown>,
+    name: Option<&str>,
+) -> Result<Vec<render::show::Shown>> {
+    let Some(name) = name else {
+        return Ok(shown);
+    };
+    let names: Vec<&str> = shown.iter().map(|s| s.machine.as_str()).collect();
+    let joined = names.join(", ");
+    let found: Vec<render::show::Shown> =
+        shown.iter().filter(|s| s.is_named(name)).cloned().collect();
+    if found.is_empty() {
+        return Err(miette!(
+            code = "fleet::render::machine",
+            help = format!("machines of this fleet file: {joined}"),
+            "no machine `{name}` in this fleet file"
         ));
     }
-    machines.sort();
+    Ok(found)
+}
+
+pub(crate) fn run(args: &RenderArgs, secrets_file: Option<&Path>, limits: &Limits) -> Result<u8> {
+    let desired = super::compile(&args.file, limits)?;
+    let shown = only_machine(render::show::deliveries(&desired), args.machine.as_deref())?;
+    let Some(dir) = &args.out else {
+        let texts: Vec<&str> = shown.iter().map(|s| s.text.as_str()).collect();
+        output::out(&texts.join("\n"));
+        return Ok(0);
+    };
+    let wanted: Vec<&str> = shown.iter().map(|s| s.machine.as_str()).collect();
+    let machines: Vec<(String, Vec<(String, String)>)> = files_by_machine(&desired)
+        .into_iter()
+        .filter(|(machine, _)| wanted.contains(&machine.as_str()))
+        .collect();
     let values = if args.reveal_secrets {
         let names = secrets::references(
             machines
@@ -61,60 +77,77 @@ pub(crate) fn run(args: &RenderArgs, secrets_file: Option<&Path>, limits: &Limit
             if !text.ends_with('\n') {
                 text.push('\n');
             }
-            match &args.out {
-                Some(dir) => {
-                    // Names were checked as machine and host names; still, nothing is written
-                    // outside `dir` whatever a name holds.
-                    let inside = |part: &str| {
-                        std::path::Path::new(part.trim_start_matches('/'))
-                            .components()
-                            .all(|c| matches!(c, std::path::Component::Normal(_)))
-                    };
-                    if !inside(machine) || !inside(path) {
-                        return Err(miette!(
-                            code = "fleet::render::path",
-                            "refusing to write {path} of {machine}: it would land outside {}",
-                            dir.display()
-                        ));
-                    }
-                    let target = dir.join(machine).join(path.trim_start_matches('/'));
-                    if let Some(parent) = target.parent() {
-                        std::fs::create_dir_all(parent)
-                            .into_diagnostic()
-                            .wrap_err_with(|| format!("cannot create {}", parent.display()))?;
-                    }
-                    // With the secrets filled in, the files are the owner's only.
-                    let mode = if args.reveal_secrets { 0o600 } else { 0o644 };
-                    {
-                        use std::io::Write;
-                        use std::os::unix::fs::OpenOptionsExt;
-                        let _ = std::fs::remove_file(&target);
-                        std::fs::OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .mode(mode)
-                            .open(&target)
-                            .and_then(|mut file| file.write_all(text.as_bytes()))
-                    }
-                    .into_diagnostic()
-                    .wrap_err_with(|| format!("cannot write {}", target.display()))?;
-                    written += 1;
-                }
-                None => output::out(&format!("==> {machine}: /{path} <==\n{text}\n")),
+            // Names were checked as machine and host names; still, nothing is written
+            // outside `dir` whatever a name holds.
+            let inside = |part: &str| {
+                std::path::Path::new(part.trim_start_matches('/'))
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+            };
+            if !inside(machine) || !inside(path) {
+                return Err(miette!(
+                    code = "fleet::render::path",
+                    "refusing to write {path} of {machine}: it would land outside {}",
+                    dir.display()
+                ));
             }
+            let target = dir.join(machine).join(path.trim_start_matches('/'));
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)
+                    .into_diagnostic()
+                    .wrap_err_with(|| format!("cannot create {}", parent.display()))?;
+            }
+            // With the secrets filled in, the files are the owner's only.
+            let mode = if args.reveal_secrets { 0o600 } else { 0o644 };
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let _ = std::fs::remove_file(&target);
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .open(&target)
+                    .and_then(|mut file| file.write_all(text.as_bytes()))
+            }
+            .into_diagnostic()
+            .wrap_err_with(|| format!("cannot write {}", target.display()))?;
+            written += 1;
         }
     }
-    if let Some(dir) = &args.out {
-        output::line(&format!(
-            "Rendered {written} files for {} machines into {}{}.",
-            machines.len(),
-            dir.display(),
-            if args.reveal_secrets {
-                ""
-            } else {
-                " (secrets shown as (sensitive); --reveal-secrets to fill them in)"
-            }
+    output::line(&format!(
+        "Rendered {written} files for {} machines into {}{}.",
+        machines.len(),
+        dir.display(),
+        if args.reveal_secrets {
+            ""
+        } else {
+            " (secrets shown as (sensitive); --reveal-secrets to fill them in)"
+        }
+    ));
+    Ok(0)
+}
+
+/// Every machine's files and every static host's, by machine name, sorted.
+fn files_by_machine(desired: &Desired) -> Vec<(String, Vec<(String, String)>)> {
+    let mut machines: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for resource in desired.resources.values() {
+        let files: Vec<(String, String)> = resource
+            .spec
+            .metadata
+            .iter()
+            .map(|(key, text)| (key.clone(), text.clone()))
+            .collect();
+        if !files.is_empty() {
+            machines.push((resource.cloud_name.clone(), files));
+        }
+    }
+    for (host, files) in &desired.hosts {
+        machines.push((
+            host.clone(),
+            files.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         ));
     }
-    Ok(0)
+    machines.sort();
+    machines
 }

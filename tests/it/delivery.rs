@@ -2,7 +2,8 @@
 //!
 //! The golden deliveries of every machine of every fleet in `fleets/` (`plans/delivery/`,
 //! rewritten with `FLEET_BLESS=1`), each EC2 document split and merged by cloud-init's own
-//! code and checked by `cloud-init schema`, and the size diagnostic at the machine's line.
+//! code and checked by `cloud-init schema`, the size diagnostic at the machine's line, and
+//! `fleet render`, which shows each machine the delivery its golden copy holds.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -422,4 +423,122 @@ fn an_ec2_managers_user_data_holds_references_only_and_its_watcher_runs_on_the_i
     );
     let problems = schema_problems_of_read(scratch.path(), "boot", &read);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn fleet_render_shows_each_machines_delivery_as_its_golden_copy_holds_it() {
+    let env = Env::new();
+    // An EC2 instance: its user-data document, exactly the golden delivery, sent as it is.
+    let run = env
+        .fleet(&[
+            "render",
+            "fleets/arm-builders.yaml",
+            "--machine",
+            "arm-builder-1",
+        ])
+        .ok();
+    let golden_document = std::fs::read_to_string(
+        repo().join("plans/delivery/arm-builders/arm-builder-1.ec2-user-data"),
+    )
+    .unwrap();
+    let header = format!(
+        "==> arm-builder-1 (pool.arm-builder-1, EC2 instance) <==\n==> user data ({} bytes, sent as it is)\n",
+        golden_document.len()
+    );
+    assert_eq!(run.stdout, format!("{header}{golden_document}"));
+    // A GCE instance: every metadata item as the golden delivery holds it; its secrets are
+    // named, and their values (set in this run's secrets file) appear nowhere.
+    let machine = "runners-manager-distribution-com-blue-1";
+    let run = env
+        .fleet(&["render", "fleets/distribution.yaml", "--machine", machine])
+        .ok();
+    let golden_items = std::fs::read_to_string(repo().join(format!(
+        "plans/delivery/distribution/{machine}.gce-metadata"
+    )))
+    .unwrap();
+    assert!(
+        run.stdout.starts_with(&format!(
+            "==> {machine} (manager.{machine}, GCE instance) <==\n{golden_items}"
+        )),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains(
+        "==> metadata item `fleet-secrets` (sensitive): written by apply, the values of DISTRIBUTION_com_AMD64_GCP_TOKEN, DISTRIBUTION_com_ARM64_AWS_TOKEN, DISTRIBUTION_com_ARM64_GCP_TOKEN with their digests\n"
+    ));
+    assert!(run
+        .stdout
+        .contains("token = \"${secret:DISTRIBUTION_com_AMD64_GCP_TOKEN}\""));
+    // Every machine of the fleet, in order of name, and no secret value even when asked for
+    // without `-o`.
+    let all = env.fleet(&["render", "fleets/distribution.yaml"]).ok();
+    let headers: Vec<&str> = all.stdout.lines().filter(|l| l.ends_with(" <==")).collect();
+    assert_eq!(
+        headers,
+        [
+            "==> runners-manager-distribution-com-blue-1 (manager.runners-manager-distribution-com-blue-1, GCE instance) <==",
+            "==> runners-manager-distribution-dev-blue-1 (manager.runners-manager-distribution-dev-blue-1, GCE instance) <==",
+        ]
+    );
+    assert!(!all.stdout.contains("glrt-"), "{}", all.stdout);
+    // `--reveal-secrets` fills in files written with `-o` only: what is printed never.
+    let revealed = env
+        .fleet(&["render", "fleets/distribution.yaml", "--reveal-secrets"])
+        .code(1);
+    assert!(!revealed.stdout.contains("glrt-"));
+    // A name the fleet does not have is refused with the names it has.
+    let unknown = env
+        .fleet(&[
+            "render",
+            "fleets/arm-builders.yaml",
+            "--machine",
+            "arm-builder-9",
+        ])
+        .code(1);
+    assert!(
+        unknown
+            .stderr
+            .contains("no machine `arm-builder-9` in this fleet file")
+            && unknown.stderr.contains("arm-builder-1, arm-builder-2"),
+        "{}",
+        unknown.stderr
+    );
+}
+
+#[test]
+fn fleet_render_shows_an_ec2_managers_parameters_by_name_and_tier_and_its_secrets_as_sensitive() {
+    let env = Env::new();
+    let file = env.write("boot.yaml", EC2_MANAGER);
+    let run = env
+        .fleet_with(
+            &["render", &file, "--machine", "manager.boot-manager-1"],
+            &[("FLEET_SECRET_BOOT_TOKEN", "glrt-boot-value")],
+        )
+        .ok();
+    let desired = fleet_engine::spec::compile("boot.yaml", EC2_MANAGER).unwrap();
+    let manager = desired.resources.values().next().unwrap();
+    let metadata = &manager.spec.metadata;
+    let document = delivery::ec2_instance_document(metadata, "/fleet/boot/").unwrap();
+    let config = &metadata[fleet_engine::render::RUNNER_CONFIG];
+    let bootstrap = &metadata[fleet_engine::render::USER_DATA];
+    let expected = format!(
+        "==> boot-manager-1 (manager.boot-manager-1, EC2 instance) <==
+==> user data ({} bytes, sent as it is)
+{document}==> SSM parameters under /fleet/boot/<instance id>/ (5)
+==> parameter `config.toml` (String, Standard, {} bytes)
+{config}==> parameter `version` (String, Standard, 7 bytes)
+16.11.1
+==> parameter `secrets/BOOT_TOKEN` (SecureString, tier by its value's size): (sensitive), written by apply
+==> parameter `secret-digests` (String): the secrets' salted digests, written by apply
+==> parameter `bootstrap.sha256` (String, Standard, 64 bytes)
+{}
+==> parameter `action`: written by each apply that changes the machine, the decision its plan shows
+",
+        document.len(),
+        config.len(),
+        delivery::bootstrap_digest(bootstrap),
+    );
+    assert_eq!(run.stdout, expected);
+    assert!(config.contains("${secret:BOOT_TOKEN}"));
+    assert!(!run.stdout.contains("glrt-boot-value"));
 }

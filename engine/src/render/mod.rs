@@ -1,17 +1,22 @@
 //! Renders the files each machine needs — what Chef used to lay down — from the fleet file,
 //! with the handlebars templates in `templates/` (embedded at build time).
 //!
-//! In: per-machine render inputs built by `spec::expand`. Out: file contents by metadata key
-//! (`gitlab-runner-config`, `prometheus-config`, `user-data`, …), and for config.toml every
-//! problem gitlab-runner would have with it (an unknown key, a value of the wrong type or out
-//! of range, two runners of one name), with the fleet-file span it came from. Templates render
+//! In: per-machine render inputs built by `fleet` (from `spec::expand`'s machines). Out: file
+//! contents by metadata key (`gitlab-runner-config`, `prometheus-config`, `user-data`, …),
+//! and for config.toml every problem gitlab-runner would have with it (an unknown key, a
+//! value of the wrong type or out of range, two runners of one name), with the fleet-file
+//! span it came from. Templates render
 //! in strict mode: a missing variable is an error, never an empty string. No value is pasted
 //! in raw: the templates quote each one for where it lands (`yaml`, `sh`, `comment` helpers),
 //! and `toml_doc` quotes TOML strings. `delivery` turns a machine's files into what its cloud
-//! is sent (GCE metadata items, the EC2 user-data document) and checks it fits.
+//! is sent (GCE metadata items, the EC2 user-data document) and checks it fits; `fleet` is
+//! the stage that renders a whole expanded fleet into the desired set, and `show` lays out each
+//! machine's delivery for `fleet render`.
 
 pub mod delivery;
+mod fleet;
 mod keys;
+pub mod show;
 pub mod toml_doc;
 
 use std::collections::BTreeMap;
@@ -23,6 +28,7 @@ use serde::Serialize;
 
 use crate::provider::{Cloud, Networking};
 use crate::spec::diagnostic::{closest, ProblemKind};
+pub use fleet::fleet;
 pub use toml_doc::{Table, Value};
 
 /// Metadata key of `/etc/gitlab-runner/config.toml`.

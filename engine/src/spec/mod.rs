@@ -1,4 +1,4 @@
-//! Fleet files: loading, validation and expansion.
+//! Fleet files: loading, validation and expansion; `compile` runs them and then rendering.
 //!
 //! In: the text of a fleet file. Out: the [`Desired`](crate::desired::Desired) set, or an
 //! [`Invalid`] diagnostic carrying every problem found, each with file, line, column,
@@ -48,7 +48,10 @@ pub fn compile_with(name: &str, text: &str, limits: &Limits) -> Result<Desired, 
     let Some(file) = file else {
         return Err(Invalid::new(problems));
     };
-    match expand::expand(&file, limits) {
+    // Rendering runs even when expansion found problems, so that one run reports both.
+    let (expanded, more) = expand::expand(&file, limits);
+    problems.extend(more);
+    match crate::render::fleet(expanded) {
         Ok(desired) if problems.is_empty() => Ok(desired),
         Ok(_) => Err(Invalid::new(problems)),
         Err(more) => {
