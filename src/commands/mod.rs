@@ -2,6 +2,7 @@
 
 mod apply;
 mod graph;
+mod permissions;
 mod plan;
 mod render;
 mod secrets;
@@ -29,6 +30,7 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
         ),
         Command::Secrets { file, check } => secrets::run(&cli.global, &file, check),
         Command::Graph { file } => graph::run(&cli.global, &file).await,
+        Command::Permissions(args) => permissions::run(&cli.global, &args),
         Command::Sim(command) => sim::run(&cli.global, command),
     }
 }
