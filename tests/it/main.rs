@@ -11,6 +11,7 @@ mod gce_server;
 mod gcp;
 mod golden;
 mod loopback;
+mod permissions;
 mod plan;
 mod quickstart;
 mod support;
