@@ -39,6 +39,13 @@ pub(crate) fn run(global: &Global, args: &PermissionsArgs) -> Result<u8> {
             .filter(|cloud| desired.clouds.contains_key(cloud))
             .collect(),
     };
+    if wanted.is_empty() {
+        // A fleet of hosts only (`hosts:`): fleet never calls a cloud for it.
+        output::warn(&format!(
+            "note: fleet {} has no `clouds:`; fleet calls no cloud for it, so no job needs a permission",
+            desired.fleet
+        ));
+    }
     let aws = wanted
         .contains(&Cloud::Aws)
         .then(|| permissions::aws_policy(&desired, job))

@@ -734,3 +734,34 @@ fn the_policy_documents_are_what_the_clouds_tools_read_and_the_same_every_time()
         .code(1);
     assert!(refused.stderr.contains("clouds.aws"), "{}", refused.stderr);
 }
+
+#[test]
+fn the_permissions_of_every_fleet_in_the_repository_are_the_golden_ones() {
+    let env = Env::new();
+    let mut failures = Vec::new();
+    for fleet in [
+        "arm-builders",
+        "ci-shared-runners",
+        "distribution",
+        "mdis-wb31",
+    ] {
+        for job in ["plan", "apply", "manager"] {
+            let run = env
+                .fleet(&[
+                    "permissions",
+                    &format!("fleets/{fleet}.yaml"),
+                    "--for",
+                    job,
+                    "--format",
+                    "json",
+                ])
+                .ok();
+            crate::support::golden(
+                &format!("plans/{fleet}/permissions.{job}.json"),
+                &run.stdout,
+                &mut failures,
+            );
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
