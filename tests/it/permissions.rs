@@ -765,3 +765,81 @@ fn the_permissions_of_every_fleet_in_the_repository_are_the_golden_ones() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The string literals of a source file that name an API operation: `ec2:X`/`ssm:X` on AWS,
+/// `compute.collection.method` on GCE.
+fn operations_named_in(path: &str) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(crate::support::repo().join(path)).unwrap();
+    text.split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|literal| {
+            let aws = ["ec2:", "ssm:"].iter().any(|prefix| {
+                literal.strip_prefix(prefix).is_some_and(|name| {
+                    name.starts_with(|c: char| c.is_ascii_uppercase())
+                        && name.chars().all(|c| c.is_ascii_alphanumeric())
+                })
+            });
+            let parts: Vec<&str> = literal.split('.').collect();
+            let gce = parts.len() == 3
+                && parts[0] == "compute"
+                && parts[1..]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphabetic()))
+                && !literal.ends_with(".com");
+            aws || gce
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_operation_a_provider_or_the_watcher_sends_has_a_row_in_the_table() {
+    use fleet_engine::permissions::{Caller, AWS_CALLS, GCP_CALLS};
+    let rows = |caller: Caller| -> BTreeSet<String> {
+        AWS_CALLS
+            .iter()
+            .filter(|c| c.caller == caller)
+            .map(|c| c.operation.to_string())
+            .chain(
+                GCP_CALLS
+                    .iter()
+                    .filter(|c| c.caller == caller)
+                    .map(|c| c.operation.to_string()),
+            )
+            .collect()
+    };
+    let provider = rows(Caller::Provider);
+    let mut named = BTreeSet::new();
+    for path in [
+        "providers/src/aws/mod.rs",
+        "providers/src/aws/ssm.rs",
+        "providers/src/gcp/mod.rs",
+    ] {
+        named.extend(operations_named_in(path));
+    }
+    assert!(named.len() > 25, "the sources were read: {named:?}");
+    let missing: Vec<&String> = named.difference(&provider).collect();
+    assert!(
+        missing.is_empty(),
+        "operations the providers send with no permissions row: {missing:?}"
+    );
+    // The watcher's SSM calls, by the target it signs.
+    let bootstrap =
+        std::fs::read_to_string(crate::support::repo().join("templates/bootstrap.yaml.hbs"))
+            .unwrap();
+    let watcher: BTreeSet<String> = bootstrap
+        .split("ssm(region, credentials, \"")
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split_once('"')
+                .map(|(target, _)| format!("ssm:{target}"))
+        })
+        .collect();
+    assert!(!watcher.is_empty());
+    let machine = rows(Caller::Watcher);
+    assert!(
+        watcher.is_subset(&machine),
+        "the watcher sends {watcher:?}; the table has {machine:?}"
+    );
+}
