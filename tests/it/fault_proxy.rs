@@ -23,7 +23,9 @@
 //!   500): the proxy answers it and leaves the deleted versions out of
 //!   `DescribeLaunchTemplateVersions` from then on.
 //!
-//! Every call is counted by action, faulted or not, and so is every call that reached moto.
+//! Every call is counted by action, faulted or not, and so is every call that reached moto;
+//! every request is also recorded whole (service, operation, parameters) for
+//! [`FaultProxy::take_requests`], which `permissions.rs` holds the printed policies to.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
