@@ -757,7 +757,7 @@ fn the_permissions_of_every_fleet_in_the_repository_are_the_golden_ones() {
                 ])
                 .ok();
             crate::support::golden(
-                &format!("plans/{fleet}/permissions.{job}.json"),
+                &format!("plans/{fleet}/permissions-{job}.json"),
                 &run.stdout,
                 &mut failures,
             );
