@@ -272,6 +272,21 @@ pub(crate) enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Print the least cloud permissions a job needs for a fleet file's resources: an AWS IAM
+    /// policy document and a GCP custom role (with the bindings beside it).
+    ///
+    /// `--for plan`: the merge-request job; list calls only, and never a secret value (the
+    /// AWS policy denies kms:Decrypt). `--for apply`: what apply creates, changes and deletes,
+    /// held to the fleet's own objects (its `fleet` tag, its parameters, its instance
+    /// profiles' roles, its service accounts). `--for manager`: the machines' own identity,
+    /// what the watcher on each machine reads its config and secrets with.
+    ///
+    /// `--only-cloud aws` prints the policy document alone (for `aws iam create-policy
+    /// --policy-document file://…`), `--only-cloud gcp` the role file alone (for `gcloud iam
+    /// roles create --file …`). Nothing is called; the output depends on the file only.
+    ///
+    /// Exit status: 0 printed, 1 a problem in the fleet file.
+    Permissions(PermissionsArgs),
     /// Print the plan's dependency graph as Graphviz DOT.
     ///
     /// Exit status: 0 printed, 1 error.
@@ -410,6 +425,39 @@ pub(crate) struct ExpectedChangesArgs {
     pub(crate) commit: Option<String>,
     #[command(flatten)]
     pub(crate) gitlab: GitLabArgs,
+}
+
+/// The job `fleet permissions` prints permissions for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PermissionsFor {
+    /// `fleet plan` in a merge-request pipeline: read-only, no secret values.
+    Plan,
+    /// `fleet apply`: creating, changing and deleting the fleet's own objects.
+    Apply,
+    /// The machines' own identity: what the watcher reads its config and secrets with.
+    Manager,
+}
+
+/// Output format of `fleet permissions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PermissionsFormat {
+    /// The documents the clouds' tools read (AWS policy JSON, GCP role YAML), notes as
+    /// comments.
+    Text,
+    /// One JSON object: per cloud, the document, its bindings and notes.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PermissionsArgs {
+    /// Fleet file.
+    pub(crate) file: PathBuf,
+    /// The job: plan, apply or manager.
+    #[arg(long = "for", value_enum)]
+    pub(crate) job: PermissionsFor,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub(crate) format: PermissionsFormat,
 }
 
 #[derive(Debug, Args)]

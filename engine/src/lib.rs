@@ -10,6 +10,7 @@ pub mod diff;
 pub mod graph;
 pub mod impact;
 pub mod ops;
+pub mod permissions;
 pub mod plan;
 pub mod provider;
 pub mod render;

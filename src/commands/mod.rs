@@ -3,6 +3,7 @@
 mod apply;
 mod ci;
 mod graph;
+mod permissions;
 mod plan;
 mod render;
 mod secrets;
@@ -30,6 +31,7 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
         ),
         Command::Secrets { file, check } => secrets::run(&cli.global, &file, check),
         Command::Graph { file } => graph::run(&cli.global, &file).await,
+        Command::Permissions(args) => permissions::run(&cli.global, &args),
         Command::Sim(command) => sim::run(&cli.global, command),
         Command::Ci(command) => ci::run(&cli.global, command).await,
     }

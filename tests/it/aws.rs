@@ -164,7 +164,7 @@ pub(crate) fn env_for(moto: &Moto) -> Env {
 }
 
 /// A scratch directory whose runs talk to moto through a fault-injecting proxy.
-fn env_through(moto: &Moto, proxy: &FaultProxy) -> Env {
+pub(crate) fn env_through(moto: &Moto, proxy: &FaultProxy) -> Env {
     env_for(moto).with_env("AWS_ENDPOINT_URL", &proxy.url())
 }
 
@@ -299,7 +299,7 @@ impl Ec2 {
             .collect()
     }
 
-    fn by_name(&self, fleet: &str, name: &str) -> Seen {
+    pub(crate) fn by_name(&self, fleet: &str, name: &str) -> Seen {
         let alive = self.alive(fleet);
         let mut matching: Vec<Seen> = alive.iter().filter(|i| i.name == name).cloned().collect();
         assert_eq!(matching.len(), 1, "one live {name} expected: {alive:#?}");
@@ -1589,7 +1589,7 @@ fn an_autoscaled_machine_appearing_after_the_plan_leaves_it_current() {
 /// Makes an IAM instance profile in moto, which EC2 there insists exists before it launches
 /// with it, and returns its ARN. moto's IAM answers on the same port; the service is chosen by
 /// the credential scope of the request, so a plain form POST with that scope is enough.
-fn create_instance_profile(moto: &Moto, path: &str, name: &str) -> String {
+pub(crate) fn create_instance_profile(moto: &Moto, path: &str, name: &str) -> String {
     use std::io::{Read, Write};
     let address = moto.url.trim_start_matches("http://");
     let body = format!(

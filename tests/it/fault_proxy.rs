@@ -23,7 +23,9 @@
 //!   500): the proxy answers it and leaves the deleted versions out of
 //!   `DescribeLaunchTemplateVersions` from then on.
 //!
-//! Every call is counted by action, faulted or not, and so is every call that reached moto.
+//! Every call is counted by action, faulted or not, and so is every call that reached moto;
+//! every request is also recorded whole (service, operation, parameters) for
+//! [`FaultProxy::take_requests`], which `permissions.rs` holds the printed policies to.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -137,6 +139,56 @@ struct Rules {
     terminated: BTreeSet<String>,
     /// Launch-template versions deleted through the proxy: (template id, version).
     deleted_versions: BTreeSet<(String, String)>,
+    /// Every request received, in order, as [`FaultProxy::take_requests`] gives them.
+    log: Vec<Received>,
+}
+
+/// One request the proxy received: the service its signature names (`ec2`, `ssm`), the
+/// operation (the query API's `Action`, the JSON API's `X-Amz-Target` after the dot) and its
+/// parameters (form pairs, or the JSON body).
+#[derive(Debug, Clone)]
+pub(crate) struct Received {
+    pub(crate) service: String,
+    pub(crate) operation: String,
+    pub(crate) form: Vec<(String, String)>,
+    pub(crate) json: serde_json::Value,
+}
+
+impl Received {
+    fn read(
+        parts: &axum::http::request::Parts,
+        body: &[u8],
+        pairs: &[(String, String)],
+    ) -> Received {
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        // `Credential=KEY/DAY/REGION/SERVICE/aws4_request`.
+        let service = header("authorization")
+            .split_once("Credential=")
+            .and_then(|(_, rest)| rest.split('/').nth(3).map(str::to_string))
+            .unwrap_or_default();
+        let target = header("x-amz-target");
+        match target.split_once('.') {
+            Some((_, operation)) => Received {
+                service,
+                operation: operation.to_string(),
+                form: Vec::new(),
+                json: serde_json::from_slice(body).unwrap_or_default(),
+            },
+            None => Received {
+                service,
+                operation: param(pairs, "Action").unwrap_or("unknown").to_string(),
+                form: pairs.to_vec(),
+                json: serde_json::Value::Null,
+            },
+        }
+    }
 }
 
 /// The proxy, serving on its own thread until dropped.
@@ -169,6 +221,11 @@ impl FaultProxy {
     /// `http://127.0.0.1:PORT`, for `AWS_ENDPOINT_URL`.
     pub(crate) fn url(&self) -> String {
         self.server.url()
+    }
+
+    /// Every request received since the last call, in order, faulted or not.
+    pub(crate) fn take_requests(&self) -> Vec<Received> {
+        std::mem::take(&mut self.rules().log)
     }
 
     fn rules(&self) -> MutexGuard<'_, Rules> {
@@ -390,6 +447,7 @@ async fn handle(State(rules): State<Arc<Mutex<Rules>>>, request: Request) -> Res
     let mutating = !action.starts_with("Describe");
     let (fault, upstream, latency) = {
         let mut rules = rules.lock().expect("proxy rules");
+        rules.log.push(Received::read(&parts, &body, &pairs));
         *rules.calls.entry(action.clone()).or_default() += 1;
         if mutating {
             rules.in_flight += 1;

@@ -13,6 +13,7 @@ mod gcp;
 mod gitlab_server;
 mod golden;
 mod loopback;
+mod permissions;
 mod plan;
 mod quickstart;
 mod review;

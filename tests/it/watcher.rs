@@ -70,16 +70,16 @@ impl MetadataServer {
 }
 
 /// A machine's file system and the commands it was made to run.
-struct Machine {
-    root: PathBuf,
-    bin: PathBuf,
-    log: PathBuf,
-    script: PathBuf,
+pub(crate) struct Machine {
+    pub(crate) root: PathBuf,
+    pub(crate) bin: PathBuf,
+    pub(crate) log: PathBuf,
+    pub(crate) script: PathBuf,
 }
 
 impl Machine {
     /// A scratch machine under `dir` running the watcher found in `bootstrap`.
-    fn new(dir: &Path, bootstrap: &str) -> Machine {
+    pub(crate) fn new(dir: &Path, bootstrap: &str) -> Machine {
         let root = dir.join("machine");
         let bin = dir.join("stub-bin");
         std::fs::create_dir_all(&root).unwrap();
@@ -443,7 +443,7 @@ fn a_rotated_secret_is_written_in_without_a_restart() {
 
 /// IMDSv2 as an EC2 instance's watcher sees it: a session token for a `PUT` that asks for one,
 /// and the instance's id, region and role credentials only to requests that carry it.
-async fn imds(
+pub(crate) async fn imds(
     State(id): State<Arc<String>>,
     headers: HeaderMap,
     method: axum::http::Method,

@@ -1,0 +1,845 @@
+//! `fleet permissions` checked against what the emulators were seen to serve, not against
+//! fleet's own table.
+//!
+//! A fleet lives through its whole life on each cloud (created with a pool, a template and a
+//! manager with a secret and an identity; then updated in place, a pool replaced, the template
+//! given a new version; then deleted), and every request is recorded where it arrives: on
+//! AWS by the loopback proxy in front of moto (the call named by the query API's `Action` or
+//! the JSON API's `X-Amz-Target`, with its parameters), on GCE by the test server's own
+//! counters. The requests are mapped to IAM actions and permissions by a mapping written here
+//! from the clouds' references (AWS's Service Authorization Reference with the dependent
+//! actions of tag-on-create and instance profiles; the Compute Engine API reference and the
+//! permissions creating a VM needs), and what `fleet permissions` prints must be exactly that
+//! set, job by job.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::sync::Arc;
+
+use crate::aws::{create_instance_profile, env_through, Ec2, Moto};
+use crate::fault_proxy::{FaultProxy, Received};
+use crate::gce_server::GceServer;
+use crate::loopback::Loopback;
+use crate::support::{actions_of, Env, Run};
+use crate::watcher::Machine;
+
+const AWS_FLEET: &str = "fleet: perm
+clouds:
+  aws: { region: us-east-1 }
+defaults:
+  aws:
+    zone: us-east-1a
+    image: ami-0c9f35b1b63e7d2a4
+    disk: { type: gp3, size_gb: 100 }
+templates:
+  arm64-aws:
+    cloud: aws
+    machine_type: m6g.2xlarge
+    arch: arm64
+managers:
+  perm-manager-{n}:
+    matrix: { count: 1 }
+    cloud: aws
+    machine_type: m6g.large
+    instance_profile: ci-runner
+    runner: { version: \"16.11.1\", concurrent: 4 }
+    runners:
+      - name: perm-shell
+        executor: shell
+        url: https://gitlab.example.com
+        token: \"${secret:PERM_TOKEN}\"
+      - name: perm-arm
+        template: arm64-aws
+        arch: armv7
+pools:
+  perm-builder-{n}:
+    size: 2
+    machine_type: m6g.2xlarge
+    role: builder
+";
+
+const GCP_ACCOUNT: &str = "ci-runner@gitlab-ci-runners.iam.gserviceaccount.com";
+
+const GCP_FLEET: &str = "fleet: gperm
+clouds:
+  gcp: { project: gitlab-ci-runners, region: us-east1 }
+defaults:
+  gcp:
+    image: projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts
+    disk: { type: pd-ssd, size_gb: 50 }
+templates:
+  autoscaled:
+    cloud: gcp
+    zone: us-east1-c
+    machine_type: n1-standard-2
+    arch: amd64
+managers:
+  gperm-manager-{n}:
+    matrix: { count: 1 }
+    cloud: gcp
+    zone: us-east1-c
+    machine_type: n1-standard-4
+    service_account: ci-runner@gitlab-ci-runners.iam.gserviceaccount.com
+    runner: { version: \"16.11.1\", concurrent: 4 }
+    runners:
+      - name: gperm-auto
+        template: autoscaled
+        url: https://gitlab.com/
+        token: \"${secret:GPERM_TOKEN}\"
+pools:
+  gperm-builder-{n}:
+    size: 2
+    cloud: gcp
+    zone: us-east1-c
+    machine_type: n1-standard-2
+    role: builder
+";
+
+/// The same fleet a day later: a config change (in place), the pool on another machine type
+/// (replaced) and the template on another (a new version, the old one retired).
+fn changed(text: &str, edits: &[(&str, &str)]) -> String {
+    let mut text = text.to_string();
+    for (from, to) in edits {
+        assert!(text.contains(from), "{from} is not in the fleet file");
+        text = text.replacen(from, to, 1);
+    }
+    text
+}
+
+/// The same fleet with nothing in it: everything is deleted.
+fn emptied(text: &str) -> String {
+    let end = text.find("defaults:").expect("a defaults section");
+    text[..end].to_string()
+}
+
+/// The IAM actions one AWS request needs, from the Service Authorization Reference: the action
+/// of its own name, and the dependent actions its parameters call for (`ec2:CreateTags` for a
+/// creation that tags what it makes, `iam:PassRole` for a launch with an instance profile).
+fn aws_actions(request: &Received) -> BTreeSet<String> {
+    let mut actions = BTreeSet::from([format!("{}:{}", request.service, request.operation)]);
+    let has = |prefix: &str| request.form.iter().any(|(key, _)| key.starts_with(prefix));
+    let creation = ["RunInstances", "CreateLaunchTemplate"].contains(&request.operation.as_str());
+    if request.service == "ec2" && creation && has("TagSpecification.") {
+        actions.insert("ec2:CreateTags".to_string());
+    }
+    if request.service == "ec2" && request.operation == "RunInstances" && has("IamInstanceProfile.")
+    {
+        actions.insert("iam:PassRole".to_string());
+    }
+    actions
+}
+
+/// The SSM parameters or paths one request names, as parameter ARNs (moto's account).
+fn ssm_resources(request: &Received) -> Vec<String> {
+    let json = &request.json;
+    let names: Vec<String> = match request.operation.as_str() {
+        "GetParametersByPath" => vec![json["Path"].as_str().unwrap_or_default().to_string()],
+        "PutParameter" => vec![json["Name"].as_str().unwrap_or_default().to_string()],
+        "AddTagsToResource" => vec![json["ResourceId"].as_str().unwrap_or_default().to_string()],
+        "DeleteParameters" => json["Names"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect(),
+        other => panic!("an SSM call this test does not know: {other}"),
+    };
+    names
+        .iter()
+        .map(|name| format!("arn:aws:ssm:us-east-1:123456789012:parameter{name}"))
+        .collect()
+}
+
+/// Whether an ARN matches an IAM resource pattern (`*` any run of characters).
+fn arn_matches(pattern: &str, arn: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let Some((first, rest)) = parts.split_first() else {
+        return pattern == arn;
+    };
+    let Some(mut left) = arn.strip_prefix(first) else {
+        return false;
+    };
+    for (index, part) in rest.iter().enumerate() {
+        if index == rest.len() - 1 {
+            return left.ends_with(part);
+        }
+        match left.find(part) {
+            Some(at) => left = &left[at + part.len()..],
+            None => return false,
+        }
+    }
+    left.is_empty()
+}
+
+/// `fleet permissions FILE --for JOB --only-cloud CLOUD --format json`.
+fn printed(env: &Env, file: &str, job: &str, cloud: &str) -> serde_json::Value {
+    env.fleet(&[
+        "permissions",
+        file,
+        "--for",
+        job,
+        "--only-cloud",
+        cloud,
+        "--format",
+        "json",
+    ])
+    .ok()
+    .json()
+}
+
+/// The allowed actions of a policy document, and its statements.
+fn allowed(policy: &serde_json::Value) -> BTreeSet<String> {
+    statements(policy)
+        .iter()
+        .filter(|s| s["Effect"] == "Allow")
+        .flat_map(|s| s["Action"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect()
+}
+
+fn statements(policy: &serde_json::Value) -> Vec<serde_json::Value> {
+    policy["Statement"].as_array().cloned().unwrap_or_default()
+}
+
+/// The resource patterns of the statements allowing `action`.
+fn resources_for(policy: &serde_json::Value, action: &str) -> Vec<String> {
+    statements(policy)
+        .iter()
+        .filter(|s| s["Effect"] == "Allow")
+        .filter(|s| {
+            s["Action"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == action))
+        })
+        .flat_map(|s| match &s["Resource"] {
+            serde_json::Value::String(one) => vec![one.clone()],
+            serde_json::Value::Array(many) => many
+                .iter()
+                .filter_map(|r| r.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+/// `fleet --cloud live --only-cloud aws ARGS…`, with the requests it sent.
+fn aws_run(env: &Env, proxy: &FaultProxy, args: &[&str]) -> (Run, Vec<Received>) {
+    proxy.take_requests();
+    let mut all = vec!["--cloud", "live", "--only-cloud", "aws"];
+    all.extend_from_slice(args);
+    let run = env.fleet(&all);
+    (run, proxy.take_requests())
+}
+
+/// Runs the EC2 watcher of `id` once, as the machine would (its role from IMDSv2, its
+/// parameters read signed through `proxy`), and returns the requests it sent.
+fn ec2_watch(env: &Env, ec2: &Ec2, proxy: &FaultProxy, id: &str) -> Vec<Received> {
+    let user_data = ec2
+        .runtime
+        .block_on(
+            ec2.client
+                .describe_instance_attribute()
+                .instance_id(id)
+                .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+                .send(),
+        )
+        .expect("DescribeInstanceAttribute")
+        .user_data()
+        .and_then(|v| v.value())
+        .unwrap()
+        .to_string();
+    let read = crate::delivery::cloud_init_reads(&user_data);
+    let bootstrap = read["parts"][0]["body"].as_str().unwrap().to_string();
+    let machine = Machine::new(env.path(), &bootstrap);
+    let root_file = machine.root.join("etc/fleet/parameters");
+    std::fs::create_dir_all(root_file.parent().unwrap()).unwrap();
+    let written = crate::delivery::written(&read, "/etc/fleet/parameters").unwrap();
+    std::fs::write(&root_file, written["content"].as_str().unwrap()).unwrap();
+    let server = Loopback::serve(
+        axum::Router::new()
+            .fallback(crate::watcher::imds)
+            .with_state(Arc::new(id.to_string())),
+    );
+    let path = format!(
+        "{}:{}",
+        machine.bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    proxy.take_requests();
+    let output = Command::new("python3")
+        .arg(&machine.script)
+        .env("PATH", path)
+        .env("FLEET_WATCH_IMDS_URL", server.url())
+        .env("FLEET_WATCH_SSM_URL", proxy.url())
+        .env("FLEET_WATCH_ROOT", &machine.root)
+        .env("FLEET_WATCH_TEST_LOG", &machine.log)
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(output.status.success(), "the watcher failed:\n{stdout}");
+    assert!(!stdout.contains("cannot read"), "{stdout}");
+    let config = std::fs::read_to_string(machine.root.join("etc/gitlab-runner/config.toml"))
+        .expect("the watcher wrote config.toml");
+    assert!(config.contains("glrt-perm-s3cr3t"), "the secret was read");
+    proxy.take_requests()
+}
+
+#[test]
+fn the_aws_policies_allow_exactly_what_plan_apply_and_the_machine_were_seen_to_call() {
+    let moto = Moto::start();
+    // Every request goes through the proxy, which records it (and answers
+    // `DeleteLaunchTemplateVersions`, which moto lacks).
+    let proxy = FaultProxy::start(&moto.url);
+    let env = env_through(&moto, &proxy);
+    let ec2 = Ec2::new(&moto);
+    create_instance_profile(&moto, "/", "ci-runner");
+    let secrets = env.path().join("secrets.env");
+    let mut values = std::fs::read_to_string(&secrets).unwrap();
+    values.push_str("PERM_TOKEN=glrt-perm-s3cr3t\n");
+    std::fs::write(&secrets, values).unwrap();
+    let file = env.write("perm.yaml", AWS_FLEET);
+
+    let mut plans: Vec<Received> = Vec::new();
+    let mut applies: Vec<Received> = Vec::new();
+    let watch = |plans: &mut Vec<Received>, applies: &mut Vec<Received>, text: &str| {
+        env.write("perm.yaml", text);
+        let (plan, seen) = aws_run(&env, &proxy, &["plan", &file, "--format", "json"]);
+        plans.extend(seen);
+        let plan = plan.ok().json();
+        let (apply, seen) = aws_run(&env, &proxy, &["apply", &file, "--auto-approve"]);
+        applies.extend(seen);
+        apply.verified();
+        plan
+    };
+    // Created: a launch template, a manager with a secret and an instance profile, a pool.
+    let created = watch(&mut plans, &mut applies, AWS_FLEET);
+    assert_eq!(actions_of(&created, "pool.perm-builder-1"), ["create"]);
+    let manager = ec2.by_name("perm", "perm-manager-1");
+    let machine = ec2_watch(&env, &ec2, &proxy, &manager.id);
+    // A day later: in place, replaced, a new template version.
+    let later = changed(
+        AWS_FLEET,
+        &[
+            ("concurrent: 4", "concurrent: 5"),
+            (
+                "    machine_type: m6g.2xlarge\n    role: builder",
+                "    machine_type: m6g.xlarge\n    role: builder",
+            ),
+            (
+                "    machine_type: m6g.2xlarge\n    arch: arm64",
+                "    machine_type: m6g.4xlarge\n    arch: arm64",
+            ),
+        ],
+    );
+    let plan = watch(&mut plans, &mut applies, &later);
+    assert_eq!(actions_of(&plan, "manager.perm-manager-1"), ["update"]);
+    assert!(
+        actions_of(&plan, "pool.perm-builder-1").contains(&"delete".to_string()),
+        "{plan:#}"
+    );
+    assert_eq!(
+        actions_of(&plan, "template.arm64-aws"),
+        ["create", "delete"]
+    );
+    // Gone.
+    let plan = watch(&mut plans, &mut applies, &emptied(AWS_FLEET));
+    assert_eq!(actions_of(&plan, "manager.perm-manager-1"), ["delete"]);
+    assert!(ec2.alive("perm").is_empty());
+
+    let observed = |requests: &[Received]| -> BTreeSet<String> {
+        requests.iter().flat_map(aws_actions).collect()
+    };
+    // The printed policies are for the fleet file as it was made.
+    env.write("perm.yaml", AWS_FLEET);
+    for (job, requests) in [("plan", &plans), ("apply", &applies), ("manager", &machine)] {
+        let printed = printed(&env, &file, job, "aws");
+        let policy = &printed["aws"]["policy"];
+        assert_eq!(
+            allowed(policy),
+            observed(requests),
+            "--for {job}: the policy allows what the emulator served, no more, no less:\n{policy:#}"
+        );
+        // Every parameter a request named is under a resource the policy allows it on.
+        for request in requests.iter().filter(|r| r.service == "ssm") {
+            let action = format!("ssm:{}", request.operation);
+            let patterns = resources_for(policy, &action);
+            for arn in ssm_resources(request) {
+                assert!(
+                    patterns.iter().any(|p| arn_matches(p, &arn)),
+                    "--for {job}: {action} on {arn} is outside {patterns:?}"
+                );
+            }
+        }
+    }
+    // A plan only reads, and reads no secret: every SSM read asked for no decryption, and the
+    // policy denies decrypting, which the AWS managed key would otherwise allow.
+    for request in &plans {
+        assert!(
+            ["Describe", "List", "Get"]
+                .iter()
+                .any(|verb| request.operation.starts_with(verb)),
+            "a plan sent {}:{}",
+            request.service,
+            request.operation
+        );
+        if request.service == "ssm" {
+            assert_eq!(request.json["WithDecryption"], false, "{:?}", request.json);
+        }
+    }
+    let plan_policy = printed(&env, &file, "plan", "aws")["aws"]["policy"].clone();
+    assert!(
+        statements(&plan_policy)
+            .iter()
+            .any(|s| s["Effect"] == "Deny" && s["Action"] == serde_json::json!(["kms:Decrypt"])),
+        "{plan_policy:#}"
+    );
+    // The machine's one read is decrypted, under its own instance's prefix.
+    assert_eq!(machine.len(), 1, "{machine:?}");
+    assert_eq!(machine[0].json["WithDecryption"], true);
+    assert_eq!(
+        machine[0].json["Path"],
+        format!("/fleet/perm/{}/", manager.id)
+    );
+    // Tags at launch are allowed only for the creations seen tagging what they made.
+    let apply_policy = printed(&env, &file, "apply", "aws")["aws"]["policy"].clone();
+    let tagging_creations: BTreeSet<String> = applies
+        .iter()
+        .filter(|r| {
+            r.form
+                .iter()
+                .any(|(k, _)| k.starts_with("TagSpecification."))
+        })
+        .map(|r| r.operation.clone())
+        .collect();
+    let on_launch = statements(&apply_policy)
+        .into_iter()
+        .find(|s| s["Condition"]["StringEquals"]["ec2:CreateAction"].is_array())
+        .expect("a statement for tags at launch");
+    let allowed_creations: BTreeSet<String> = on_launch["Condition"]["StringEquals"]
+        ["ec2:CreateAction"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect();
+    assert_eq!(allowed_creations, tagging_creations);
+    // The role passed is the one profile the fleet names.
+    assert_eq!(
+        resources_for(&apply_policy, "iam:PassRole"),
+        ["arn:aws:iam::*:role/ci-runner"]
+    );
+}
+
+/// The permissions one GCE method needs, from the Compute Engine API reference.
+fn gce_permission(method: &str) -> &'static str {
+    match method {
+        "compute.instances.aggregatedList" | "compute.instances.list" => "compute.instances.list",
+        "compute.instances.get" => "compute.instances.get",
+        "compute.instances.insert" | "compute.instances.bulkInsert" => "compute.instances.create",
+        "compute.instances.delete" => "compute.instances.delete",
+        "compute.instances.setLabels" => "compute.instances.setLabels",
+        "compute.instances.setMetadata" => "compute.instances.setMetadata",
+        "compute.instanceTemplates.list" => "compute.instanceTemplates.list",
+        "compute.instanceTemplates.get" => "compute.instanceTemplates.get",
+        "compute.instanceTemplates.insert" => "compute.instanceTemplates.create",
+        "compute.instanceTemplates.delete" => "compute.instanceTemplates.delete",
+        "compute.zoneOperations.get" | "compute.zoneOperations.wait" => {
+            "compute.zoneOperations.get"
+        }
+        "compute.globalOperations.get" | "compute.globalOperations.wait" => {
+            "compute.globalOperations.get"
+        }
+        other => panic!("a GCE method this test does not know: {other}"),
+    }
+}
+
+/// What creating the VMs the server holds needed beside `compute.instances.create`, from what
+/// each was made with (GCE's "required permissions" for creating a VM): a new boot disk, a
+/// network interface on a VPC subnetwork, metadata, labels and a service account (and acting
+/// as that account).
+fn creation_needs(server: &GceServer) -> BTreeSet<String> {
+    let mut needs = BTreeSet::new();
+    for instance in server.instances() {
+        // No disk exists before its VM (the server keeps no disk resources, as GCE lists
+        // none with the VM): a boot disk was made by the creation.
+        if instance.disks.iter().any(|d| d.boot == Some(true)) {
+            needs.insert("compute.disks.create".to_string());
+        }
+        if !instance.network_interfaces.is_empty() {
+            needs.insert("compute.subnetworks.use".to_string());
+        }
+        if instance
+            .metadata
+            .as_ref()
+            .is_some_and(|m| !m.items.is_empty())
+        {
+            needs.insert("compute.instances.setMetadata".to_string());
+        }
+        if !instance.labels.is_empty() {
+            needs.insert("compute.instances.setLabels".to_string());
+        }
+        for account in &instance.service_accounts {
+            needs.insert("compute.instances.setServiceAccount".to_string());
+            needs.insert(format!(
+                "iam.serviceAccounts.actAs on {}",
+                account.email.clone().unwrap_or_default()
+            ));
+        }
+    }
+    needs
+}
+
+/// Deletes a VM as a person at the console would, straight through the REST API, and waits
+/// for the deletion to be done.
+fn console_delete(server: &GceServer, zone: &str, name: &str) {
+    let base = format!("/compute/v1/projects/gitlab-ci-runners/zones/{zone}");
+    let answer = http(server, "DELETE", &format!("{base}/instances/{name}"));
+    let operation: serde_json::Value = serde_json::from_str(&answer).expect("an operation");
+    let operation = operation["name"].as_str().expect("its name").to_string();
+    for _ in 0..10 {
+        let polled = http(
+            server,
+            "POST",
+            &format!("{base}/operations/{operation}/wait"),
+        );
+        if polled.contains("\"DONE\"") {
+            break;
+        }
+    }
+    assert!(server.instance(name).is_none(), "{name} is still there");
+}
+
+/// One plain HTTP/1.0 request to the server; the body of its answer.
+fn http(server: &GceServer, method: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let address = server.endpoint().trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&address).expect("the server answers");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    assert!(head.contains(" 200 "), "{method} {path}: {answer}");
+    body.to_string()
+}
+
+/// `fleet --cloud live --only-cloud gcp ARGS…` against the server, with the calls it served.
+fn gcp_run(env: &Env, server: &GceServer, args: &[&str]) -> (Run, BTreeMap<String, u64>) {
+    server.reset_calls();
+    let endpoint = server.endpoint();
+    let mut all = vec!["--cloud", "live", "--only-cloud", "gcp"];
+    all.extend_from_slice(args);
+    let run = env.fleet_with(
+        &all,
+        &[
+            ("FLEET_GCP_ENDPOINT", endpoint.as_str()),
+            ("FLEET_GCP_ANONYMOUS", "1"),
+        ],
+    );
+    (run, server.calls())
+}
+
+#[test]
+fn the_gcp_roles_hold_exactly_what_plan_and_apply_were_seen_to_call() {
+    let server = GceServer::start("gitlab-ci-runners");
+    let env = Env::new();
+    let secrets = env.path().join("secrets.env");
+    let mut values = std::fs::read_to_string(&secrets).unwrap();
+    values.push_str("GPERM_TOKEN=glrt-gperm-s3cr3t\n");
+    std::fs::write(&secrets, values).unwrap();
+    let file = env.write("gperm.yaml", GCP_FLEET);
+
+    let mut plans: BTreeSet<String> = BTreeSet::new();
+    let mut applies: BTreeSet<String> = BTreeSet::new();
+    let mut creations: BTreeSet<String> = BTreeSet::new();
+    let mut live = |text: &str, lose_answers: u32| {
+        env.write("gperm.yaml", text);
+        let (plan, calls) = gcp_run(&env, &server, &["plan", &file, "--format", "json"]);
+        plans.extend(calls.keys().cloned());
+        let plan = plan.ok().json();
+        // An insert whose answer is lost is sent again, and the replay looks for its VM.
+        server.lose_answers(lose_answers);
+        let (apply, calls) = gcp_run(&env, &server, &["apply", &file, "--auto-approve"]);
+        apply.verified();
+        applies.extend(calls.keys().cloned());
+        creations.extend(creation_needs(&server));
+        plan
+    };
+    // The first three mutations are the three creations: every one is sent again.
+    let created = live(GCP_FLEET, 3);
+    assert_eq!(actions_of(&created, "pool.gperm-builder-1"), ["create"]);
+    // The manager deleted at the console is made again: the same creation, whose replayed
+    // insert looks for its VM (`instances.get`) and, finding it gone, is sent anew.
+    console_delete(&server, "us-east1-c", "gperm-manager-1");
+    let again = live(GCP_FLEET, 0);
+    assert_eq!(actions_of(&again, "manager.gperm-manager-1"), ["create"]);
+    let later = changed(
+        GCP_FLEET,
+        &[
+            ("concurrent: 4", "concurrent: 5"),
+            (
+                "    machine_type: n1-standard-2\n    role: builder",
+                "    machine_type: n1-standard-4\n    role: builder",
+            ),
+            (
+                "    machine_type: n1-standard-2\n    arch: amd64",
+                "    machine_type: n1-standard-4\n    arch: amd64",
+            ),
+        ],
+    );
+    let plan = live(&later, 0);
+    assert_eq!(actions_of(&plan, "manager.gperm-manager-1"), ["update"]);
+    let plan = live(&emptied(GCP_FLEET), 0);
+    assert_eq!(actions_of(&plan, "manager.gperm-manager-1"), ["delete"]);
+    assert!(server.instances().is_empty() && server.templates().is_empty());
+    // The paths the test meant to take were taken.
+    for method in [
+        "compute.instances.bulkInsert",
+        "compute.instances.get",
+        "compute.instances.setMetadata",
+        "compute.instanceTemplates.delete",
+    ] {
+        assert!(applies.contains(method), "{method} not in {applies:?}");
+    }
+
+    env.write("gperm.yaml", GCP_FLEET);
+    let expected = |methods: &BTreeSet<String>, with_creations: bool| -> BTreeSet<String> {
+        let mut permissions: BTreeSet<String> = methods
+            .iter()
+            .map(|m| gce_permission(m).to_string())
+            .collect();
+        if with_creations {
+            permissions.extend(creations.iter().cloned());
+        }
+        permissions
+    };
+    for (job, methods, with_creations) in [
+        ("plan", &plans, false),
+        ("apply", &applies, true),
+        ("manager", &BTreeSet::new(), false),
+    ] {
+        let printed = printed(&env, &file, job, "gcp");
+        let gcp = &printed["gcp"];
+        let unverified: BTreeSet<String> = gcp["unverified"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p.as_str().map(str::to_string))
+            .collect();
+        // Secret Manager is marked as not checked here, and is all that is.
+        assert!(
+            unverified.iter().all(|p| p.starts_with("secretmanager.")),
+            "{unverified:?}"
+        );
+        let mut held: BTreeSet<String> = gcp["role"]["includedPermissions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p.as_str().map(str::to_string))
+            .filter(|p| !unverified.contains(p))
+            .collect();
+        for (account, permissions) in gcp["on_service_accounts"].as_object().unwrap() {
+            for permission in permissions.as_array().unwrap() {
+                held.insert(format!("{} on {account}", permission.as_str().unwrap()));
+            }
+        }
+        assert_eq!(
+            held,
+            expected(methods, with_creations),
+            "--for {job}: the role holds what the server served, no more, no less:\n{gcp:#}"
+        );
+    }
+    // The machine reads its config from the metadata server: no Compute Engine permission;
+    // its own secrets only, by a condition on their names.
+    let manager = printed(&env, &file, "manager", "gcp");
+    assert_eq!(
+        manager["gcp"]["role"]["includedPermissions"],
+        serde_json::json!(["secretmanager.versions.access"])
+    );
+    assert!(manager["gcp"]["condition"]["expression"]
+        .as_str()
+        .unwrap()
+        .contains("/secrets/fleet-gperm-"));
+    assert!(GCP_FLEET.contains(GCP_ACCOUNT));
+}
+
+#[test]
+fn the_policy_documents_are_what_the_clouds_tools_read_and_the_same_every_time() {
+    let env = Env::new();
+    let file = env.write("perm.yaml", AWS_FLEET);
+    let first = env.fleet(&[
+        "permissions",
+        &file,
+        "--for",
+        "apply",
+        "--only-cloud",
+        "aws",
+    ]);
+    let first = first.ok();
+    let again = env
+        .fleet(&[
+            "permissions",
+            &file,
+            "--for",
+            "apply",
+            "--only-cloud",
+            "aws",
+        ])
+        .ok();
+    assert_eq!(
+        first.stdout, again.stdout,
+        "the same file prints the same bytes"
+    );
+    // Standard output is the document alone; the notes go to standard error.
+    let document: serde_json::Value =
+        serde_json::from_str(&first.stdout).expect("the policy document is JSON");
+    assert_eq!(document["Version"], "2012-10-17");
+    assert!(first.stderr.contains("note: "), "{}", first.stderr);
+    let gcp_file = env.write("gperm.yaml", GCP_FLEET);
+    let role = env
+        .fleet(&[
+            "permissions",
+            &gcp_file,
+            "--for",
+            "plan",
+            "--only-cloud",
+            "gcp",
+        ])
+        .ok();
+    let lines: Vec<&str> = role
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    assert_eq!(lines[0], "title: \"fleet gperm plan\"", "{}", role.stdout);
+    assert!(lines.contains(&"includedPermissions:"), "{}", role.stdout);
+    assert!(
+        lines.contains(&"- compute.instances.list"),
+        "{}",
+        role.stdout
+    );
+    // A cloud the file does not use is refused, saying which it does.
+    let refused = env
+        .fleet(&[
+            "permissions",
+            &gcp_file,
+            "--for",
+            "plan",
+            "--only-cloud",
+            "aws",
+        ])
+        .code(1);
+    assert!(refused.stderr.contains("clouds.aws"), "{}", refused.stderr);
+}
+
+#[test]
+fn the_permissions_of_every_fleet_in_the_repository_are_the_golden_ones() {
+    let env = Env::new();
+    let mut failures = Vec::new();
+    for fleet in [
+        "arm-builders",
+        "ci-shared-runners",
+        "distribution",
+        "mdis-wb31",
+    ] {
+        for job in ["plan", "apply", "manager"] {
+            let run = env
+                .fleet(&[
+                    "permissions",
+                    &format!("fleets/{fleet}.yaml"),
+                    "--for",
+                    job,
+                    "--format",
+                    "json",
+                ])
+                .ok();
+            crate::support::golden(
+                &format!("plans/{fleet}/permissions-{job}.json"),
+                &run.stdout,
+                &mut failures,
+            );
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The string literals of a source file that name an API operation: `ec2:X`/`ssm:X` on AWS,
+/// `compute.collection.method` on GCE.
+fn operations_named_in(path: &str) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(crate::support::repo().join(path)).unwrap();
+    text.split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|literal| {
+            let aws = ["ec2:", "ssm:"].iter().any(|prefix| {
+                literal.strip_prefix(prefix).is_some_and(|name| {
+                    name.starts_with(|c: char| c.is_ascii_uppercase())
+                        && name.chars().all(|c| c.is_ascii_alphanumeric())
+                })
+            });
+            let parts: Vec<&str> = literal.split('.').collect();
+            let gce = parts.len() == 3
+                && parts[0] == "compute"
+                && parts[1..]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphabetic()))
+                && !literal.ends_with(".com");
+            aws || gce
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_operation_a_provider_or_the_watcher_sends_has_a_row_in_the_table() {
+    use fleet_engine::permissions::{Caller, AWS_CALLS, GCP_CALLS};
+    let rows = |caller: Caller| -> BTreeSet<String> {
+        AWS_CALLS
+            .iter()
+            .filter(|c| c.caller == caller)
+            .map(|c| c.operation.to_string())
+            .chain(
+                GCP_CALLS
+                    .iter()
+                    .filter(|c| c.caller == caller)
+                    .map(|c| c.operation.to_string()),
+            )
+            .collect()
+    };
+    let provider = rows(Caller::Provider);
+    let mut named = BTreeSet::new();
+    for path in [
+        "providers/src/aws/mod.rs",
+        "providers/src/aws/ssm.rs",
+        "providers/src/gcp/mod.rs",
+    ] {
+        named.extend(operations_named_in(path));
+    }
+    assert!(named.len() > 25, "the sources were read: {named:?}");
+    let missing: Vec<&String> = named.difference(&provider).collect();
+    assert!(
+        missing.is_empty(),
+        "operations the providers send with no permissions row: {missing:?}"
+    );
+    // The watcher's SSM calls, by the target it signs.
+    let bootstrap =
+        std::fs::read_to_string(crate::support::repo().join("templates/bootstrap.yaml.hbs"))
+            .unwrap();
+    let watcher: BTreeSet<String> = bootstrap
+        .split("ssm(region, credentials, \"")
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split_once('"')
+                .map(|(target, _)| format!("ssm:{target}"))
+        })
+        .collect();
+    assert!(!watcher.is_empty());
+    let machine = rows(Caller::Watcher);
+    assert!(
+        watcher.is_subset(&machine),
+        "the watcher sends {watcher:?}; the table has {machine:?}"
+    );
+}
