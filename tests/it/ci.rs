@@ -106,7 +106,12 @@ fn the_note_is_created_then_updated_in_place_then_left_alone_when_unchanged() {
     let visible = note.body.lines().nth(2).expect("visible line");
     assert!(visible.contains(&plan_id(&env, "first.json")), "{visible}");
     assert!(visible.contains(&first_digest), "{visible}");
-    assert!(note.body.contains("pool.arm-builder-1"), "{}", note.body);
+    // The plan itself follows, its pool as one row.
+    assert!(
+        note.body.contains("4 to create: arm-builder-1 to -4"),
+        "{}",
+        note.body
+    );
     let requests = server.requests();
     assert_eq!(
         lines(&requests),
