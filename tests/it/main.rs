@@ -12,6 +12,7 @@ mod gcp;
 mod golden;
 mod loopback;
 mod plan;
+mod secret_server;
 mod quickstart;
 mod support;
 mod untrusted;

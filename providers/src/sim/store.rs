@@ -351,6 +351,7 @@ impl Store {
     }
 
     /// Every secret of `cloud`, by resource name.
+    #[cfg(test)]
     pub(crate) fn secrets(&self, cloud: Cloud) -> Result<BTreeMap<String, SimSecret>, SimError> {
         let mut local = self.lock_local();
         let local = &mut *local;
