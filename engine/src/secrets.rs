@@ -168,3 +168,26 @@ pub fn live_digests(object: &LiveResource) -> BTreeMap<String, String> {
         .map(|d| d.digests)
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::model::ResourceKind;
+    use crate::test_support::{desired, live};
+
+    #[test]
+    fn masking_drops_the_values_and_keeps_the_digests_and_names() {
+        let mut object = live(&desired(ResourceKind::Manager, "m"), "zones/z/instances/m");
+        object.spec.metadata.insert(
+            render::SECRETS.to_string(),
+            "{\"digests\":{\"T\":\"d\"},\"values\":{\"T\":\"glrt-v\"},\"names\":{\"T\":\"projects/p/secrets/s\"}}"
+                .to_string(),
+        );
+        mask_live(&mut object);
+        assert_eq!(
+            object.spec.metadata[render::SECRETS],
+            "{\"digests\":{\"T\":\"d\"},\"names\":{\"T\":\"projects/p/secrets/s\"}}"
+        );
+        assert_eq!(live_digests(&object)["T"], "d");
+    }
+}

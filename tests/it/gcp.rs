@@ -1271,15 +1271,25 @@ fn assert_no_value_in_metadata_or_labels(server: &GceServer, value: &str) {
                 item.key
             );
         }
-        assert!(instance.labels.values().all(|v| !v.contains(value)), "{name}");
+        assert!(
+            instance.labels.values().all(|v| !v.contains(value)),
+            "{name}"
+        );
     }
     for template in server.templates() {
         let text = serde_json::to_string(&template).unwrap();
-        assert!(!text.contains(value), "template {:?} holds a secret value", template.name);
+        assert!(
+            !text.contains(value),
+            "template {:?} holds a secret value",
+            template.name
+        );
     }
     for (resource, stored) in server.secrets().secrets() {
         let labels = serde_json::to_string(&stored.secret.labels).unwrap();
-        assert!(!labels.contains(value), "a label of {resource} holds the value");
+        assert!(
+            !labels.contains(value),
+            "a label of {resource} holds the value"
+        );
     }
 }
 
@@ -1316,7 +1326,9 @@ fn a_gce_managers_secrets_live_in_secret_manager_and_its_metadata_only_names_the
         assert_eq!(told.digests["GSM_TOKEN"], digest);
         let resource = &told.names["GSM_TOKEN"];
         assert!(
-            resource.starts_with(&format!("projects/{PROJECT}/secrets/fleet-gsm-{name}-GSM_TOKEN-")),
+            resource.starts_with(&format!(
+                "projects/{PROJECT}/secrets/fleet-gsm-{name}-GSM_TOKEN-"
+            )),
             "{resource}"
         );
         // The secret it names: the digest as its label, the value as its latest version.
@@ -1352,8 +1364,14 @@ fn a_gce_managers_secrets_live_in_secret_manager_and_its_metadata_only_names_the
         assert_eq!(actions_of(&plan, &address), ["update"], "{plan:#}");
     }
     let text = plan.to_string();
-    assert!(text.contains("GSM_TOKEN"), "the rotation is named: {plan:#}");
-    assert!(!text.contains(rotated) && !text.contains(secret), "{plan:#}");
+    assert!(
+        text.contains("GSM_TOKEN"),
+        "the rotation is named: {plan:#}"
+    );
+    assert!(
+        !text.contains(rotated) && !text.contains(secret),
+        "{plan:#}"
+    );
     let shown = live(&env, &server, &["plan", &file]).ok();
     assert!(shown.stdout.contains("(sensitive)"), "{}", shown.stdout);
     // Applied: one new version and its digest label per machine, then its metadata.

@@ -149,7 +149,8 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
         429 => "RESOURCE_EXHAUSTED",
         _ => "INTERNAL",
     };
-    let body = json!({"error": {"code": status.as_u16(), "message": message.into(), "status": name}});
+    let body =
+        json!({"error": {"code": status.as_u16(), "message": message.into(), "status": name}});
     (status, axum::Json(body)).into_response()
 }
 
@@ -212,7 +213,12 @@ async fn handle(
         (&Method::GET, Some(_), Some(version)) if version.ends_with(":access") => {
             "secretmanager.versions.access"
         }
-        _ => return error(StatusCode::NOT_FOUND, format!("no such method: {method} {path}")),
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no such method: {method} {path}"),
+            )
+        }
     };
     let mut world = world.lock().expect("world lock");
     *world.calls.entry(operation.to_string()).or_default() += 1;
@@ -230,7 +236,10 @@ async fn handle(
         }
     }
     if project != world.project {
-        return error(StatusCode::NOT_FOUND, format!("project {project} not found"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("project {project} not found"),
+        );
     }
     let parent = format!("projects/{project}/secrets");
     match operation {
@@ -252,7 +261,10 @@ async fn handle(
             }
             let name = format!("{parent}/{id}");
             if world.secrets.contains_key(&name) {
-                return error(StatusCode::CONFLICT, format!("Secret [{name}] already exists."));
+                return error(
+                    StatusCode::CONFLICT,
+                    format!("Secret [{name}] already exists."),
+                );
             }
             secret.name = name.clone();
             world.secrets.insert(
@@ -269,7 +281,9 @@ async fn handle(
             let name = format!("{parent}/{id}");
             let payload = serde_json::from_slice::<Value>(&body)
                 .ok()
-                .and_then(|body| serde_json::from_value::<SecretPayload>(body["payload"].clone()).ok());
+                .and_then(|body| {
+                    serde_json::from_value::<SecretPayload>(body["payload"].clone()).ok()
+                });
             let Some(payload) = payload else {
                 return error(StatusCode::BAD_REQUEST, "payload is required");
             };
@@ -277,7 +291,10 @@ async fn handle(
                 return error(StatusCode::NOT_FOUND, format!("Secret [{name}] not found."));
             };
             let Ok(value) = String::from_utf8(payload.data.to_vec()) else {
-                return error(StatusCode::BAD_REQUEST, "the test server keeps UTF-8 values");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "the test server keeps UTF-8 values",
+                );
             };
             stored.versions.push(value);
             let version = SecretVersion::new()
@@ -295,7 +312,10 @@ async fn handle(
         "secretmanager.secrets.patch" => {
             let name = format!("{parent}/{}", id.unwrap_or_default());
             if query.get("updateMask").map(String::as_str) != Some("labels") {
-                return error(StatusCode::BAD_REQUEST, "the test server patches labels only");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "the test server patches labels only",
+                );
             }
             let Ok(patch) = serde_json::from_slice::<Secret>(&body) else {
                 return error(StatusCode::BAD_REQUEST, "invalid Secret");
@@ -322,7 +342,10 @@ async fn handle(
                     .get("authorization")
                     .and_then(|value| value.to_str().ok());
                 if sent != Some(format!("Bearer {token}").as_str()) {
-                    return error(StatusCode::UNAUTHORIZED, "Request had invalid authentication credentials.");
+                    return error(
+                        StatusCode::UNAUTHORIZED,
+                        "Request had invalid authentication credentials.",
+                    );
                 }
             }
             let name = format!("{parent}/{}", id.unwrap_or_default());
@@ -335,7 +358,10 @@ async fn handle(
                 number => number.parse().unwrap_or(0),
             };
             let Some(value) = number.checked_sub(1).and_then(|at| stored.versions.get(at)) else {
-                return error(StatusCode::NOT_FOUND, format!("Secret Version [{name}/versions/{version}] not found."));
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("Secret Version [{name}/versions/{version}] not found."),
+                );
             };
             let answer = AccessSecretVersionResponse::new()
                 .set_name(format!("{name}/versions/{number}"))

@@ -81,8 +81,7 @@ impl MetadataServer {
     /// the metadata served holds the names only, as fleet delivers it.
     fn serve(&self, mut metadata: BTreeMap<String, String>) {
         if let Some(text) = metadata.get("fleet-secrets") {
-            let mut delivery: fleet_engine::secrets::Delivery =
-                serde_json::from_str(text).unwrap();
+            let mut delivery: fleet_engine::secrets::Delivery = serde_json::from_str(text).unwrap();
             for (name, value) in std::mem::take(&mut delivery.values) {
                 let resource = delivery
                     .names
@@ -383,8 +382,8 @@ fn the_machine_carries_out_the_impact_the_plan_shows() {
 }
 
 #[test]
-fn the_gce_watcher_reads_its_secrets_from_secret_manager_with_its_token_and_writes_nothing_without(
-) {
+fn the_gce_watcher_reads_its_secrets_from_secret_manager_with_its_token_and_writes_nothing_without()
+{
     let env = Env::new();
     env.converge("fleets/distribution.yaml");
     let first = delivered(&env);

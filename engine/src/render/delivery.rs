@@ -927,7 +927,9 @@ mod tests {
         let id = gce_secret_id("f", machine, "T");
         assert_eq!(
             sent[SECRETS],
-            format!("{{\"digests\":{{\"T\":\"d\"}},\"names\":{{\"T\":\"projects/p/secrets/{id}\"}}}}")
+            format!(
+                "{{\"digests\":{{\"T\":\"d\"}},\"names\":{{\"T\":\"projects/p/secrets/{id}\"}}}}"
+            )
         );
         assert_eq!(secrets.len(), 1);
         assert_eq!(secrets[0].value, "glrt-value");
@@ -961,8 +963,16 @@ mod tests {
             gce_secret_id("ci", machine, "A.B"),
             gce_secret_id("ci", machine, "A_B"),
             gce_secret_id("ci", machine, "A-B"),
-            gce_secret_id("ci", "zones/us-east1-c/instances/shared-runners-manager-1", "RUNNER_TOKEN"),
-            gce_secret_id("ci-shared", "zones/us-east1-d/instances/runners-manager-1", "RUNNER_TOKEN"),
+            gce_secret_id(
+                "ci",
+                "zones/us-east1-c/instances/shared-runners-manager-1",
+                "RUNNER_TOKEN",
+            ),
+            gce_secret_id(
+                "ci-shared",
+                "zones/us-east1-d/instances/runners-manager-1",
+                "RUNNER_TOKEN",
+            ),
             gce_secret_id("ci", machine, &long),
             gce_secret_id("ci", machine, &format!("{long}x")),
         ];

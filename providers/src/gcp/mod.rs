@@ -360,7 +360,12 @@ impl GcpProvider {
             ObjectKind::InstanceTemplate => convert::template_id(&request.name),
         };
         let metadata = self
-            .store_secrets(&id, &request.spec.labels, &request.spec.metadata, &request.name)
+            .store_secrets(
+                &id,
+                &request.spec.labels,
+                &request.spec.metadata,
+                &request.name,
+            )
             .await?;
         Ok(CreateRequest {
             spec: fleet_engine::provider::MachineSpec {

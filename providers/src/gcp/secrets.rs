@@ -88,9 +88,7 @@ impl SecretStore {
         count(CREATE);
         let body = Secret::new()
             .set_labels(secret.labels.clone())
-            .set_replication(
-                Replication::new().set_automatic(replication::Automatic::default()),
-            );
+            .set_replication(Replication::new().set_automatic(replication::Automatic::default()));
         let created = self
             .client
             .create_secret()
@@ -178,8 +176,7 @@ impl SecretStore {
             match self.client.delete_secret().set_name(resource).send().await {
                 Ok(()) => {}
                 Err(failure) => {
-                    let failure =
-                        error::from_gax(DELETE, &format!("{what}: {resource}"), &failure);
+                    let failure = error::from_gax(DELETE, &format!("{what}: {resource}"), &failure);
                     if failure.reason != GceReason::NotFound {
                         return Err(failure.into());
                     }

@@ -1050,10 +1050,9 @@ impl Provider for SimProvider {
                     return Ok::<_, SimError>(());
                 };
                 // Its secrets go with it.
-                for resource in fleet_engine::render::delivery::gce_secret_names(
-                    &object.resource.spec.metadata,
-                )
-                .into_values()
+                for resource in
+                    fleet_engine::render::delivery::gce_secret_names(&object.resource.spec.metadata)
+                        .into_values()
                 {
                     txn.remove_secret(cloud, &resource)?;
                 }

@@ -344,10 +344,10 @@ impl Store {
     /// The file of a secret; its id is `[A-Za-z0-9_-]` only, a file name as it is.
     fn secret_path(&self, cloud: Cloud, resource: &str) -> PathBuf {
         let id = resource.rsplit('/').next().unwrap_or(resource);
-        self.dir
-            .join("secrets")
-            .join(cloud.as_str())
-            .join(format!("{}.json", file_name_of_id(id).trim_end_matches(".json")))
+        self.dir.join("secrets").join(cloud.as_str()).join(format!(
+            "{}.json",
+            file_name_of_id(id).trim_end_matches(".json")
+        ))
     }
 
     /// Every secret of `cloud`, by resource name.
@@ -746,8 +746,13 @@ impl Txn<'_> {
     }
 
     /// A secret by resource name.
-    pub(crate) fn secret(&self, cloud: Cloud, resource: &str) -> Result<Option<SimSecret>, SimError> {
-        self.store.read_json(&self.store.secret_path(cloud, resource))
+    pub(crate) fn secret(
+        &self,
+        cloud: Cloud,
+        resource: &str,
+    ) -> Result<Option<SimSecret>, SimError> {
+        self.store
+            .read_json(&self.store.secret_path(cloud, resource))
     }
 
     /// Writes a secret (files are the owner's only, like every file of the sim dir).

@@ -981,7 +981,10 @@ async fn a_simulated_gce_machine_holds_references_and_its_secrets_live_in_a_stor
     while let Some(path) = stack.pop() {
         if path.is_dir() {
             stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-        } else if std::fs::read_to_string(&path).unwrap_or_default().contains(secret) {
+        } else if std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .contains(secret)
+        {
             holding.push(path);
         }
     }
@@ -1006,7 +1009,10 @@ async fn a_simulated_gce_machine_holds_references_and_its_secrets_live_in_a_stor
     };
     provider.update(&update(&delivery(secret))).await.unwrap();
     assert_eq!(count(&sim, "compute.instances.setMetadata"), 0);
-    provider.update(&update(&delivery("rotated"))).await.unwrap();
+    provider
+        .update(&update(&delivery("rotated")))
+        .await
+        .unwrap();
     let kept = &store.secrets(Cloud::Gcp).unwrap()[resource];
     assert_eq!((kept.value.as_str(), kept.versions), ("rotated", 2));
     // Deleting the machine deletes its secrets.
