@@ -6,7 +6,7 @@
 //! `instances.aggregatedList` / `instanceTemplates.list` filtered by the fleet label, and
 //! mutations (`instances.insert`, `bulkInsert`, `setLabels`, `setMetadata`, `delete`,
 //! `instanceTemplates.insert`/`delete`), each followed until its zone or global operation is
-//! done.
+//! done, and the machines' secrets in Secret Manager (`gcp::secrets`).
 //!
 //! Decisions, so that the engine's guarantees hold on GCE:
 //! - **One retry loop.** The client library's own retries are switched off
@@ -44,6 +44,12 @@
 //! - **In-place updates** send only the half that changed, with the fingerprint GCE
 //!   requires; fingerprints seen by discovery are reused (no GET per update), and a stale
 //!   one (412 `conditionNotMet`) is refreshed with one `instances.get` and retried once.
+//! - **Secrets are Secret Manager's.** A machine's secret values never go into its metadata:
+//!   `render::delivery::gce_secrets` makes one secret per fleet, machine and name, which
+//!   `secrets::SecretStore` writes before the insert or `setMetadata` that names it (a new
+//!   version only where the digest the machine was told differs), and deletes with the
+//!   machine. What each machine was told comes from discovery, so this costs no read; a plan
+//!   makes no Secret Manager call at all.
 //! - **Batches.** `instances.bulkInsert` can only give members their own names
 //!   (`perInstanceProperties`), not their own labels, so requests are batched only when
 //!   they are identical but for the name. Pool members are: their address is their name
