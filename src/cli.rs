@@ -93,6 +93,16 @@ pub(crate) struct Global {
     #[arg(long, global = true, value_name = "URL", env = "FLEET_GCP_ENDPOINT")]
     pub(crate) gcp_endpoint: Option<String>,
 
+    /// Secret Manager endpoint for `--cloud live`, where GCE machines' secrets are written,
+    /// e.g. a test server on loopback. Fleet files cannot set one.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "FLEET_GCP_SECRETS_ENDPOINT"
+    )]
+    pub(crate) gcp_secrets_endpoint: Option<String>,
+
     /// Attempts per cloud call that is throttled or fails transiently (5xx), the first
     /// included, with jittered exponential backoff between them.
     #[arg(
@@ -551,6 +561,9 @@ impl Global {
         }
         if let Some(url) = &self.gcp_endpoint {
             push("--gcp-endpoint", url.clone());
+        }
+        if let Some(url) = &self.gcp_secrets_endpoint {
+            push("--gcp-secrets-endpoint", url.clone());
         }
         if let Some(file) = &self.secrets_file {
             push("--secrets-file", file.display().to_string());

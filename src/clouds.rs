@@ -143,7 +143,7 @@ async fn aws_provider(global: &Global, target: &CloudTarget) -> Result<Arc<dyn P
 /// The live GCP provider for `clouds.gcp` of a fleet file.
 ///
 /// The endpoint is `--gcp-endpoint` (or `FLEET_GCP_ENDPOINT`) if set, else Compute Engine
-/// itself (never the fleet file, which may come from a merge request); `FLEET_GCP_ANONYMOUS=1` skips authentication (for a local test server),
+/// itself, and Secret Manager's `--gcp-secrets-endpoint` (`FLEET_GCP_SECRETS_ENDPOINT`) alike (never the fleet file, which may come from a merge request); `FLEET_GCP_ANONYMOUS=1` skips authentication (for a local test server),
 /// otherwise Application Default Credentials are required and checked before anything runs.
 async fn gcp_provider(global: &Global, target: &CloudTarget) -> Result<Arc<dyn Provider>> {
     use fleet_providers::gcp::{GcpAuth, GcpConfig, GcpProvider};
@@ -157,6 +157,7 @@ async fn gcp_provider(global: &Global, target: &CloudTarget) -> Result<Arc<dyn P
     };
     let mut config = GcpConfig::new(project, target.region.clone());
     config.endpoint = given(&global.gcp_endpoint);
+    config.secrets_endpoint = given(&global.gcp_secrets_endpoint);
     config.retry = retry_policy(global);
     if std::env::var("FLEET_GCP_ANONYMOUS").is_ok_and(|value| value == "1" || value == "true") {
         config.auth = GcpAuth::Anonymous;

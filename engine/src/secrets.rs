@@ -2,8 +2,10 @@
 //!
 //! In: rendered files holding references, and a [`SecretSource`] (the CLI's: environment
 //! variables `FLEET_SECRET_<NAME>` and `--secrets-file`). Out: the values a machine needs,
-//! delivered at apply time in the `fleet-secrets` metadata entry, and per-name digests that tell
-//! a rotated secret without revealing it. Plans, renders, logs and the state store only ever
+//! handed to its provider at apply time in the `fleet-secrets` item, and per-name digests that
+//! tell a rotated secret without revealing it. No machine is sent a value in its metadata:
+//! `render::delivery` turns the item into SSM parameters (EC2) or Secret Manager secrets and
+//! their resource names (GCE). Plans, renders, logs and the state store only ever
 //! hold references or `(sensitive)`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,9 +55,14 @@ pub struct MissingSecrets {
 pub struct Delivery {
     /// Per-name digests (salted with the fleet name), safe to show and compare.
     pub digests: BTreeMap<String, String>,
-    /// The values; removed from everything fleet reads back.
+    /// The values; removed from everything fleet reads back. Only the apply process holds
+    /// them: a GCE machine is sent [`Delivery::names`] instead.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub values: BTreeMap<String, String>,
+    /// Where a GCE machine reads each value: the Secret Manager resource name of its secret
+    /// (`projects/P/secrets/ID`), by secret name. References, safe to show.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub names: BTreeMap<String, String>,
 }
 
 /// What follows `${` in a secret reference `${secret:NAME}`.
@@ -142,12 +149,10 @@ pub fn delivery(
 /// prints or stores ever holds them.
 pub fn mask_live(object: &mut LiveResource) {
     if let Some(text) = object.spec.metadata.get_mut(render::SECRETS) {
-        let digests = serde_json::from_str::<Delivery>(text)
-            .map(|d| d.digests)
-            .unwrap_or_default();
+        let delivered = serde_json::from_str::<Delivery>(text).unwrap_or_default();
         *text = serde_json::to_string(&Delivery {
-            digests,
             values: BTreeMap::new(),
+            ..delivered
         })
         .unwrap_or_default();
     }
@@ -162,4 +167,27 @@ pub fn live_digests(object: &LiveResource) -> BTreeMap<String, String> {
         .and_then(|text| serde_json::from_str::<Delivery>(text).ok())
         .map(|d| d.digests)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::model::ResourceKind;
+    use crate::test_support::{desired, live};
+
+    #[test]
+    fn masking_drops_the_values_and_keeps_the_digests_and_names() {
+        let mut object = live(&desired(ResourceKind::Manager, "m"), "zones/z/instances/m");
+        object.spec.metadata.insert(
+            render::SECRETS.to_string(),
+            "{\"digests\":{\"T\":\"d\"},\"values\":{\"T\":\"glrt-v\"},\"names\":{\"T\":\"projects/p/secrets/s\"}}"
+                .to_string(),
+        );
+        mask_live(&mut object);
+        assert_eq!(
+            object.spec.metadata[render::SECRETS],
+            "{\"digests\":{\"T\":\"d\"},\"names\":{\"T\":\"projects/p/secrets/s\"}}"
+        );
+        assert_eq!(live_digests(&object)["T"], "d");
+    }
 }

@@ -171,10 +171,12 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiErro
         .map_err(|error| ApiError::invalid(format!("Invalid JSON payload received. {error}")))
 }
 
-/// A running server. Dropping it stops it.
+/// A running server, with a Secret Manager test server for the same project beside it (where
+/// the machines' secrets go). Dropping it stops both.
 pub(crate) struct GceServer {
     server: Loopback,
     world: Arc<Mutex<World>>,
+    secrets: crate::secret_server::SecretServer,
 }
 
 impl GceServer {
@@ -191,6 +193,7 @@ impl GceServer {
         GceServer {
             server: Loopback::serve(app),
             world,
+            secrets: crate::secret_server::SecretServer::start(project),
         }
     }
 
@@ -199,13 +202,20 @@ impl GceServer {
         self.server.url()
     }
 
+    /// The project's Secret Manager.
+    pub(crate) fn secrets(&self) -> &crate::secret_server::SecretServer {
+        &self.secrets
+    }
+
     fn world(&self) -> MutexGuard<'_, World> {
         self.world.lock().expect("world lock")
     }
 
-    /// Calls received, by operation (throttled ones included).
+    /// Calls received, by operation (throttled ones included), Secret Manager's too.
     pub(crate) fn calls(&self) -> BTreeMap<String, u64> {
-        self.world().calls.clone()
+        let mut calls = self.world().calls.clone();
+        calls.extend(self.secrets.calls());
+        calls
     }
 
     /// Calls of one operation received so far.
@@ -220,6 +230,7 @@ impl GceServer {
 
     /// Forgets the counters, e.g. between the steps of a scenario.
     pub(crate) fn reset_calls(&self) {
+        self.secrets.reset_calls();
         let mut world = self.world();
         world.calls.clear();
         world.throttled = 0;

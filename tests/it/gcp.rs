@@ -21,6 +21,7 @@ const PROJECT: &str = "gitlab-ci-runners";
 /// Runs `fleet --cloud live ARGS --only-cloud gcp --stats` against the server.
 fn live(env: &Env, server: &GceServer, args: &[&str]) -> Run {
     let endpoint = server.endpoint();
+    let secrets = server.secrets().endpoint();
     let mut all = vec!["--cloud", "live"];
     all.extend_from_slice(args);
     all.extend_from_slice(&["--only-cloud", "gcp", "--stats"]);
@@ -28,6 +29,7 @@ fn live(env: &Env, server: &GceServer, args: &[&str]) -> Run {
         &all,
         &[
             ("FLEET_GCP_ENDPOINT", endpoint.as_str()),
+            ("FLEET_GCP_SECRETS_ENDPOINT", secrets.as_str()),
             ("FLEET_GCP_ANONYMOUS", "1"),
         ],
     )
@@ -324,6 +326,7 @@ fn a_lost_answer_is_retried_with_the_same_request_id_and_makes_one_vm() {
 fn provider_config(server: &GceServer) -> GcpConfig {
     let mut config = GcpConfig::new(PROJECT, "us-east1");
     config.endpoint = Some(server.endpoint());
+    config.secrets_endpoint = Some(server.secrets().endpoint());
     config.auth = GcpAuth::Anonymous;
     config
 }
@@ -1201,4 +1204,289 @@ fn service_accounts_land_on_vms_pools_and_templates_and_are_read_back() {
     let member = server.instance("amd64-builder-3").unwrap();
     assert_eq!(member.service_accounts[0].email.as_deref(), Some(account));
     assert_no_changes(&env, &server, &pool);
+}
+
+/// A GCE fleet of `count` runner managers, each with a shell runner whose token is the
+/// secret `GSM_TOKEN`.
+fn managers_with_a_secret(count: usize) -> String {
+    format!(
+        "fleet: gsm
+clouds:
+  gcp: {{ project: {PROJECT}, region: us-east1 }}
+defaults:
+  gcp:
+    image: projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts
+    disk: {{ type: pd-ssd, size_gb: 50 }}
+managers:
+  gsm-manager-{{n}}:
+    matrix: {{ count: {count} }}
+    zone: us-east1-d
+    machine_type: n1-standard-4
+    runner: {{ version: \"16.11.1\", concurrent: 4 }}
+    runners:
+      - name: gsm-shell-{{n}}
+        executor: shell
+        url: https://gitlab.example.com
+        token: \"${{secret:GSM_TOKEN}}\"
+"
+    )
+}
+
+/// The Secret Manager calls among `calls`.
+fn secret_calls(calls: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    calls
+        .iter()
+        .filter(|(operation, _)| operation.starts_with("secretmanager."))
+        .map(|(operation, count)| (operation.clone(), *count))
+        .collect()
+}
+
+fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs
+        .iter()
+        .filter(|(_, count)| *count > 0)
+        .map(|(operation, count)| (operation.to_string(), *count))
+        .collect()
+}
+
+/// Sets `GSM_TOKEN` in the test's secrets file.
+fn set_token(env: &Env, base: &str, value: &str) {
+    std::fs::write(
+        env.path().join("secrets.env"),
+        format!("{base}GSM_TOKEN={value}\n"),
+    )
+    .unwrap();
+}
+
+/// No value in anything a viewer of the project reads: any metadata item or label of any
+/// instance or template, or any label of a secret.
+#[track_caller]
+fn assert_no_value_in_metadata_or_labels(server: &GceServer, value: &str) {
+    for instance in server.instances() {
+        let name = instance.name.clone().unwrap_or_default();
+        for item in instance.metadata.iter().flat_map(|m| m.items.iter()) {
+            assert!(
+                !item.value.as_deref().unwrap_or_default().contains(value),
+                "metadata item {:?} of {name} holds a secret value",
+                item.key
+            );
+        }
+        assert!(
+            instance.labels.values().all(|v| !v.contains(value)),
+            "{name}"
+        );
+    }
+    for template in server.templates() {
+        let text = serde_json::to_string(&template).unwrap();
+        assert!(
+            !text.contains(value),
+            "template {:?} holds a secret value",
+            template.name
+        );
+    }
+    for (resource, stored) in server.secrets().secrets() {
+        let labels = serde_json::to_string(&stored.secret.labels).unwrap();
+        assert!(
+            !labels.contains(value),
+            "a label of {resource} holds the value"
+        );
+    }
+}
+
+#[test]
+fn a_gce_managers_secrets_live_in_secret_manager_and_its_metadata_only_names_them() {
+    const N: u64 = 3;
+    let server = GceServer::start(PROJECT);
+    let env = Env::new();
+    let base = std::fs::read_to_string(env.path().join("secrets.env")).unwrap();
+    let secret = "glrt-gsm-s3cr3t-value";
+    set_token(&env, &base, secret);
+    let file = env.write("gsm.yaml", &managers_with_a_secret(N as usize));
+
+    // Apply: per machine one secret made and its one version, before the insert.
+    let apply = converge(&env, &server, &file);
+    let calls = api_calls(&apply);
+    assert_counts_agree(&calls, &server);
+    assert_eq!(
+        secret_calls(&calls),
+        counts(&[
+            ("secretmanager.secrets.addVersion", N),
+            ("secretmanager.secrets.create", N),
+        ])
+    );
+    assert_eq!(calls["compute.instances.insert"], N, "{calls:?}");
+    let digest = fleet_engine::secrets::digest("gsm", "GSM_TOKEN", secret);
+    let stored = server.secrets().secrets();
+    assert_eq!(stored.len() as u64, N, "{stored:#?}");
+    for instance in server.instances() {
+        let name = instance.name.clone().unwrap();
+        let told: fleet_engine::secrets::Delivery =
+            serde_json::from_str(&metadata_value(&instance, "fleet-secrets").unwrap()).unwrap();
+        assert!(told.values.is_empty(), "{told:?}");
+        assert_eq!(told.digests["GSM_TOKEN"], digest);
+        let resource = &told.names["GSM_TOKEN"];
+        assert!(
+            resource.starts_with(&format!(
+                "projects/{PROJECT}/secrets/fleet-gsm-{name}-GSM_TOKEN-"
+            )),
+            "{resource}"
+        );
+        // The secret it names: the digest as its label, the value as its latest version.
+        let kept = &stored[resource];
+        assert_eq!(kept.secret.labels["fleet"], "gsm");
+        assert_eq!(kept.secret.labels["fleet-kind"], "secret");
+        assert_eq!(kept.secret.labels["fleet-digest"], digest);
+        assert_eq!(kept.versions, [secret]);
+        // config.toml keeps the reference.
+        let config = metadata_value(&instance, "gitlab-runner-config").unwrap();
+        assert!(config.contains("${secret:GSM_TOKEN}"), "{config}");
+    }
+    assert_no_value_in_metadata_or_labels(&server, secret);
+    assert!(!apply.stdout.contains(secret) && !apply.stderr.contains(secret));
+
+    // A steady plan lists and reads no secret: no Secret Manager call at all.
+    server.reset_calls();
+    let steady = assert_no_changes(&env, &server, &file);
+    let calls = api_calls(&steady);
+    assert_counts_agree(&calls, &server);
+    assert_eq!(secret_calls(&calls), BTreeMap::new(), "{calls:?}");
+    assert!(!steady.stdout.contains(secret) && !steady.stderr.contains(secret));
+
+    // A rotation is planned by name from the digests, without any value or Secret Manager call.
+    let rotated = "glrt-gsm-rotated-value";
+    set_token(&env, &base, rotated);
+    server.reset_calls();
+    let planned = live(&env, &server, &["plan", &file, "--format", "json"]).ok();
+    assert_eq!(secret_calls(&api_calls(&planned)), BTreeMap::new());
+    let plan = planned.json();
+    for n in 1..=N {
+        let address = format!("manager.gsm-manager-{n}");
+        assert_eq!(actions_of(&plan, &address), ["update"], "{plan:#}");
+    }
+    let text = plan.to_string();
+    assert!(
+        text.contains("GSM_TOKEN"),
+        "the rotation is named: {plan:#}"
+    );
+    assert!(
+        !text.contains(rotated) && !text.contains(secret),
+        "{plan:#}"
+    );
+    let shown = live(&env, &server, &["plan", &file]).ok();
+    assert!(shown.stdout.contains("(sensitive)"), "{}", shown.stdout);
+    // Applied: one new version and its digest label per machine, then its metadata.
+    server.reset_calls();
+    let apply = converge(&env, &server, &file);
+    let calls = api_calls(&apply);
+    assert_counts_agree(&calls, &server);
+    assert_eq!(
+        secret_calls(&calls),
+        counts(&[
+            ("secretmanager.secrets.addVersion", N),
+            ("secretmanager.secrets.patch", N),
+        ])
+    );
+    assert_eq!(calls["compute.instances.setMetadata"], N, "{calls:?}");
+    assert!(!calls.contains_key("compute.instances.insert"), "{calls:?}");
+    let new_digest = fleet_engine::secrets::digest("gsm", "GSM_TOKEN", rotated);
+    for kept in server.secrets().secrets().values() {
+        assert_eq!(kept.versions, [secret, rotated]);
+        assert_eq!(kept.secret.labels["fleet-digest"], new_digest);
+    }
+    assert_no_value_in_metadata_or_labels(&server, rotated);
+    assert_no_value_in_metadata_or_labels(&server, secret);
+    server.reset_calls();
+    let steady = assert_no_changes(&env, &server, &file);
+    assert_eq!(secret_calls(&api_calls(&steady)), BTreeMap::new());
+
+    // A change that is no rotation writes no secret.
+    let file = env.write(
+        "gsm.yaml",
+        &managers_with_a_secret(N as usize).replace("concurrent: 4", "concurrent: 5"),
+    );
+    server.reset_calls();
+    let calls = api_calls(&converge(&env, &server, &file));
+    assert_eq!(secret_calls(&calls), BTreeMap::new(), "{calls:?}");
+    assert_eq!(calls["compute.instances.setMetadata"], N, "{calls:?}");
+
+    // Removing managers deletes their secrets, and only theirs.
+    let file = env.write(
+        "gsm.yaml",
+        &managers_with_a_secret(1).replace("concurrent: 4", "concurrent: 5"),
+    );
+    server.reset_calls();
+    let calls = api_calls(&converge(&env, &server, &file));
+    assert_counts_agree(&calls, &server);
+    assert_eq!(
+        secret_calls(&calls),
+        counts(&[("secretmanager.secrets.delete", N - 1)])
+    );
+    let left = server.secrets().secrets();
+    assert_eq!(left.len(), 1, "{left:#?}");
+    assert!(left.keys().next().unwrap().contains("-gsm-manager-1-"));
+    assert_no_changes(&env, &server, &file);
+}
+
+#[test]
+fn secret_manager_errors_are_retried_or_told_by_name_and_never_with_the_value() {
+    let server = GceServer::start(PROJECT);
+    let env = Env::new();
+    let base = std::fs::read_to_string(env.path().join("secrets.env")).unwrap();
+    let secret = "glrt-gsm-throttled-value";
+    set_token(&env, &base, secret);
+    let file = env.write("gsm.yaml", &managers_with_a_secret(1));
+    // Throttled, with and without Retry-After: the step is retried and converges.
+    server
+        .secrets()
+        .fail_next("secretmanager.secrets.create", 429, Some(1));
+    server
+        .secrets()
+        .fail_next("secretmanager.secrets.addVersion", 429, None);
+    let apply = converge(&env, &server, &file);
+    let calls = api_calls(&apply);
+    assert_counts_agree(&calls, &server);
+    // The create throttled, then made; its version throttled: the retried step finds the
+    // secret made (409) and adds the version, then sets its labels.
+    assert_eq!(
+        secret_calls(&calls),
+        counts(&[
+            ("secretmanager.secrets.addVersion", 2),
+            ("secretmanager.secrets.create", 3),
+            ("secretmanager.secrets.patch", 1),
+        ])
+    );
+    let stored = server.secrets().secrets();
+    let kept = stored.values().next().unwrap();
+    assert_eq!(kept.versions, [secret]);
+    assert_no_changes(&env, &server, &file);
+    // A secret deleted out of band is made again at the next rotation.
+    let resource = stored.keys().next().unwrap().clone();
+    server.secrets().remove(&resource);
+    set_token(&env, &base, "glrt-gsm-after-delete");
+    server.reset_calls();
+    let calls = api_calls(&converge(&env, &server, &file));
+    assert_eq!(
+        secret_calls(&calls),
+        counts(&[
+            ("secretmanager.secrets.addVersion", 2),
+            ("secretmanager.secrets.create", 1),
+        ])
+    );
+    assert_eq!(
+        server.secrets().secrets()[&resource].versions,
+        ["glrt-gsm-after-delete"]
+    );
+    // A refusal (404 on the project, say) fails the step, naming the secret, not its value.
+    set_token(&env, &base, "glrt-gsm-refused-value");
+    server
+        .secrets()
+        .fail_next("secretmanager.secrets.addVersion", 404, None);
+    server
+        .secrets()
+        .fail_next("secretmanager.secrets.create", 403, None);
+    let failed = live(&env, &server, &["apply", &file, "--auto-approve"]);
+    assert_eq!(failed.code, 3, "{}\n{}", failed.stdout, failed.stderr);
+    let all = format!("{}{}", failed.stdout, failed.stderr);
+    assert!(all.contains(&resource), "{all}");
+    assert!(!all.contains("glrt-gsm-refused-value"), "{all}");
 }

@@ -17,6 +17,7 @@ mod permissions;
 mod plan;
 mod quickstart;
 mod review;
+mod secret_server;
 mod support;
 mod untrusted;
 mod validate;

@@ -1,7 +1,9 @@
 //! The watcher (`fleet-watch` in the bootstrap) run as the machine runs it: extracted from
 //! the bootstrap fleet delivered, executed by the real `python3` against a loopback metadata
 //! server serving what fleet delivered, with stub `systemctl`, `dpkg-query` and `apt-get` first
-//! on `PATH` that record their arguments. Each impact class the plan shows is checked against
+//! on `PATH` that record their arguments. On GCE the metadata names each secret and the server
+//! serves the machine's access token; the values are read from the Secret Manager test server,
+//! which answers only that token. Each impact class the plan shows is checked against
 //! the commands the machine runs for it, so plan and machine are shown to agree. On EC2 it runs
 //! against a loopback IMDSv2 stub and reads, signed, the parameters fleet wrote to moto.
 
@@ -16,10 +18,16 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 use crate::loopback::Loopback;
+use crate::secret_server::SecretServer;
 use crate::support::{secret_value, Env};
 
 const MANAGER: &str = "runners-manager-distribution-com-blue-1";
 const ATTRIBUTES: &str = "/computeMetadata/v1/instance/attributes/";
+const TOKEN_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
+/// The access token of the machine's service account, as the metadata server hands it out.
+const ACCESS_TOKEN: &str = "ya29.test-machine-token";
+/// The project the simulated cloud names secrets under.
+const SIM_PROJECT: &str = "simulated";
 
 type Items = Arc<Mutex<BTreeMap<String, String>>>;
 
@@ -28,6 +36,8 @@ type Items = Arc<Mutex<BTreeMap<String, String>>>;
 struct MetadataServer {
     items: Items,
     server: Loopback,
+    /// Where the machine reads its secret values.
+    secrets: SecretServer,
 }
 
 async fn attribute(State(items): State<Items>, headers: HeaderMap, uri: Uri) -> Response {
@@ -37,6 +47,10 @@ async fn attribute(State(items): State<Items>, headers: HeaderMap, uri: Uri) -> 
             "Missing Metadata-Flavor:Google header",
         )
             .into_response();
+    }
+    if uri.path() == TOKEN_PATH {
+        let token = serde_json::json!({"access_token": ACCESS_TOKEN, "expires_in": 3599, "token_type": "Bearer"});
+        return ([("metadata-flavor", "Google")], axum::Json(token)).into_response();
     }
     let Some(key) = uri.path().strip_prefix(ATTRIBUTES) else {
         return StatusCode::NOT_FOUND.into_response();
@@ -53,15 +67,38 @@ impl MetadataServer {
         let app = axum::Router::new()
             .fallback(attribute)
             .with_state(items.clone());
+        let secrets = SecretServer::start(SIM_PROJECT);
+        secrets.require_token(ACCESS_TOKEN);
         MetadataServer {
             items,
             server: Loopback::serve(app),
+            secrets,
         }
     }
 
-    /// Serves `metadata` from now on, in place of what was served before.
-    fn serve(&self, metadata: BTreeMap<String, String>) {
+    /// Serves `metadata` from now on, in place of what was served before. The values in its
+    /// `fleet-secrets` become the latest versions of the secrets it names in Secret Manager;
+    /// the metadata served holds the names only, as fleet delivers it.
+    fn serve(&self, mut metadata: BTreeMap<String, String>) {
+        if let Some(text) = metadata.get("fleet-secrets") {
+            let mut delivery: fleet_engine::secrets::Delivery = serde_json::from_str(text).unwrap();
+            for (name, value) in std::mem::take(&mut delivery.values) {
+                let resource = delivery
+                    .names
+                    .get(&name)
+                    .unwrap_or_else(|| panic!("the metadata does not name secret {name}"));
+                self.secrets.put(resource, &value);
+            }
+            metadata.insert(
+                "fleet-secrets".into(),
+                serde_json::to_string(&delivery).unwrap(),
+            );
+        }
         *self.items.lock().unwrap() = metadata;
+    }
+
+    fn token_url(&self) -> String {
+        format!("{}{TOKEN_PATH}", self.server.url())
     }
 
     fn base_url(&self) -> String {
@@ -106,20 +143,7 @@ impl Machine {
 
     /// Runs the watcher once and returns the commands it ran.
     fn watch(&self, metadata: &MetadataServer) -> Vec<String> {
-        let _ = std::fs::remove_file(&self.log);
-        let path = format!(
-            "{}:{}",
-            self.bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let output = Command::new("python3")
-            .arg(&self.script)
-            .env("PATH", path)
-            .env("FLEET_WATCH_METADATA_URL", metadata.base_url())
-            .env("FLEET_WATCH_ROOT", &self.root)
-            .env("FLEET_WATCH_TEST_LOG", &self.log)
-            .output()
-            .expect("run python3");
+        let output = self.run(metadata);
         assert!(
             output.status.success(),
             "the watcher failed:\n{}\n{}",
@@ -131,6 +155,26 @@ impl Machine {
             .lines()
             .map(str::to_string)
             .collect()
+    }
+
+    /// Runs the watcher once, as it is, whatever comes of it.
+    fn run(&self, metadata: &MetadataServer) -> std::process::Output {
+        let _ = std::fs::remove_file(&self.log);
+        let path = format!(
+            "{}:{}",
+            self.bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        Command::new("python3")
+            .arg(&self.script)
+            .env("PATH", path)
+            .env("FLEET_WATCH_METADATA_URL", metadata.base_url())
+            .env("FLEET_WATCH_TOKEN_URL", metadata.token_url())
+            .env("FLEET_WATCH_SECRETS_URL", metadata.secrets.endpoint())
+            .env("FLEET_WATCH_ROOT", &self.root)
+            .env("FLEET_WATCH_TEST_LOG", &self.log)
+            .output()
+            .expect("run python3")
     }
 
     fn config_path(&self) -> PathBuf {
@@ -335,6 +379,49 @@ fn the_machine_carries_out_the_impact_the_plan_shows() {
         // A decision is carried out once, not at every tick of the timer.
         assert_eq!(machine.watch(&metadata), Vec::<String>::new(), "{class}");
     }
+}
+
+#[test]
+fn the_gce_watcher_reads_its_secrets_from_secret_manager_with_its_token_and_writes_nothing_without()
+{
+    let env = Env::new();
+    env.converge("fleets/distribution.yaml");
+    let first = delivered(&env);
+    // The cloud holds the names and digests only.
+    let told: fleet_engine::secrets::Delivery =
+        serde_json::from_str(&first["fleet-secrets"]).unwrap();
+    assert!(told.values.is_empty(), "{told:?}");
+    assert!(!told.names.is_empty(), "{told:?}");
+    let machine = Machine::new(env.path(), &first["user-data"]);
+    let metadata = MetadataServer::start();
+    metadata.serve(with_values(first.clone()));
+    // Secret Manager does not take the token the machine has: nothing is written, the run
+    // fails (the timer tries again), and no value is printed.
+    metadata.secrets.require_token("ya29.another-token");
+    let refused = machine.run(&metadata);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stdout);
+    assert!(
+        said.contains("cannot read this machine's secrets: HTTPError"),
+        "{said}"
+    );
+    assert!(!machine.config_path().exists());
+    // With the machine's token, each secret it names is read once and filled in, 0600.
+    metadata.secrets.require_token(ACCESS_TOKEN);
+    metadata.secrets.reset_calls();
+    assert_eq!(machine.watch(&metadata), Vec::<String>::new());
+    assert_eq!(machine.config(), resolved(&first));
+    assert_eq!(
+        metadata.secrets.calls(),
+        BTreeMap::from([(
+            "secretmanager.versions.access".to_string(),
+            told.names.len() as u64
+        )])
+    );
+    // A decision carried out already reads no secret at the next tick.
+    metadata.secrets.reset_calls();
+    assert_eq!(machine.watch(&metadata), Vec::<String>::new());
+    assert_eq!(metadata.secrets.calls(), BTreeMap::new());
 }
 
 #[test]

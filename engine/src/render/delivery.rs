@@ -10,7 +10,9 @@
 //! so cloud-init runs one config with the bootstrap's `write_files` and the files together.
 //! The document is gzip-compressed when it is over EC2's limit (cloud-init decompresses gzip
 //! user data), and [`oversize`] tells, at validate time, every channel a machine's delivery
-//! does not fit. Providers only transport these bytes. Pure functions, no I/O.
+//! does not fit. On GCE, the values of `fleet-secrets` go to Secret Manager instead
+//! ([`gce_secrets`]: one secret per fleet, machine and name) and the machine's metadata names
+//! them. Providers only transport these bytes. Pure functions, no I/O.
 
 use std::collections::BTreeMap;
 
@@ -324,7 +326,7 @@ pub fn parameters(metadata: &BTreeMap<String, String>) -> Vec<Parameter> {
         }
         let digests = crate::secrets::Delivery {
             digests: delivery.digests,
-            values: BTreeMap::new(),
+            ..crate::secrets::Delivery::default()
         };
         out.push(Parameter {
             name: SECRET_DIGESTS.to_string(),
@@ -480,6 +482,122 @@ fn crc32(data: &[u8]) -> u32 {
         }
     }
     !crc
+}
+
+/// The `fleet-kind` label value of a GCE machine's secret in Secret Manager. Discovery lists
+/// machines and templates by `fleet-kind`, and Secret Manager is another API, so a secret is
+/// never taken for a machine.
+pub const GCE_SECRET_KIND: &str = "secret";
+/// The label beside each Secret Manager secret holding its salted digest (never the value).
+pub const SECRET_DIGEST_LABEL: &str = "fleet-digest";
+/// The longest Secret Manager secret id.
+const SECRET_ID_LIMIT: usize = 255;
+
+/// One secret of a GCE machine as Secret Manager keeps it: one secret per fleet, machine and
+/// name, its value the latest version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GceSecret {
+    /// The name in `${secret:NAME}`.
+    pub name: String,
+    /// The secret id, unique per fleet, machine and name ([`gce_secret_id`]).
+    pub id: String,
+    /// Its full resource name, `projects/P/secrets/ID`, which the machine is told.
+    pub resource: String,
+    /// The value, for its latest version.
+    pub value: String,
+    /// Its salted digest, the [`SECRET_DIGEST_LABEL`] label.
+    pub digest: String,
+    /// Its labels: `fleet`, `fleet-kind` [`GCE_SECRET_KIND`] and the digest.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The Secret Manager id of secret `name` of the machine `machine` (its GCE id,
+/// `zones/Z/instances/N`, so a machine replaced into another zone under the same name does
+/// not share its secrets with the one it replaces) in `fleet`.
+///
+/// Readable (`fleet-<fleet>-<machine name>-<NAME>`, `.` written `_`) and followed by a digest
+/// of the exact parts, so ids that would read alike (`A.B` and `A_B`, a machine in two
+/// zones) differ, within Secret Manager's rule `[A-Za-z0-9_-]{1,255}` however long the parts.
+pub fn gce_secret_id(fleet: &str, machine: &str, name: &str) -> String {
+    let short_machine = machine.rsplit('/').next().unwrap_or(machine);
+    let digest = &short_hash(&["fleet-secret-id", fleet, machine, name])[..12];
+    let readable: String = format!("fleet-{fleet}-{short_machine}-{name}")
+        .chars()
+        .map(|c| match c {
+            'A'..='Z' | 'a'..='z' | '0'..='9' | '_' | '-' => c,
+            _ => '_',
+        })
+        .collect();
+    let room = SECRET_ID_LIMIT - digest.len() - 1;
+    // Every character is ASCII here, so any byte index is a character boundary.
+    format!("{}-{digest}", &readable[..readable.len().min(room)])
+}
+
+/// The labels of a GCE machine's secret.
+pub fn gce_secret_labels(fleet: &str, digest: &str) -> BTreeMap<String, String> {
+    [
+        (crate::provider::labels::FLEET, fleet),
+        (crate::provider::labels::KIND, GCE_SECRET_KIND),
+        (SECRET_DIGEST_LABEL, digest),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_string(), value.to_string()))
+    .collect()
+}
+
+/// What a GCE machine is sent, and the secrets stored for it. In: the metadata apply hands
+/// over (`fleet-secrets` holding digests and values), the fleet, the machine's GCE id and the
+/// project. Out: the metadata with `fleet-secrets` holding the digests and each secret's
+/// resource name, no value; and one [`GceSecret`] per value, for Secret Manager.
+pub fn gce_secrets(
+    fleet: &str,
+    machine: &str,
+    project: &str,
+    metadata: &BTreeMap<String, String>,
+) -> (BTreeMap<String, String>, Vec<GceSecret>) {
+    let mut sent = metadata.clone();
+    let Some(delivery) = metadata
+        .get(SECRETS)
+        .and_then(|text| serde_json::from_str::<crate::secrets::Delivery>(text).ok())
+    else {
+        return (sent, Vec::new());
+    };
+    let mut secrets = Vec::new();
+    let mut names = delivery.names.clone();
+    for (name, value) in &delivery.values {
+        let id = gce_secret_id(fleet, machine, name);
+        let resource = format!("projects/{project}/secrets/{id}");
+        let digest = delivery.digests.get(name).cloned().unwrap_or_default();
+        names.insert(name.clone(), resource.clone());
+        secrets.push(GceSecret {
+            name: name.clone(),
+            labels: gce_secret_labels(fleet, &digest),
+            id,
+            resource,
+            value: value.clone(),
+            digest,
+        });
+    }
+    let references = crate::secrets::Delivery {
+        digests: delivery.digests,
+        values: BTreeMap::new(),
+        names,
+    };
+    sent.insert(
+        SECRETS.to_string(),
+        serde_json::to_string(&references).unwrap_or_default(),
+    );
+    (sent, secrets)
+}
+
+/// The Secret Manager resource names a GCE machine's delivered metadata refers to, by
+/// secret name: what a deletion of the machine deletes.
+pub fn gce_secret_names(metadata: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    metadata
+        .get(SECRETS)
+        .and_then(|text| serde_json::from_str::<crate::secrets::Delivery>(text).ok())
+        .map(|delivery| delivery.names)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -794,6 +912,78 @@ mod tests {
             over[0].message("m-1"),
             "The GCE metadata item `gitlab-runner-config` of m-1 is too large"
         );
+    }
+
+    #[test]
+    fn a_gce_machine_is_sent_references_and_its_values_go_to_secret_manager() {
+        let mut metadata = manager("token = \"${secret:T}\"\n");
+        metadata.insert(
+            SECRETS.to_string(),
+            "{\"digests\":{\"T\":\"d\"},\"values\":{\"T\":\"glrt-value\"}}".to_string(),
+        );
+        let machine = "zones/us-east1-d/instances/m-1";
+        let (sent, secrets) = gce_secrets("f", machine, "p", &metadata);
+        assert!(sent.values().all(|v| !v.contains("glrt-value")), "{sent:?}");
+        let id = gce_secret_id("f", machine, "T");
+        assert_eq!(
+            sent[SECRETS],
+            format!(
+                "{{\"digests\":{{\"T\":\"d\"}},\"names\":{{\"T\":\"projects/p/secrets/{id}\"}}}}"
+            )
+        );
+        assert_eq!(secrets.len(), 1);
+        assert_eq!(secrets[0].value, "glrt-value");
+        assert_eq!(secrets[0].resource, format!("projects/p/secrets/{id}"));
+        assert_eq!(secrets[0].labels["fleet-digest"], "d");
+        assert_eq!(secrets[0].labels["fleet-kind"], "secret");
+        assert_eq!(gce_secret_names(&sent)["T"], secrets[0].resource);
+        // Everything else goes as it is, and metadata without secrets is unchanged.
+        assert_eq!(sent[RUNNER_CONFIG], metadata[RUNNER_CONFIG]);
+        let plain = manager("concurrent = 1\n");
+        assert_eq!(gce_secrets("f", machine, "p", &plain), (plain, Vec::new()));
+    }
+
+    #[test]
+    fn secret_ids_follow_secret_managers_rule_and_never_collide() {
+        let valid = |id: &str| {
+            (1..=255).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        let machine = "zones/us-east1-d/instances/shared-runners-manager-1";
+        let id = gce_secret_id("ci", machine, "RUNNER_TOKEN");
+        assert!(
+            id.starts_with("fleet-ci-shared-runners-manager-1-RUNNER_TOKEN-"),
+            "{id}"
+        );
+        let long = "N".repeat(400);
+        let ids = [
+            id.clone(),
+            gce_secret_id("ci", machine, "A.B"),
+            gce_secret_id("ci", machine, "A_B"),
+            gce_secret_id("ci", machine, "A-B"),
+            gce_secret_id(
+                "ci",
+                "zones/us-east1-c/instances/shared-runners-manager-1",
+                "RUNNER_TOKEN",
+            ),
+            gce_secret_id(
+                "ci-shared",
+                "zones/us-east1-d/instances/runners-manager-1",
+                "RUNNER_TOKEN",
+            ),
+            gce_secret_id("ci", machine, &long),
+            gce_secret_id("ci", machine, &format!("{long}x")),
+        ];
+        for id in &ids {
+            assert!(valid(id), "{id}");
+        }
+        let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len(), "{ids:#?}");
+        assert_eq!(ids[6].len(), 255);
+        // The same parts give the same id on every apply.
+        assert_eq!(gce_secret_id("ci", machine, "RUNNER_TOKEN"), id);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! `instances.aggregatedList` / `instanceTemplates.list` filtered by the fleet label, and
 //! mutations (`instances.insert`, `bulkInsert`, `setLabels`, `setMetadata`, `delete`,
 //! `instanceTemplates.insert`/`delete`), each followed until its zone or global operation is
-//! done.
+//! done, and the machines' secrets in Secret Manager (`gcp::secrets`).
 //!
 //! Decisions, so that the engine's guarantees hold on GCE:
 //! - **One retry loop.** The client library's own retries are switched off
@@ -44,6 +44,12 @@
 //! - **In-place updates** send only the half that changed, with the fingerprint GCE
 //!   requires; fingerprints seen by discovery are reused (no GET per update), and a stale
 //!   one (412 `conditionNotMet`) is refreshed with one `instances.get` and retried once.
+//! - **Secrets are Secret Manager's.** A machine's secret values never go into its metadata:
+//!   `render::delivery::gce_secrets` makes one secret per fleet, machine and name, which
+//!   `secrets::SecretStore` writes before the insert or `setMetadata` that names it (a new
+//!   version only where the digest the machine was told differs), and deletes with the
+//!   machine. What each machine was told comes from discovery, so this costs no read; a plan
+//!   makes no Secret Manager call at all.
 //! - **Batches.** `instances.bulkInsert` can only give members their own names
 //!   (`perInstanceProperties`), not their own labels, so requests are batched only when
 //!   they are identical but for the name. Pool members are: their address is their name
@@ -52,6 +58,7 @@
 
 mod convert;
 mod error;
+mod secrets;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -71,6 +78,7 @@ use google_cloud_compute_v1::model::{
     Operation,
 };
 use google_cloud_gax::retry_policy::NeverRetry;
+use google_cloud_secretmanager_v1::client::SecretManagerService;
 
 use self::error::{GceError, GceReason, Origin};
 
@@ -79,6 +87,9 @@ pub use error::ConnectError;
 
 /// The Compute Engine endpoint when none is configured.
 pub const DEFAULT_ENDPOINT: &str = "https://compute.googleapis.com";
+
+/// The Secret Manager endpoint when none is configured.
+pub const DEFAULT_SECRETS_ENDPOINT: &str = "https://secretmanager.googleapis.com";
 
 /// Page size of list calls: the most GCE returns in one page.
 const PAGE_SIZE: u32 = 500;
@@ -110,6 +121,9 @@ pub struct GcpConfig {
     /// API endpoint override (`http://127.0.0.1:PORT` for a test server); `None` for
     /// [`DEFAULT_ENDPOINT`].
     pub endpoint: Option<String>,
+    /// Secret Manager endpoint override (`http://127.0.0.1:PORT` for a test server); `None`
+    /// for [`DEFAULT_SECRETS_ENDPOINT`].
+    pub secrets_endpoint: Option<String>,
     /// How to authenticate.
     pub auth: GcpAuth,
     /// Mutations in flight at once in this project.
@@ -136,6 +150,7 @@ impl GcpConfig {
             project: project.into(),
             region: region.into(),
             endpoint: None,
+            secrets_endpoint: None,
             auth: GcpAuth::ApplicationDefault,
             max_concurrent_mutations: 8,
             calls_per_second: None,
@@ -162,6 +177,12 @@ pub struct GcpProvider {
     templates: InstanceTemplates,
     zone_operations: ZoneOperations,
     global_operations: GlobalOperations,
+    /// Secret Manager, where each machine's secret values live.
+    secrets: secrets::SecretStore,
+    /// What each machine (instance or template, by id) was told about its secrets, as
+    /// discovery saw it in its `fleet-secrets` metadata: digests and resource names. An update
+    /// writes only what changed from it, a deletion deletes what it names.
+    delivered: Mutex<HashMap<String, fleet_engine::secrets::Delivery>>,
     /// API calls made, by operation name.
     calls: Mutex<BTreeMap<String, u64>>,
     /// Labels, metadata and their fingerprints as last seen, by instance id, so an update
@@ -217,7 +238,28 @@ impl GcpProvider {
         let templates = client!(InstanceTemplates);
         let zone_operations = client!(ZoneOperations);
         let global_operations = client!(GlobalOperations);
+        // The same credentials, retry choice and timeouts as Compute Engine's clients.
+        let secrets_endpoint = config
+            .secrets_endpoint
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SECRETS_ENDPOINT.to_string());
+        let secret_manager = SecretManagerService::builder()
+            .with_endpoint(secrets_endpoint.clone())
+            .with_credentials(credentials.clone())
+            .with_retry_policy(NeverRetry)
+            .with_attempt_timeout(config.attempt_timeout)
+            .build()
+            .await
+            .map_err(|error| ConnectError::Client {
+                endpoint: secrets_endpoint.clone(),
+                detail: error.to_string(),
+            })?;
         Ok(GcpProvider {
+            secrets: secrets::SecretStore {
+                client: secret_manager,
+                project: config.project.clone(),
+            },
+            delivered: Mutex::new(HashMap::new()),
             config,
             instances,
             templates,
@@ -252,6 +294,121 @@ impl GcpProvider {
 
     fn forget(&self, id: &str) {
         self.seen.lock().expect("seen lock").remove(id);
+    }
+
+    /// Keeps what a discovered machine was told about its secrets (digests and names).
+    fn remember_delivered(&self, live: &LiveResource) {
+        let Some(delivery) = live
+            .spec
+            .metadata
+            .get(fleet_engine::render::SECRETS)
+            .and_then(|text| serde_json::from_str::<fleet_engine::secrets::Delivery>(text).ok())
+        else {
+            return;
+        };
+        self.delivered
+            .lock()
+            .expect("delivered lock")
+            .insert(live.id.clone(), delivery);
+    }
+
+    /// What machine `id` was told about its secrets, by secret name.
+    fn told(&self, id: &str) -> BTreeMap<String, secrets::Told> {
+        let delivered = self.delivered.lock().expect("delivered lock");
+        let Some(delivery) = delivered.get(id) else {
+            return BTreeMap::new();
+        };
+        delivery
+            .names
+            .iter()
+            .map(|(name, resource)| {
+                (
+                    name.clone(),
+                    secrets::Told {
+                        digest: delivery.digests.get(name).cloned(),
+                        resource: resource.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The metadata machine `id` is sent (secret values replaced by their Secret Manager
+    /// names, `render::delivery::gce_secrets`), after writing the secrets that changed from
+    /// what it was told; secrets it no longer references are deleted by the caller once it
+    /// is told.
+    async fn store_secrets(
+        &self,
+        id: &str,
+        labels: &BTreeMap<String, String>,
+        metadata: &BTreeMap<String, String>,
+        what: &str,
+    ) -> Result<BTreeMap<String, String>, ProviderError> {
+        let fleet = labels
+            .get(fleet_engine::provider::labels::FLEET)
+            .map_or("", String::as_str);
+        let (sent, wanted) =
+            fleet_engine::render::delivery::gce_secrets(fleet, id, &self.config.project, metadata);
+        if !wanted.is_empty() {
+            let count = |operation: &str| self.count(operation);
+            self.secrets
+                .write(&wanted, &self.told(id), &count, what)
+                .await?;
+        }
+        Ok(sent)
+    }
+
+    /// A creation as it goes to Compute Engine: its secrets written first, so the machine
+    /// finds them when it boots, and its metadata naming them.
+    async fn prepared(&self, request: &CreateRequest) -> Result<CreateRequest, ProviderError> {
+        let id = match request.kind {
+            ObjectKind::Instance => convert::instance_id(&request.spec.zone, &request.name),
+            ObjectKind::InstanceTemplate => convert::template_id(&request.name),
+        };
+        let metadata = self
+            .store_secrets(
+                &id,
+                &request.spec.labels,
+                &request.spec.metadata,
+                &request.name,
+            )
+            .await?;
+        Ok(CreateRequest {
+            spec: fleet_engine::provider::MachineSpec {
+                metadata,
+                ..request.spec.clone()
+            },
+            ..request.clone()
+        })
+    }
+
+    /// Deletes the secrets machine `id` was told about and does not keep.
+    async fn delete_secrets(
+        &self,
+        id: &str,
+        keep: &BTreeMap<String, String>,
+        what: &str,
+    ) -> Result<(), ProviderError> {
+        let told = self.told(id);
+        let kept = fleet_engine::render::delivery::gce_secret_names(keep);
+        let stale: Vec<String> = told
+            .into_values()
+            .map(|told| told.resource)
+            .filter(|resource| !kept.values().any(|kept| kept == resource))
+            .collect();
+        if !stale.is_empty() {
+            let count = |operation: &str| self.count(operation);
+            self.secrets.delete(&stale, &count, what).await?;
+        }
+        let mut delivered = self.delivered.lock().expect("delivered lock");
+        match keep
+            .get(fleet_engine::render::SECRETS)
+            .and_then(|text| serde_json::from_str::<fleet_engine::secrets::Delivery>(text).ok())
+        {
+            Some(delivery) => delivered.insert(id.to_string(), delivery),
+            None => delivered.remove(id),
+        };
+        Ok(())
     }
 
     /// Follows a list call's pages with `retry::follow_pages`, under the run's policy: a page
@@ -314,6 +471,7 @@ impl GcpProvider {
                         convert::live_instance(instance, Some(scope), &self.config.project)
                     {
                         self.remember(&live.id, instance);
+                        self.remember_delivered(&live);
                         found.push(live);
                     }
                 }
@@ -343,11 +501,14 @@ impl GcpProvider {
             Ok((page, next))
         };
         let each = |page: InstanceTemplateList| {
-            found.extend(
-                page.items
-                    .iter()
-                    .filter_map(|template| convert::live_template(template, &self.config.project)),
-            );
+            let live = page
+                .items
+                .iter()
+                .filter_map(|template| convert::live_template(template, &self.config.project));
+            for template in live {
+                self.remember_delivered(&template);
+                found.push(template);
+            }
         };
         self.every_page("compute.instanceTemplates.list", fetch, each)
             .await?;
@@ -966,14 +1127,17 @@ impl Provider for GcpProvider {
     /// # Errors
     /// The call's or the operation's error, naming the object.
     async fn create(&self, request: &CreateRequest) -> Result<LiveResource, ProviderError> {
+        let request = self.prepared(request).await?;
         match request.kind {
-            ObjectKind::Instance => self.insert_instance(request).await,
-            ObjectKind::InstanceTemplate => self.insert_template(request).await,
+            ObjectKind::Instance => self.insert_instance(&request).await,
+            ObjectKind::InstanceTemplate => self.insert_template(&request).await,
         }
     }
 
     /// Requests identical but for their names (zone, machine, disk, labels, metadata) go in
-    /// one `instances.bulkInsert` each; the rest one [`Provider::create`] each.
+    /// one `instances.bulkInsert` each; the rest one [`Provider::create`] each. Members that
+    /// reference secrets name secrets of their own, so their metadata differs and each goes
+    /// alone.
     ///
     /// # Errors
     /// One result per request, in order; a failed bulk call fails each of its members.
@@ -981,10 +1145,26 @@ impl Provider for GcpProvider {
         &self,
         requests: &[CreateRequest],
     ) -> Vec<Result<LiveResource, ProviderError>> {
-        let calls = batch_calls(requests, 100, |request| Some(bulk_key(request)));
         let mut results: Vec<Option<Result<LiveResource, ProviderError>>> =
             (0..requests.len()).map(|_| None).collect();
+        let mut prepared = Vec::with_capacity(requests.len());
+        for (index, request) in requests.iter().enumerate() {
+            match self.prepared(request).await {
+                Ok(request) => prepared.push(request),
+                Err(error) => {
+                    results[index] = Some(Err(error));
+                    prepared.push(request.clone());
+                }
+            }
+        }
+        let requests = &prepared[..];
+        let ready: Vec<bool> = results.iter().map(Option::is_none).collect();
+        let calls = batch_calls(requests, 100, |request| Some(bulk_key(request)));
         for members in calls {
+            let members: Vec<usize> = members.into_iter().filter(|index| ready[*index]).collect();
+            if members.is_empty() {
+                continue;
+            }
             if let [index] = members[..] {
                 results[index] = Some(self.create(&requests[index]).await);
                 continue;
@@ -1038,6 +1218,14 @@ impl Provider for GcpProvider {
                 ),
             ));
         };
+        // The secrets first: the machine acts on its metadata, which then names them.
+        let metadata = self
+            .store_secrets(&request.id, &request.labels, &request.metadata, name)
+            .await?;
+        let request = &UpdateRequest {
+            metadata,
+            ..request.clone()
+        };
         let mut current = self
             .current_instance(&request.id, zone, name, false)
             .await?;
@@ -1053,6 +1241,9 @@ impl Provider for GcpProvider {
             self.set_part(Part::Metadata, request, zone, name, current.clone())
                 .await?;
         }
+        // Told no more about a secret it no longer references: it goes.
+        self.delete_secrets(&request.id, &request.metadata, name)
+            .await?;
         let mut live = live.ok_or_else(|| {
             ProviderError::new(
                 ErrorKind::Fatal,
@@ -1127,16 +1318,22 @@ impl Provider for GcpProvider {
             Err(failure) => {
                 let failure = error::from_gax(operation, &request.id, &failure);
                 return match failure.reason {
-                    GceReason::NotFound => Ok(()),
+                    GceReason::NotFound => {
+                        self.delete_secrets(&request.id, &BTreeMap::new(), &request.name)
+                            .await
+                    }
                     _ => Err(failure.into()),
                 };
             }
         };
         match self.wait(scope, done, operation, &request.id).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             // Someone else deleted it meanwhile: what was asked for is done.
-            Err(failure) if failure.reason == GceReason::NotFound => Ok(()),
-            Err(failure) => Err(failure.into()),
+            Err(failure) if failure.reason == GceReason::NotFound => {}
+            Err(failure) => return Err(failure.into()),
         }
+        // Its secrets go with it, once nothing can read them any more.
+        self.delete_secrets(&request.id, &BTreeMap::new(), &request.name)
+            .await
     }
 }

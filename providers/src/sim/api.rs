@@ -30,7 +30,7 @@ use fleet_engine::retry::{follow_pages, with_retry, RetryPolicy};
 
 use super::calls::{transient, Outcome};
 use super::error::SimError;
-use super::store::{kind_of_id, sha256_hex, StoredObject, TokenRecord, Txn};
+use super::store::{kind_of_id, sha256_hex, SimSecret, StoredObject, TokenRecord, Txn};
 use super::validate::{check_name, check_placement};
 use super::Inner;
 
@@ -308,6 +308,55 @@ fn already_exists(cloud: Cloud, operation: &str, existing: &LiveResource) -> Pro
     }
 }
 
+/// The project simulated GCE machines' secrets are named under.
+pub(crate) const SIM_PROJECT: &str = "simulated";
+
+/// What a simulated GCE machine `id` keeps in its metadata: references only. The values of
+/// its delivery go to the simulated Secret Manager in the same transaction, a new version
+/// only where the digest changed, as the live provider does; secrets `before` named and the
+/// new metadata does not are deleted. On EC2 the metadata is kept as it is.
+fn keep_secrets(
+    txn: &mut Txn<'_>,
+    cloud: Cloud,
+    id: &str,
+    labels: &BTreeMap<String, String>,
+    before: Option<&BTreeMap<String, String>>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, SimError> {
+    use fleet_engine::render::delivery;
+    if cloud != Cloud::Gcp {
+        return Ok(metadata.clone());
+    }
+    let fleet = labels.get(labels::FLEET).map_or("", String::as_str);
+    let (sent, secrets) = delivery::gce_secrets(fleet, id, SIM_PROJECT, metadata);
+    for secret in secrets {
+        let existing = txn.secret(cloud, &secret.resource)?;
+        let same = existing.as_ref().is_some_and(|kept| {
+            kept.labels.get(delivery::SECRET_DIGEST_LABEL) == Some(&secret.digest)
+        });
+        if !same {
+            txn.put_secret(
+                cloud,
+                &SimSecret {
+                    resource: secret.resource.clone(),
+                    labels: secret.labels.clone(),
+                    versions: existing.map_or(0, |kept| kept.versions) + 1,
+                    value: secret.value.clone(),
+                },
+            )?;
+        }
+    }
+    if let Some(before) = before {
+        let kept = delivery::gce_secret_names(&sent);
+        for resource in delivery::gce_secret_names(before).into_values() {
+            if !kept.values().any(|name| *name == resource) {
+                txn.remove_secret(cloud, &resource)?;
+            }
+        }
+    }
+    Ok(sent)
+}
+
 /// Creates one object inside a transaction, honouring its idempotency token. Answers the
 /// object and whether this call made it (`false`: a replayed token).
 fn commit_create(
@@ -360,6 +409,11 @@ fn commit_create(
     if let Some(existing) = name_clash(txn, cloud, request.kind, &id, &request.name, region)? {
         return Err(already_exists(cloud, operation, &existing).into());
     }
+    let metadata = keep_secrets(txn, cloud, &id, &spec.labels, None, &spec.metadata)?;
+    let spec = &fleet_engine::provider::MachineSpec {
+        metadata,
+        ..spec.clone()
+    };
     let resource = LiveResource {
         creation_token: None,
         cloud,
@@ -694,7 +748,17 @@ impl SimProvider {
                     };
                     match part {
                         UpdatePart::Labels => object.resource.spec.labels = values,
-                        UpdatePart::Metadata => object.resource.spec.metadata = values,
+                        UpdatePart::Metadata => {
+                            let spec = &object.resource.spec;
+                            object.resource.spec.metadata = keep_secrets(
+                                txn,
+                                cloud,
+                                &id,
+                                &spec.labels,
+                                Some(&spec.metadata),
+                                &values,
+                            )?;
+                        }
                     }
                     txn.put(&object)?;
                     Ok(object.resource)
@@ -927,7 +991,22 @@ impl Provider for SimProvider {
         if resource.spec.labels != request.labels {
             resource = self.update_part(UpdatePart::Labels, request).await?;
         }
-        if resource.spec.metadata != request.metadata {
+        // A GCE machine holds references to its secrets, not their values: what it would hold
+        // is what is compared.
+        let wanted = match cloud {
+            Cloud::Gcp => {
+                let fleet = request.labels.get(labels::FLEET).map_or("", String::as_str);
+                fleet_engine::render::delivery::gce_secrets(
+                    fleet,
+                    &request.id,
+                    SIM_PROJECT,
+                    &request.metadata,
+                )
+                .0
+            }
+            Cloud::Aws => request.metadata.clone(),
+        };
+        if resource.spec.metadata != wanted {
             resource = self.update_part(UpdatePart::Metadata, request).await?;
         }
         Ok(resource)
@@ -970,6 +1049,13 @@ impl Provider for SimProvider {
                 let Some(mut object) = txn.get(cloud, &id)? else {
                     return Ok::<_, SimError>(());
                 };
+                // Its secrets go with it.
+                for resource in
+                    fleet_engine::render::delivery::gce_secret_names(&object.resource.spec.metadata)
+                        .into_values()
+                {
+                    txn.remove_secret(cloud, &resource)?;
+                }
                 if cloud == Cloud::Aws && object.resource.kind == ObjectKind::Instance {
                     // EC2 keeps listing it, shutting down and then terminated, for a while.
                     if object.deleted_at.is_none() {

@@ -12,6 +12,8 @@
 //! objects/<cloud>/instances/     one JSON file per instance, named after its id
 //! objects/<cloud>/templates/     one JSON file per template
 //! tokens/<cloud>/<sha256>.json   idempotency token -> id and the object's last record
+//! secrets/<cloud>/<id>.json      a machine's secret (simulated Secret Manager): labels and
+//!                                its latest version's value, mode 0600 like every file
 //! clock.json                     list calls answered so far, per cloud (the sim's clock)
 //! stats.json                     API calls by operation, summed over processes
 //! ```
@@ -73,6 +75,20 @@ impl StoredObject {
             deleted_at: None,
         }
     }
+}
+
+/// One secret of the simulated Secret Manager: where a simulated GCE machine's secret value
+/// lives, so that its metadata (what `fleet sim` shows) holds only references.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SimSecret {
+    /// Its resource name, `projects/P/secrets/ID`.
+    pub(crate) resource: String,
+    /// Its labels (`fleet`, `fleet-kind`, `fleet-digest`).
+    pub(crate) labels: BTreeMap<String, String>,
+    /// How many versions were added.
+    pub(crate) versions: u64,
+    /// The latest version's value.
+    pub(crate) value: String,
 }
 
 /// What one idempotency token made.
@@ -301,6 +317,8 @@ impl Store {
             }
             let path = self.dir.join("tokens").join(cloud.as_str());
             fs::create_dir_all(&path).map_err(|error| self.io_error(&path, "create", error))?;
+            let path = self.dir.join("secrets").join(cloud.as_str());
+            fs::create_dir_all(&path).map_err(|error| self.io_error(&path, "create", error))?;
         }
         Ok(())
     }
@@ -321,6 +339,41 @@ impl Store {
             .join("tokens")
             .join(cloud.as_str())
             .join(format!("{}.json", sha256_hex(&[token])))
+    }
+
+    /// The file of a secret; its id is `[A-Za-z0-9_-]` only, a file name as it is.
+    fn secret_path(&self, cloud: Cloud, resource: &str) -> PathBuf {
+        let id = resource.rsplit('/').next().unwrap_or(resource);
+        self.dir.join("secrets").join(cloud.as_str()).join(format!(
+            "{}.json",
+            file_name_of_id(id).trim_end_matches(".json")
+        ))
+    }
+
+    /// Every secret of `cloud`, by resource name.
+    #[cfg(test)]
+    pub(crate) fn secrets(&self, cloud: Cloud) -> Result<BTreeMap<String, SimSecret>, SimError> {
+        let mut local = self.lock_local();
+        let local = &mut *local;
+        let _lock = FileLock::shared(self, &local.lock_file)?;
+        let folder = self.dir.join("secrets").join(cloud.as_str());
+        let entries = match fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == IoErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(error) => return Err(self.io_error(&folder, "list", error)),
+        };
+        let mut out = BTreeMap::new();
+        for entry in entries {
+            let entry = entry.map_err(|error| self.io_error(&folder, "list", error))?;
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if let Some(secret) = self.read_json::<SimSecret>(&entry.path())? {
+                out.insert(secret.resource.clone(), secret);
+            }
+        }
+        Ok(out)
     }
 
     fn stats_path(&self) -> PathBuf {
@@ -690,6 +743,32 @@ impl Txn<'_> {
             cache.objects.remove(&(cloud, old_id.to_owned()));
         }
         Ok(())
+    }
+
+    /// A secret by resource name.
+    pub(crate) fn secret(
+        &self,
+        cloud: Cloud,
+        resource: &str,
+    ) -> Result<Option<SimSecret>, SimError> {
+        self.store
+            .read_json(&self.store.secret_path(cloud, resource))
+    }
+
+    /// Writes a secret (files are the owner's only, like every file of the sim dir).
+    pub(crate) fn put_secret(&mut self, cloud: Cloud, secret: &SimSecret) -> Result<(), SimError> {
+        self.store
+            .write_json(&self.store.secret_path(cloud, &secret.resource), secret)
+    }
+
+    /// Deletes a secret; one already gone counts as deleted.
+    pub(crate) fn remove_secret(&mut self, cloud: Cloud, resource: &str) -> Result<(), SimError> {
+        let path = self.store.secret_path(cloud, resource);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == IoErrorKind::NotFound => Ok(()),
+            Err(error) => Err(self.store.io_error(&path, "remove", error)),
+        }
     }
 
     /// What a token made, if it was seen before.

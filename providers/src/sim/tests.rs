@@ -943,6 +943,92 @@ async fn update_sends_only_what_changed_and_delete_is_idempotent() {
 }
 
 #[tokio::test]
+async fn a_simulated_gce_machine_holds_references_and_its_secrets_live_in_a_store_of_their_own() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("secrets");
+    let sim = open(&dir);
+    let provider = sim.provider(Cloud::Gcp);
+    let secret = "glrt-sim-s3cr3t";
+    let delivery = |value: &str| {
+        serde_json::to_string(&fleet_engine::secrets::Delivery {
+            digests: BTreeMap::from([(
+                "T".to_owned(),
+                fleet_engine::secrets::digest("blue", "T", value),
+            )]),
+            values: BTreeMap::from([("T".to_owned(), value.to_owned())]),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let mut request = instance("helper-1", "asia-southeast1-a", "t2a-standard-4", "s");
+    request
+        .spec
+        .metadata
+        .insert("fleet-secrets".to_owned(), delivery(secret));
+    let made = provider.create(&request).await.unwrap();
+    let store = super::store::Store::open(dir.path()).unwrap();
+    let secrets = store.secrets(Cloud::Gcp).unwrap();
+    assert_eq!(secrets.len(), 1, "{secrets:?}");
+    let (resource, kept) = secrets.iter().next().unwrap();
+    assert_eq!((kept.value.as_str(), kept.versions), (secret, 1));
+    assert_eq!(
+        kept.labels["fleet-digest"],
+        fleet_engine::secrets::digest("blue", "T", secret)
+    );
+    // No file but the secret's holds the value, and that one is the owner's only.
+    let mut holding = Vec::new();
+    let mut stack = vec![dir.path().to_path_buf()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .contains(secret)
+        {
+            holding.push(path);
+        }
+    }
+    assert_eq!(holding.len(), 1, "{holding:?}");
+    assert!(holding[0].starts_with(dir.path().join("secrets")));
+    let mode = std::fs::metadata(&holding[0]).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let listed = discover(&sim, Cloud::Gcp, "blue").await;
+    let told: fleet_engine::secrets::Delivery =
+        serde_json::from_str(&listed[0].spec.metadata["fleet-secrets"]).unwrap();
+    assert_eq!(told.names["T"], *resource);
+    assert!(told.values.is_empty());
+    // The same value again changes nothing; a rotated one is a new version.
+    let update = |metadata: &str| UpdateRequest {
+        id: made.id.clone(),
+        labels: request.spec.labels.clone(),
+        metadata: BTreeMap::from([
+            ("startup-script".to_owned(), "#!/bin/sh".to_owned()),
+            ("fleet-secrets".to_owned(), metadata.to_owned()),
+        ]),
+        idempotency_token: "u".to_owned(),
+    };
+    provider.update(&update(&delivery(secret))).await.unwrap();
+    assert_eq!(count(&sim, "compute.instances.setMetadata"), 0);
+    provider
+        .update(&update(&delivery("rotated")))
+        .await
+        .unwrap();
+    let kept = &store.secrets(Cloud::Gcp).unwrap()[resource];
+    assert_eq!((kept.value.as_str(), kept.versions), ("rotated", 2));
+    // Deleting the machine deletes its secrets.
+    provider
+        .delete(&DeleteRequest {
+            kind: ObjectKind::Instance,
+            id: made.id.clone(),
+            name: made.name.clone(),
+            idempotency_token: "d".to_owned(),
+        })
+        .await
+        .unwrap();
+    assert!(store.secrets(Cloud::Gcp).unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn create_batch_makes_one_call_per_shape_and_keeps_tokens() {
     let dir = TempDir::new("batch");
     let sim = open(&dir);
