@@ -173,3 +173,33 @@ fn given(endpoint: &Option<String>) -> Option<String> {
         .filter(|endpoint| !endpoint.trim().is_empty())
         .cloned()
 }
+
+/// Refuses, before any change, to send GCE machines' secret values to Google's Secret Manager
+/// while Compute Engine is reached elsewhere (`--gcp-endpoint`: a test server, a proxy): the
+/// values would leave for a service the machines that name them are not in.
+pub(crate) fn check_secret_endpoints(
+    global: &Global,
+    plan: &fleet_engine::plan::Plan,
+) -> Result<()> {
+    if global.cloud != CloudMode::Live
+        || given(&global.gcp_endpoint).is_none()
+        || given(&global.gcp_secrets_endpoint).is_some()
+    {
+        return Ok(());
+    }
+    let names = fleet_engine::secrets::references(
+        plan.actionable()
+            .filter_map(|change| change.after.as_ref())
+            .filter(|resource| resource.cloud == Cloud::Gcp)
+            .flat_map(|resource| resource.spec.metadata.values()),
+    );
+    if names.is_empty() {
+        return Ok(());
+    }
+    Err(miette!(
+        code = "fleet::gcp::secrets_endpoint",
+        help = "set --gcp-secrets-endpoint (FLEET_GCP_SECRETS_ENDPOINT) to the Secret Manager that goes with --gcp-endpoint; nothing was changed",
+        "--gcp-endpoint is set but --gcp-secrets-endpoint is not: fleet will not send the values of {} to Google's Secret Manager for machines made elsewhere",
+        names.into_iter().collect::<Vec<_>>().join(", ")
+    ))
+}

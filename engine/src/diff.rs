@@ -607,6 +607,27 @@ fn compare(
         });
         replace = true;
     }
+    // A GCE machine made by a release that delivered secret values in its metadata runs a
+    // watcher that reads them there, and a running GCE machine never runs a new bootstrap: left
+    // in place, the next config it carries out would lose its tokens. Its delivery names
+    // digests but no Secret Manager secret; it is made again, once.
+    if want.cloud == Cloud::Gcp && want.object == ObjectKind::Instance {
+        let delivered = have
+            .metadata
+            .get(render::SECRETS)
+            .and_then(|text| serde_json::from_str::<secrets::Delivery>(text).ok());
+        if let Some(delivered) = delivered {
+            if !delivered.digests.is_empty() && delivered.names.is_empty() {
+                reasons.push(Reason::FieldChanged {
+                    field: format!("metadata.{}", render::SECRETS),
+                    before: "secret values in metadata (an earlier fleet release)".to_string(),
+                    after: "Secret Manager references".to_string(),
+                    forces_replacement: true,
+                });
+                replace = true;
+            }
+        }
+    }
     let mut in_place = Vec::new();
     let keys: BTreeSet<&String> = have.labels.keys().chain(spec.labels.keys()).collect();
     for key in keys {
@@ -1127,6 +1148,41 @@ mod tests {
         assert_eq!(
             impact::rule_of("metadata_options.http_tokens"),
             impact::Rule::Replace
+        );
+    }
+
+    #[test]
+    fn a_gce_machine_that_was_sent_its_secret_values_in_metadata_is_made_again_once() {
+        let mut want = desired(ResourceKind::Manager, "m");
+        want.spec.metadata.insert(
+            render::RUNNER_CONFIG.to_string(),
+            "token = \"${secret:T}\"\n".to_string(),
+        );
+        let mut earlier = live(&want, "1");
+        // What discovery leaves of an earlier release's delivery: the digests, no names.
+        earlier.spec.metadata.insert(
+            render::SECRETS.to_string(),
+            r#"{"digests":{"T":"0123456789abcdef"}}"#.to_string(),
+        );
+        let out = run(vec![want.clone()], &[earlier.clone()]);
+        let change = &only(&out, "manager.m")[0];
+        assert!(
+            replaced_for(change, "metadata.fleet-secrets"),
+            "{:?}",
+            change.reasons
+        );
+        // Once it names its Secret Manager secrets, the same machine is left in place.
+        earlier.spec.metadata.insert(
+            render::SECRETS.to_string(),
+            r#"{"digests":{"T":"0123456789abcdef"},"names":{"T":"projects/p/secrets/s"}}"#
+                .to_string(),
+        );
+        let out = run(vec![want], &[earlier]);
+        let change = &only(&out, "manager.m")[0];
+        assert!(
+            !replaced_for(change, "metadata.fleet-secrets"),
+            "{:?}",
+            change.reasons
         );
     }
 

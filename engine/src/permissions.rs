@@ -13,8 +13,8 @@
 //! permissions" for creating a VM). A new call in a provider needs a row here; the tests
 //! compare these lists with the calls the emulators saw.
 //!
-//! Rows marked `verified: false` are for calls other branches add (GCP Secret Manager) that
-//! no emulator here serves yet: they are printed, and said to be unverified.
+//! Secret Manager rows are the calls `providers::gcp::secrets` and the GCE watcher send;
+//! the Secret Manager test server counts them like the GCE one counts Compute's.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -118,9 +118,6 @@ pub struct GcpCall {
     pub jobs: &'static [Job],
     /// The permissions it needs, each with its scope.
     pub permissions: &'static [(&'static str, GcpScope)],
-    /// Whether the tests check it against an emulator (false: Secret Manager, another
-    /// branch's calls).
-    pub verified: bool,
 }
 
 const READS: &[Job] = &[Job::Plan, Job::Apply];
@@ -343,14 +340,9 @@ pub const GCP_CALLS: &[GcpCall] = &[
         CHANGES,
         &[("compute.globalOperations.get", GcpScope::Project)],
     ),
-    // Secret Manager: a plan lists the fleet's secrets, an apply writes and deletes them,
-    // the machine reads its own.
-    secret_manager(
-        "secretmanager.secrets.list",
-        Caller::Provider,
-        READS,
-        &[("secretmanager.secrets.list", GcpScope::Project)],
-    ),
+    // Secret Manager: a plan reads none (the digests it compares are in the machine's
+    // metadata); an apply creates, adds a version to, relabels and deletes the fleet's
+    // secrets; the machine reads its own.
     secret_manager(
         "secretmanager.secrets.create",
         Caller::Provider,
@@ -362,6 +354,12 @@ pub const GCP_CALLS: &[GcpCall] = &[
         Caller::Provider,
         CHANGES,
         &[("secretmanager.versions.add", GcpScope::Project)],
+    ),
+    secret_manager(
+        "secretmanager.secrets.patch",
+        Caller::Provider,
+        CHANGES,
+        &[("secretmanager.secrets.update", GcpScope::Project)],
     ),
     secret_manager(
         "secretmanager.secrets.delete",
@@ -387,7 +385,6 @@ const fn gcp(
         caller: Caller::Provider,
         jobs,
         permissions,
-        verified: true,
     }
 }
 
@@ -402,7 +399,6 @@ const fn secret_manager(
         caller,
         jobs,
         permissions,
-        verified: false,
     }
 }
 
@@ -436,8 +432,6 @@ pub struct GcpRole {
     pub on_service_accounts: BTreeMap<String, Vec<String>>,
     /// A condition the role's binding needs (`--condition`): (title, CEL expression).
     pub condition: Option<(String, String)>,
-    /// Permissions in the role that no emulator here checks yet (Secret Manager).
-    pub unverified: Vec<String>,
     /// What the role cannot say, in sentences.
     pub notes: Vec<String>,
 }
@@ -641,7 +635,6 @@ pub fn gcp_role(desired: &Desired, job: Job) -> Option<GcpRole> {
     let accounts = service_accounts(desired);
     let mut permissions = BTreeSet::new();
     let mut on_accounts = BTreeSet::new();
-    let mut unverified = BTreeSet::new();
     let mut own_secrets = false;
     for call in GCP_CALLS.iter().filter(|c| c.jobs.contains(&job)) {
         for (permission, scope) in call.permissions {
@@ -663,9 +656,6 @@ pub fn gcp_role(desired: &Desired, job: Job) -> Option<GcpRole> {
                     permissions.insert(*permission);
                 }
             }
-            if !call.verified {
-                unverified.insert(*permission);
-            }
         }
     }
     let on_service_accounts: BTreeMap<String, Vec<String>> = accounts
@@ -680,7 +670,10 @@ pub fn gcp_role(desired: &Desired, job: Job) -> Option<GcpRole> {
             (email, on_accounts.iter().map(|p| p.to_string()).collect())
         })
         .collect();
-    let secret_prefix = format!("projects/PROJECT_NUMBER/secrets/fleet-{fleet}-");
+    let secret_prefix = format!(
+        "projects/PROJECT_NUMBER/secrets/{}",
+        crate::render::delivery::gce_secret_prefix(fleet)
+    );
     let condition = own_secrets.then(|| {
         (
             format!("fleet {fleet}: its own secrets"),
@@ -688,13 +681,6 @@ pub fn gcp_role(desired: &Desired, job: Job) -> Option<GcpRole> {
         )
     });
     let mut notes = Vec::new();
-    if !unverified.is_empty() {
-        notes.push(
-            "The secretmanager.* permissions are for Secret Manager delivery, which no emulator \
-             here checks yet."
-                .to_string(),
-        );
-    }
     if !on_service_accounts.is_empty() {
         notes.push(
             "iam.serviceAccounts.actAs is granted on each service account the fleet's machines \
@@ -717,6 +703,13 @@ pub fn gcp_role(desired: &Desired, job: Job) -> Option<GcpRole> {
                 "Secret Manager conditions see a secret by project number: put the project's \
                  number for PROJECT_NUMBER in the condition ({secret_prefix}…)."
             ));
+            notes.push(
+                "The condition holds a machine to its fleet's secrets, not to its own: every \
+                 machine of the fleet that runs as the same account can read the others'. \
+                 Give each account to this fleet's machines only. Secret Manager is called \
+                 with the VM's token, so its access scopes must include cloud-platform."
+                    .to_string(),
+            );
         }
     }
     let role_id = format!("fleet_{}_{}", fleet.replace('-', "_"), job.as_str());
@@ -736,7 +729,6 @@ pub fn gcp_role(desired: &Desired, job: Job) -> Option<GcpRole> {
         permissions: permissions.into_iter().map(str::to_string).collect(),
         on_service_accounts,
         condition,
-        unverified: unverified.into_iter().map(str::to_string).collect(),
         notes,
     })
 }
@@ -786,12 +778,7 @@ impl GcpRole {
         text.push_str("stage: GA\n");
         text.push_str("includedPermissions:\n");
         for permission in &self.permissions {
-            let mark = if self.unverified.contains(permission) {
-                "  # not checked against an emulator yet"
-            } else {
-                ""
-            };
-            text.push_str(&format!("- {permission}{mark}\n"));
+            text.push_str(&format!("- {permission}\n"));
         }
         text
     }
@@ -812,7 +799,6 @@ impl GcpRole {
                 "title": title,
                 "expression": expression,
             })),
-            "unverified": self.unverified,
             "notes": self.notes,
         })
     }
@@ -906,12 +892,10 @@ managers:
         );
         let manager = gcp_role(&desired(BOTH), Job::Manager).unwrap();
         assert_eq!(manager.permissions, ["secretmanager.versions.access"]);
-        assert_eq!(manager.unverified, ["secretmanager.versions.access"]);
-        assert!(manager
-            .condition
-            .unwrap()
-            .1
-            .contains("/secrets/fleet-perms-"));
+        assert!(manager.condition.unwrap().1.contains(&format!(
+            "/secrets/{}",
+            crate::render::delivery::gce_secret_prefix("perms")
+        )));
     }
 
     #[test]

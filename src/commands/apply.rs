@@ -243,6 +243,7 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
     // Every secret the changes need, before anything changes.
     let source = crate::secrets::Secrets::for_run(global)?;
     let secret_values = fleet_engine::secrets::resolve(&ops::secret_references(&plan), &source)?;
+    clouds::check_secret_endpoints(global, &plan)?;
     source.announce_placeholders();
     // A saved plan is the approval: it was reviewed as it is, and is refused if it is stale.
     // Changes checked against the reviewed ones (--expect-changes) are approved by that review.

@@ -464,7 +464,7 @@ fn fleet_render_shows_each_machines_delivery_as_its_golden_copy_holds_it() {
         run.stdout
     );
     assert!(run.stdout.contains(
-        "==> metadata item `fleet-secrets` (sensitive): written by apply, the values of DISTRIBUTION_com_AMD64_GCP_TOKEN, DISTRIBUTION_com_ARM64_AWS_TOKEN, DISTRIBUTION_com_ARM64_GCP_TOKEN with their digests\n"
+        "==> metadata item `fleet-secrets`: written by apply, the digests of DISTRIBUTION_com_AMD64_GCP_TOKEN, DISTRIBUTION_com_ARM64_AWS_TOKEN, DISTRIBUTION_com_ARM64_GCP_TOKEN and the names of the Secret Manager secrets holding their values (no value)\n"
     ));
     assert!(run
         .stdout

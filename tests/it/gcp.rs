@@ -1294,6 +1294,46 @@ fn assert_no_value_in_metadata_or_labels(server: &GceServer, value: &str) {
 }
 
 #[test]
+fn secret_values_are_not_sent_to_google_while_compute_engine_is_reached_elsewhere() {
+    let server = GceServer::start(PROJECT);
+    let env = Env::new();
+    let base = std::fs::read_to_string(env.path().join("secrets.env")).unwrap();
+    let secret = "glrt-gsm-elsewhere-value";
+    set_token(&env, &base, secret);
+    let file = env.write("gsm.yaml", &managers_with_a_secret(1));
+    // Compute Engine redirected, Secret Manager not: refused before any change.
+    let endpoint = server.endpoint();
+    let refused = env
+        .fleet_with(
+            &[
+                "--cloud",
+                "live",
+                "apply",
+                &file,
+                "--auto-approve",
+                "--only-cloud",
+                "gcp",
+            ],
+            &[
+                ("FLEET_GCP_ENDPOINT", endpoint.as_str()),
+                ("FLEET_GCP_ANONYMOUS", "1"),
+            ],
+        )
+        .code(1);
+    assert!(
+        refused.stderr.contains("--gcp-secrets-endpoint is not"),
+        "{}",
+        refused.stderr
+    );
+    assert!(refused.stderr.contains("GSM_TOKEN"), "{}", refused.stderr);
+    assert!(!refused.stderr.contains(secret) && !refused.stdout.contains(secret));
+    assert!(server.instances().is_empty());
+    assert_eq!(server.count("compute.instances.insert"), 0);
+    // With both, the same apply converges.
+    converge(&env, &server, &file);
+}
+
+#[test]
 fn a_gce_managers_secrets_live_in_secret_manager_and_its_metadata_only_names_them() {
     const N: u64 = 3;
     let server = GceServer::start(PROJECT);
@@ -1327,7 +1367,8 @@ fn a_gce_managers_secrets_live_in_secret_manager_and_its_metadata_only_names_the
         let resource = &told.names["GSM_TOKEN"];
         assert!(
             resource.starts_with(&format!(
-                "projects/{PROJECT}/secrets/fleet-gsm-{name}-GSM_TOKEN-"
+                "projects/{PROJECT}/secrets/{}gsm-{name}-GSM_TOKEN-",
+                fleet_engine::render::delivery::gce_secret_prefix("gsm")
             )),
             "{resource}"
         );

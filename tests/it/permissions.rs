@@ -449,6 +449,14 @@ fn gce_permission(method: &str) -> &'static str {
         "compute.globalOperations.get" | "compute.globalOperations.wait" => {
             "compute.globalOperations.get"
         }
+        // Secret Manager's IAM reference: creating a secret, adding a version, updating its
+        // labels (a PATCH is `secrets.update`), deleting it, reading a version.
+        "secretmanager.secrets.create" => "secretmanager.secrets.create",
+        "secretmanager.secrets.addVersion" => "secretmanager.versions.add",
+        "secretmanager.secrets.patch" => "secretmanager.secrets.update",
+        "secretmanager.secrets.delete" => "secretmanager.secrets.delete",
+        "secretmanager.secrets.get" => "secretmanager.secrets.get",
+        "secretmanager.versions.access" => "secretmanager.versions.access",
         other => panic!("a GCE method this test does not know: {other}"),
     }
 }
@@ -530,12 +538,14 @@ fn http(server: &GceServer, method: &str, path: &str) -> String {
 fn gcp_run(env: &Env, server: &GceServer, args: &[&str]) -> (Run, BTreeMap<String, u64>) {
     server.reset_calls();
     let endpoint = server.endpoint();
+    let secrets = server.secrets().endpoint();
     let mut all = vec!["--cloud", "live", "--only-cloud", "gcp"];
     all.extend_from_slice(args);
     let run = env.fleet_with(
         &all,
         &[
             ("FLEET_GCP_ENDPOINT", endpoint.as_str()),
+            ("FLEET_GCP_SECRETS_ENDPOINT", secrets.as_str()),
             ("FLEET_GCP_ANONYMOUS", "1"),
         ],
     );
@@ -590,6 +600,11 @@ fn the_gcp_roles_hold_exactly_what_plan_and_apply_were_seen_to_call() {
             ),
         ],
     );
+    // The same day the manager's token is rotated: a new version, its digest label updated.
+    let rotated = std::fs::read_to_string(&secrets)
+        .unwrap()
+        .replace("glrt-gperm-s3cr3t", "glrt-gperm-r0tated");
+    std::fs::write(&secrets, rotated).unwrap();
     let plan = live(&later, 0);
     assert_eq!(actions_of(&plan, "manager.gperm-manager-1"), ["update"]);
     let plan = live(&emptied(GCP_FLEET), 0);
@@ -616,30 +631,30 @@ fn the_gcp_roles_hold_exactly_what_plan_and_apply_were_seen_to_call() {
         }
         permissions
     };
-    for (job, methods, with_creations) in [
-        ("plan", &plans, false),
-        ("apply", &applies, true),
-        ("manager", &BTreeSet::new(), false),
+    // The applies wrote, rotated and deleted the manager's secret: Secret Manager's
+    // calls are among those served (the GCE server counts its Secret Manager's too).
+    for method in [
+        "secretmanager.secrets.create",
+        "secretmanager.secrets.addVersion",
+        "secretmanager.secrets.patch",
+        "secretmanager.secrets.delete",
     ] {
+        assert!(applies.contains(method), "{method} not in {applies:?}");
+    }
+    assert!(
+        !plans.iter().any(|m| m.starts_with("secretmanager.")),
+        "a plan reads no secret: {plans:?}"
+    );
+    // The machine's own calls are observed where its watcher runs:
+    // `watcher::the_gce_watcher_reads_its_secrets_from_secret_manager_…`.
+    for (job, methods, with_creations) in [("plan", &plans, false), ("apply", &applies, true)] {
         let printed = printed(&env, &file, job, "gcp");
         let gcp = &printed["gcp"];
-        let unverified: BTreeSet<String> = gcp["unverified"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|p| p.as_str().map(str::to_string))
-            .collect();
-        // Secret Manager is marked as not checked here, and is all that is.
-        assert!(
-            unverified.iter().all(|p| p.starts_with("secretmanager.")),
-            "{unverified:?}"
-        );
         let mut held: BTreeSet<String> = gcp["role"]["includedPermissions"]
             .as_array()
             .unwrap()
             .iter()
             .filter_map(|p| p.as_str().map(str::to_string))
-            .filter(|p| !unverified.contains(p))
             .collect();
         for (account, permissions) in gcp["on_service_accounts"].as_object().unwrap() {
             for permission in permissions.as_array().unwrap() {
@@ -662,7 +677,10 @@ fn the_gcp_roles_hold_exactly_what_plan_and_apply_were_seen_to_call() {
     assert!(manager["gcp"]["condition"]["expression"]
         .as_str()
         .unwrap()
-        .contains("/secrets/fleet-gperm-"));
+        .contains(&format!(
+            "/secrets/{}",
+            fleet_engine::render::delivery::gce_secret_prefix("gperm")
+        )));
     assert!(GCP_FLEET.contains(GCP_ACCOUNT));
 }
 

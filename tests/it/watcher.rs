@@ -418,6 +418,41 @@ fn the_gce_watcher_reads_its_secrets_from_secret_manager_with_its_token_and_writ
             told.names.len() as u64
         )])
     );
+    // What the machine was seen to call is what `fleet permissions --for manager` grants its
+    // service account, no more (Secret Manager's IAM reference: reading a version is
+    // `secretmanager.versions.access`), held to this fleet's secrets, whose names it read.
+    let printed = env
+        .fleet(&[
+            "permissions",
+            "fleets/distribution.yaml",
+            "--for",
+            "manager",
+            "--only-cloud",
+            "gcp",
+            "--format",
+            "json",
+        ])
+        .ok()
+        .json();
+    let granted: Vec<&str> = printed["gcp"]["role"]["includedPermissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert_eq!(granted, ["secretmanager.versions.access"]);
+    let condition = printed["gcp"]["condition"]["expression"].as_str().unwrap();
+    let prefix = condition
+        .split('"')
+        .nth(1)
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap();
+    for resource in told.names.values() {
+        let id = resource.rsplit('/').next().unwrap();
+        assert!(id.starts_with(prefix), "{id} is not under {condition}");
+    }
     // A decision carried out already reads no secret at the next tick.
     metadata.secrets.reset_calls();
     assert_eq!(machine.watch(&metadata), Vec::<String>::new());

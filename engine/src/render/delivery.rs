@@ -511,26 +511,39 @@ pub struct GceSecret {
     pub labels: BTreeMap<String, String>,
 }
 
+/// The start of every Secret Manager id of `fleet`'s secrets: `fleet-`, a digest of the fleet
+/// name, `-`. Unique per fleet, so an IAM condition `resource.name.startsWith(...)` on it
+/// grants one fleet's secrets and no other's (a readable fleet name alone would not: the
+/// secrets of fleet `ci-shared` start like those of fleet `ci`).
+pub fn gce_secret_prefix(fleet: &str) -> String {
+    format!(
+        "fleet-{}-",
+        &short_hash(&["fleet-secret-prefix", fleet])[..16]
+    )
+}
+
 /// The Secret Manager id of secret `name` of the machine `machine` (its GCE id,
 /// `zones/Z/instances/N`, so a machine replaced into another zone under the same name does
 /// not share its secrets with the one it replaces) in `fleet`.
 ///
-/// Readable (`fleet-<fleet>-<machine name>-<NAME>`, `.` written `_`) and followed by a digest
-/// of the exact parts, so ids that would read alike (`A.B` and `A_B`, a machine in two
-/// zones) differ, within Secret Manager's rule `[A-Za-z0-9_-]{1,255}` however long the parts.
+/// The fleet's [`gce_secret_prefix`], then readable parts (`<fleet>-<machine name>-<NAME>`,
+/// `.` written `_`), then a digest of the exact parts, so ids that would read alike (`A.B` and
+/// `A_B`, a machine in two zones) differ, within Secret Manager's rule
+/// `[A-Za-z0-9_-]{1,255}` however long the parts.
 pub fn gce_secret_id(fleet: &str, machine: &str, name: &str) -> String {
     let short_machine = machine.rsplit('/').next().unwrap_or(machine);
     let digest = &short_hash(&["fleet-secret-id", fleet, machine, name])[..12];
-    let readable: String = format!("fleet-{fleet}-{short_machine}-{name}")
+    let prefix = gce_secret_prefix(fleet);
+    let readable: String = format!("{fleet}-{short_machine}-{name}")
         .chars()
         .map(|c| match c {
             'A'..='Z' | 'a'..='z' | '0'..='9' | '_' | '-' => c,
             _ => '_',
         })
         .collect();
-    let room = SECRET_ID_LIMIT - digest.len() - 1;
+    let room = SECRET_ID_LIMIT - prefix.len() - digest.len() - 1;
     // Every character is ASCII here, so any byte index is a character boundary.
-    format!("{}-{digest}", &readable[..readable.len().min(room)])
+    format!("{prefix}{}-{digest}", &readable[..readable.len().min(room)])
 }
 
 /// The labels of a GCE machine's secret.
@@ -953,10 +966,21 @@ mod tests {
         };
         let machine = "zones/us-east1-d/instances/shared-runners-manager-1";
         let id = gce_secret_id("ci", machine, "RUNNER_TOKEN");
+        let prefix = gce_secret_prefix("ci");
         assert!(
-            id.starts_with("fleet-ci-shared-runners-manager-1-RUNNER_TOKEN-"),
+            id.starts_with(&format!(
+                "{prefix}ci-shared-runners-manager-1-RUNNER_TOKEN-"
+            )),
             "{id}"
         );
+        // Fleet `ci-shared`'s secrets do not start like fleet `ci`'s: a condition on one
+        // fleet's prefix grants no other fleet's secrets.
+        let other = gce_secret_id(
+            "ci-shared",
+            "zones/us-east1-d/instances/runners-manager-1",
+            "RUNNER_TOKEN",
+        );
+        assert!(!other.starts_with(&prefix), "{other}");
         let long = "N".repeat(400);
         let ids = [
             id.clone(),

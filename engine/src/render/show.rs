@@ -113,7 +113,7 @@ fn gce(out: &mut String, metadata: &BTreeMap<String, String>, secrets: &[String]
     }
     if !secrets.is_empty() {
         out.push_str(&format!(
-            "==> metadata item `{SECRETS}` (sensitive): written by apply, the values of {} with their digests\n",
+            "==> metadata item `{SECRETS}`: written by apply, the digests of {} and the names of the Secret Manager secrets holding their values (no value)\n",
             secrets.join(", ")
         ));
     }
@@ -170,6 +170,7 @@ fn ec2(out: &mut String, fleet: &str, resource: &DesiredResource, secrets: &[Str
                 .iter()
                 .map(|name| (name.clone(), String::new()))
                 .collect(),
+            ..Default::default()
         };
         with_secrets.insert(
             SECRETS.to_string(),
