@@ -30,6 +30,9 @@ fn drift(fleet: &str) -> Vec<Vec<&'static str>> {
             vec!["stop", "arm-builder-2"],
             vec!["delete", "arm-builder-4"],
         ],
+        // Static hosts only: no cloud holds anything of this fleet, so nothing can drift (it
+        // is rendered, never applied): its one golden is against the empty cloud.
+        "mdis-wb31" => Vec::new(),
         other => panic!("no drift scenario for {other}"),
     }
 }
@@ -37,10 +40,13 @@ fn drift(fleet: &str) -> Vec<Vec<&'static str>> {
 #[test]
 fn golden_plans_match_the_cli() {
     let mut failures = Vec::new();
-    for fleet in ["distribution", "ci-shared-runners", "arm-builders"] {
+    for fleet in ["distribution", "ci-shared-runners", "arm-builders", "mdis-wb31"] {
         let env = Env::new();
         let file = format!("fleets/{fleet}.yaml");
         for (scenario, prepare) in [("empty", false), ("drift", true)] {
+            if prepare && drift(fleet).is_empty() {
+                continue;
+            }
             if prepare {
                 env.converge(&file);
                 for args in drift(fleet) {
