@@ -4,8 +4,8 @@
 //! In: a change's action and reasons, and the machine's metadata before and after (the plan's
 //! own field names: `machine_type`, `metadata.gitlab-runner-version`, and config.toml keys
 //! such as `config.toml:listen_address`). Out: the [`Impact`] shown in the plan and, for
-//! machines whose watcher applies later configuration (GCE), the [`Decision`] delivered beside
-//! the config in the `fleet-action` metadata item. The watcher carries that decision out as
+//! machines whose watcher applies later configuration, the [`Decision`] delivered beside the
+//! config (GCE: the `fleet-action` metadata item; EC2: the `action` parameter). The watcher carries that decision out as
 //! told and needs no rules of its own, so plan and machine cannot disagree.
 //!
 //! [`RULES`] is the only place the rules live: gitlab-runner re-reads config.toml within seconds

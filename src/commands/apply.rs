@@ -118,6 +118,23 @@ fn check_expected_changes(plan: &Plan, expected: &str) -> Result<()> {
                     .iter()
                     .map(|difference| format!("  {difference}")),
             );
+            for cloud in plan.scope_clouds.iter().chain(&reviewed.scope_clouds) {
+                let (before, after) = (reviewed.clouds.get(cloud), plan.clouds.get(cloud));
+                if before != after {
+                    let show = |target: Option<&fleet_engine::desired::CloudTarget>| {
+                        target.map_or("none".to_string(), |t| match &t.project {
+                            Some(project) => format!("project {project}, region {}", t.region),
+                            None => format!("region {}", t.region),
+                        })
+                    };
+                    lines.push(format!(
+                        "  {cloud}: reviewed for {}, planned now for {}",
+                        show(before),
+                        show(after)
+                    ));
+                    break;
+                }
+            }
             if reviewed.fleet != plan.fleet {
                 lines.push(format!(
                     "  the reviewed plan is of fleet {}, this one of fleet {}",
@@ -169,6 +186,17 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
     let (plan, desired, clouds) = match saved {
         Some(saved) => {
             let plan = saved?;
+            // --expect-changes approves what the fleet file plans now; a saved plan in its
+            // place would be applied as it is, past every check of the fleet file (its plan
+            // id is a hash anyone can compute), so the two are never taken together.
+            if args.expect_changes.is_some() {
+                return Err(miette!(
+                    code = "fleet::apply::expect_changes_saved_plan",
+                    help = "give the fleet file: `fleet apply FLEET_FILE --expect-changes DIGEST` plans it again and applies only the reviewed changes; nothing was changed",
+                    "{} is a saved plan, not a fleet file: --expect-changes checks a plan made now from the fleet file",
+                    args.file.display()
+                ));
+            }
             if plan.content_hash() != plan.plan_id {
                 return Err(miette!(
                     code = "fleet::apply::modified_plan",

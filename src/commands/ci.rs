@@ -268,16 +268,19 @@ fn own_note<'a>(notes: &'a [Note], me: u64, file: &str) -> Option<&'a Note> {
 /// digest, then the markdown plan.
 fn note_body(plan: &Plan, file: &str) -> String {
     let digest = changes_digest(plan);
-    let shown_file = file.replace('`', "'");
+    // The path and the plan's fields come from the pipeline and the plan file: shown as
+    // inline code that nothing in them can close, on one line; a revision only as hex.
+    let shown_file = fleet_engine::plan::markdown::md_code(file);
     let revision = plan
         .fleet_file_sha256
         .as_deref()
-        .map(|sha| format!(" (sha256 `{}`)", &sha[..sha.len().min(12)]))
+        .filter(|sha| fleet_engine::plan::digest::is_changes_digest(sha))
+        .map(|sha| format!(" (sha256 `{}`)", &sha[..12]))
         .unwrap_or_default();
+    let plan_id = fleet_engine::plan::markdown::md_code(&plan.plan_id);
     format!(
-        "{}\n{DIGEST_OPEN}{digest} -->\n**fleet plan** of `{shown_file}`{revision}: plan id `{}`, changes digest `{digest}`\n\n{}",
+        "{}\n{DIGEST_OPEN}{digest} -->\n**fleet plan** of {shown_file}{revision}: plan id {plan_id}, changes digest `{digest}`\n\n{}",
         marker(file),
-        plan.plan_id,
         display::markdown(plan)
     )
 }

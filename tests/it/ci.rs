@@ -525,6 +525,23 @@ fn apply_with_the_reviewed_changes_applies() {
 }
 
 #[test]
+fn a_saved_plan_in_place_of_the_fleet_file_is_not_applied_as_the_reviewed_changes() {
+    let env = Env::new();
+    let reviewed = save_plan(&env, ARM, "reviewed.json");
+    // A merge request that puts a saved plan where the fleet file was: its digest is what the
+    // note showed, but it would skip every check of the fleet file.
+    let refused = env
+        .fleet(&["apply", "reviewed.json", "--expect-changes", &reviewed])
+        .code(1);
+    assert!(
+        has(&refused.stderr, "is a saved plan, not a fleet file"),
+        "{}",
+        refused.stderr
+    );
+    assert!(env.sim_list().is_empty());
+}
+
+#[test]
 fn apply_stops_when_the_changes_are_not_the_reviewed_ones() {
     let env = Env::new();
     let reviewed = save_plan(&env, ARM, "reviewed.json");
@@ -651,6 +668,27 @@ fn the_example_pipeline_plans_on_merge_requests_and_applies_the_reviewed_changes
         .filter_map(Yaml::as_str)
         .collect();
     assert_eq!(stages, ["plan", "apply"]);
+    // Every fleet file that is planned has its plan and apply jobs; hosts-only fleets none.
+    let files: Vec<&str> = pipeline[".per-fleet-file"]["parallel"]["matrix"][0]["FLEET_FILE"]
+        .as_vec()
+        .expect("a FLEET_FILE matrix")
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    let mut planned: Vec<String> = std::fs::read_dir(repo().join("fleets"))
+        .unwrap()
+        .map(|entry| format!("fleets/{}", entry.unwrap().file_name().to_string_lossy()))
+        .filter(|path| {
+            std::fs::read_to_string(repo().join(path)).is_ok_and(|text| text.contains("\nclouds:"))
+        })
+        .collect();
+    planned.sort();
+    let mut listed: Vec<String> = files.iter().map(|f| f.to_string()).collect();
+    listed.sort();
+    assert_eq!(listed, planned);
+    for job in ["plan", "apply"] {
+        assert_eq!(pipeline[job]["extends"].as_str(), Some(".per-fleet-file"));
+    }
 
     assert_eq!(pipeline["plan"]["stage"].as_str(), Some("plan"));
     assert_eq!(

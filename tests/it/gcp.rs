@@ -1106,6 +1106,11 @@ fn service_accounts_land_on_vms_pools_and_templates_and_are_read_back() {
     // Every machine runs as the runner account (defaults); the autoscaled machines as the
     // project's default account with two narrow scopes, one by short name.
     let text = text
+        // The managers' own account of the repository's file gives way to the defaults'.
+        .replace(
+            "    service_account: runners-manager@gitlab-ci-runners.iam.gserviceaccount.com\n",
+            "",
+        )
         .replacen(
             "    disk: { type: pd-ssd, size_gb: 50 }\n",
             &format!("    disk: {{ type: pd-ssd, size_gb: 50 }}\n    service_account: {account}\n"),
@@ -1222,6 +1227,7 @@ managers:
     matrix: {{ count: {count} }}
     zone: us-east1-d
     machine_type: n1-standard-4
+    service_account: gsm-manager@{PROJECT}.iam.gserviceaccount.com
     runner: {{ version: \"16.11.1\", concurrent: 4 }}
     runners:
       - name: gsm-shell-{{n}}

@@ -40,7 +40,12 @@ fn drift(fleet: &str) -> Vec<Vec<&'static str>> {
 #[test]
 fn golden_plans_match_the_cli() {
     let mut failures = Vec::new();
-    for fleet in ["distribution", "ci-shared-runners", "arm-builders", "mdis-wb31"] {
+    for fleet in [
+        "distribution",
+        "ci-shared-runners",
+        "arm-builders",
+        "mdis-wb31",
+    ] {
         let env = Env::new();
         let file = format!("fleets/{fleet}.yaml");
         for (scenario, prepare) in [("empty", false), ("drift", true)] {

@@ -15,6 +15,7 @@ defaults:
     zone: us-east1-c
     image: projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts
     disk: {{ type: pd-ssd, size_gb: 50 }}
+    service_account: managers@big-build.iam.gserviceaccount.com
 managers:
   keep-{{n}}:
     matrix: {{ count: 3 }}

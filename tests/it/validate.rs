@@ -794,3 +794,38 @@ pools:
     assert!(stderr.contains("did you mean `size`?"), "{stderr}");
     assert!(!stderr.contains("Missing required field"), "{stderr}");
 }
+
+#[test]
+fn a_gce_manager_with_secrets_needs_a_service_account_with_the_cloud_platform_scope() {
+    let manager = |identity: &str| {
+        format!(
+            "{HEAD}managers:\n  m-1:\n    cloud: gcp\n{identity}    runner: {{version: \"16.11.1\"}}\n    runners:\n      - name: r\n        url: https://gitlab.com/\n        token: \"${{secret:M_TOKEN}}\"\n        executor: shell\n"
+        )
+    };
+    // No account: the watcher would have no token to read Secret Manager with.
+    let stderr = invalid(&manager(""));
+    expect(
+        &stderr,
+        "fleet::spec::invalid_value",
+        "9:3",
+        "`m-1` uses M_TOKEN but runs as no service account",
+    );
+    assert!(stderr.contains("an account of the managers'"), "{stderr}");
+    // An account whose scopes Secret Manager does not take.
+    let stderr = invalid(&manager(
+        "    service_account: fleet-manager@my-project.iam.gserviceaccount.com\n    scopes: [logging.write]\n",
+    ));
+    expect(
+        &stderr,
+        "fleet::spec::invalid_value",
+        "9:3",
+        "its scopes leave out `cloud-platform`",
+    );
+    // With both, it is valid.
+    let env = Env::new();
+    let file = env.write(
+        "good.yaml",
+        &manager("    service_account: fleet-manager@my-project.iam.gserviceaccount.com\n"),
+    );
+    env.fleet(&["validate", &file]).ok();
+}

@@ -402,7 +402,7 @@ fn the_gce_watcher_reads_its_secrets_from_secret_manager_with_its_token_and_writ
     assert!(!refused.status.success());
     let said = String::from_utf8_lossy(&refused.stdout);
     assert!(
-        said.contains("cannot read this machine's secrets: HTTPError"),
+        said.contains("cannot read this machine's secrets: HTTPError 401 reading secret "),
         "{said}"
     );
     assert!(!machine.config_path().exists());

@@ -5,8 +5,9 @@
 //! changes of two plans that are not the same, by address; [`fleet_file_digest`], the hash of
 //! a fleet file's bytes that a saved plan records.
 //!
-//! The digest covers, for every change that does something (create, update, replace,
-//! delete), in address order: the fleet name, the address, the cloud, the action, the
+//! The digest covers the fleet name, the project and region of each cloud the plan covers,
+//! and, for every change that does something (create, update, replace, delete), in address
+//! order: the address, the cloud, the action, the
 //! reasons, the desired object (its cloud name and its whole spec: machine type, zone, image,
 //! disk, labels, delivered files with secrets as references, networking, identity), the
 //! diffs of the delivered files and the runner impact.
@@ -35,6 +36,17 @@ pub fn changes_digest(plan: &Plan) -> String {
     hasher.update(b"fleet changes v1\0");
     hasher.update(plan.fleet.as_bytes());
     hasher.update([0]);
+    // Where the changes land: the same creates in another project or region are other
+    // changes (a reviewed plan must not be applied to a project the review never named).
+    for cloud in &plan.scope_clouds {
+        let target = plan
+            .clouds
+            .get(cloud)
+            .map(|target| serde_json::to_string(target).unwrap_or_default())
+            .unwrap_or_default();
+        hasher.update(format!("{cloud}={target}").as_bytes());
+        hasher.update([0]);
+    }
     let mut changes: Vec<&Change> = plan.actionable().collect();
     changes.sort_by(|a, b| a.address.cmp(&b.address));
     for change in changes {
@@ -243,6 +255,19 @@ mod tests {
             changes_digest(&kept),
             changes_digest(&plan_of(&desired_set(vec![]), &[]))
         );
+    }
+
+    #[test]
+    fn the_same_changes_in_another_project_have_another_digest() {
+        let want = desired_set(vec![desired(ResourceKind::Manager, "b")]);
+        let here = plan_of(&want, &[]);
+        let mut elsewhere_set = want.clone();
+        if let Some(target) = elsewhere_set.clouds.get_mut(&crate::provider::Cloud::Gcp) {
+            target.project = Some("someone-elses-project".to_string());
+        }
+        let elsewhere = plan_of(&elsewhere_set, &[]);
+        assert!(differences(&here, &elsewhere).is_empty());
+        assert_ne!(changes_digest(&here), changes_digest(&elsewhere));
     }
 
     #[test]

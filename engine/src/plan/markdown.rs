@@ -537,6 +537,53 @@ fn facts(change: &Change) -> Vec<String> {
         if let Some(version) = spec.metadata.get(render::RUNNER_VERSION) {
             facts.push(format!("gitlab-runner {}", md_text(version)));
         }
+        // What the machine may do and where it is reachable: a reviewer must see the account
+        // or role a new machine runs as, not only its size.
+        let identity = &spec.identity;
+        let mut runs_as = Vec::new();
+        if let Some(profile) = &identity.instance_profile {
+            runs_as.push(format!("instance profile {profile}"));
+        }
+        if let Some(account) = &identity.service_account {
+            runs_as.push(format!("service account {account}"));
+        }
+        if !identity.scopes.is_empty() {
+            let scopes: Vec<&str> = identity
+                .scopes
+                .iter()
+                .map(|scope| {
+                    scope
+                        .strip_prefix("https://www.googleapis.com/auth/")
+                        .unwrap_or(scope)
+                })
+                .collect();
+            runs_as.push(format!("scopes {}", scopes.join(", ")));
+        }
+        if !runs_as.is_empty() {
+            facts.push(format!("runs as {}", md_text(&runs_as.join(", "))));
+        }
+        let net = &spec.networking;
+        if !net.is_unset() {
+            let mut parts = Vec::new();
+            if let Some(network) = &net.network {
+                parts.push(format!("network {network}"));
+            }
+            if let Some(subnet) = &net.subnet {
+                parts.push(format!("subnet {subnet}"));
+            }
+            if !net.security_groups.is_empty() {
+                parts.push(format!(
+                    "security groups {}",
+                    net.security_groups.join(", ")
+                ));
+            }
+            facts.push(md_text(&parts.join(", ")));
+        }
+        // Every delivered item by name: the files are shown below, anything else only here.
+        let items: Vec<&str> = spec.metadata.keys().map(String::as_str).collect();
+        if !items.is_empty() {
+            facts.push(format!("delivers {}", md_text(&items.join(", "))));
+        }
     }
     for reason in shown_reasons(change) {
         facts.push(md_text(&reason.message()));
@@ -676,7 +723,7 @@ pub(crate) fn md_text(text: &str) -> String {
 
 /// Inline code that no backtick in `text` can close; `|` escaped, as GitLab's tables need
 /// even inside code.
-pub(crate) fn md_code(text: &str) -> String {
+pub fn md_code(text: &str) -> String {
     let text = text.replace(['\n', '\r'], " ").replace('|', "\\|");
     let ticks = "`".repeat(longest_run(&text, '`') + 1);
     let pad = if text.starts_with('`') || text.ends_with('`') {

@@ -1,13 +1,14 @@
 //! Delivery: the exact bytes each machine is given, per channel.
 //!
 //! In: a machine's rendered files by metadata key (and, at apply time, the `fleet-secrets`
-//! item). Out: on GCE the metadata items as they are; on EC2 one user-data document, a
-//! cloud-init MIME multi-part: a `text/cloud-config` part with the bootstrap, a second with
-//! `write_files` putting each file where its consumer reads it (config.toml at
-//! `/etc/gitlab-runner/config.toml`, mode 0600), and, when secrets are referenced, a third
-//! writing their values to a root-only file from which the bootstrap fills them into
-//! config.toml once at boot. The later parts carry a `Merge-Type` header that appends lists,
-//! so cloud-init runs one config with the bootstrap's `write_files` and the files together.
+//! item). Out: on GCE the metadata items, `fleet-secrets` holding digests and the names of
+//! the Secret Manager secrets its values go to ([`gce_secrets`]); on EC2 one user-data
+//! document, a cloud-init MIME multi-part: a `text/cloud-config` part with the bootstrap and,
+//! for an instance, a second writing the root of its SSM parameters, which hold its files,
+//! decision and secrets ([`parameters`]); for a launch template a second with `write_files`
+//! putting each file where its consumer reads it. The later parts carry a `Merge-Type` header
+//! that appends lists, so cloud-init runs one config with the bootstrap's `write_files` and
+//! the files together.
 //! The document is gzip-compressed when it is over EC2's limit (cloud-init decompresses gzip
 //! user data), and [`oversize`] tells, at validate time, every channel a machine's delivery
 //! does not fit. On GCE, the values of `fleet-secrets` go to Secret Manager instead
@@ -68,9 +69,9 @@ pub fn bootstrap_digest(bootstrap: &str) -> String {
 /// appended, keys already set are kept.
 pub const MERGE_TYPE: &str = "list(append)+dict(no_replace,recurse_list)+str()";
 
-/// Where an EC2 machine gets each delivered file, with its mode. Keys not named here are not
-/// files of the machine on EC2: `fleet-action` is GCE's watcher's (an EC2 change replaces the
-/// machine) and `fleet-secrets` has its own part.
+/// Where an EC2 launch template's machines get each delivered file, with its mode. Keys not
+/// named here are not files: `fleet-action` and `fleet-secrets` go to an instance's
+/// parameters, and templates render neither.
 const EC2_FILES: &[(&str, &str, &str)] = &[
     (RUNNER_CONFIG, "/etc/gitlab-runner/config.toml", "0600"),
     (RUNNER_VERSION, "/etc/gitlab-runner/version", "0644"),
@@ -613,6 +614,34 @@ pub fn gce_secret_names(metadata: &BTreeMap<String, String>) -> BTreeMap<String,
         .unwrap_or_default()
 }
 
+/// Whether `resource` names a secret of `fleet` in `project`: `projects/<project>/secrets/`
+/// then an id under the fleet's [`gce_secret_prefix`]. A machine's metadata is what anyone
+/// allowed to set metadata wrote; only names of this shape are ever deleted or written.
+pub fn is_fleet_secret(fleet: &str, project: &str, resource: &str) -> bool {
+    resource
+        .strip_prefix(&format!("projects/{project}/secrets/"))
+        .is_some_and(|id| {
+            id.starts_with(&gce_secret_prefix(fleet))
+                && id.len() <= SECRET_ID_LIMIT
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+}
+
+/// The secrets of `fleet` in `project` that a machine's metadata names, by secret name;
+/// names of any other shape (another fleet's, another project's, anything else) left out.
+pub fn gce_fleet_secret_names(
+    fleet: &str,
+    project: &str,
+    metadata: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    gce_secret_names(metadata)
+        .into_iter()
+        .filter(|(_, resource)| is_fleet_secret(fleet, project, resource))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -954,6 +983,31 @@ mod tests {
         assert_eq!(sent[RUNNER_CONFIG], metadata[RUNNER_CONFIG]);
         let plain = manager("concurrent = 1\n");
         assert_eq!(gce_secrets("f", machine, "p", &plain), (plain, Vec::new()));
+    }
+
+    #[test]
+    fn only_a_fleets_own_secrets_are_taken_from_metadata() {
+        let ours = format!(
+            "projects/p/secrets/{}",
+            gce_secret_id("ci", "zones/z/instances/m", "T")
+        );
+        let theirs = format!(
+            "projects/p/secrets/{}",
+            gce_secret_id("ci-shared", "zones/z/instances/m", "T")
+        );
+        let mut metadata = BTreeMap::new();
+        metadata.insert(
+            SECRETS.to_string(),
+            serde_json::json!({"digests": {}, "names": {
+                "T": ours,
+                "DB": "projects/p/secrets/prod-db-password",
+                "OTHER": theirs,
+                "ELSEWHERE": ours.replace("projects/p/", "projects/q/"),
+            }})
+            .to_string(),
+        );
+        let kept = gce_fleet_secret_names("ci", "p", &metadata);
+        assert_eq!(kept.keys().collect::<Vec<_>>(), ["T"]);
     }
 
     #[test]

@@ -437,6 +437,22 @@ impl Renderer<'_> {
                     .with_help(over.help());
                 self.problem(problem);
             }
+            // A GCE machine reads its secrets from Secret Manager with its own service
+            // account's token: without an account, or without the scope Secret Manager takes,
+            // its runners would never get their tokens.
+            if cloud == Cloud::Gcp && e.resource.object == ObjectKind::Instance {
+                let names = crate::secrets::references(metadata.values());
+                if !names.is_empty() {
+                    if let Some((summary, label, help)) =
+                        secret_reader_missing(&machine, &e.resource.spec.identity, &names)
+                    {
+                        let problem = self
+                            .new_problem(ProblemKind::InvalidValue, e.name_span, summary, label)
+                            .with_help(help);
+                        self.problem(problem);
+                    }
+                }
+            }
             e.resource.spec.metadata = metadata;
             let digest = metadata_hash(&e.resource.spec.metadata);
             e.resource
@@ -502,4 +518,34 @@ impl Renderer<'_> {
         }
         hosts
     }
+}
+
+/// Why a GCE machine that references `names` could not read them, if it could not: it runs
+/// as no service account, or its scopes leave out `cloud-platform` (Secret Manager takes no
+/// narrower scope). (summary, label, help)
+fn secret_reader_missing(
+    machine: &str,
+    identity: &crate::provider::Identity,
+    names: &BTreeSet<String>,
+) -> Option<(String, String, String)> {
+    let listed = names.iter().cloned().collect::<Vec<_>>().join(", ");
+    if identity.service_account.is_none() {
+        return Some((
+            format!("`{machine}` uses {listed} but runs as no service account"),
+            "its watcher reads secrets from Secret Manager as its service account".to_string(),
+            "add `service_account: NAME@PROJECT.iam.gserviceaccount.com`, an account of the managers' own (the project's `default` account is shared by every VM that runs as it, autoscaled job machines too), and grant it what `fleet permissions FILE --for manager` prints".to_string(),
+        ));
+    }
+    if !identity
+        .scopes
+        .iter()
+        .any(|scope| scope == crate::spec::identity::DEFAULT_SCOPE)
+    {
+        return Some((
+            format!("`{machine}` uses {listed} but its scopes leave out `cloud-platform`"),
+            "Secret Manager takes only the cloud-platform scope".to_string(),
+            "add `cloud-platform` to `scopes` (its IAM roles then decide what it may do), or remove `scopes` for the default".to_string(),
+        ));
+    }
+    None
 }

@@ -148,13 +148,9 @@ fn ec2(out: &mut String, fleet: &str, resource: &DesiredResource, secrets: &[Str
         }
         push_value(out, &document);
     }
+    // A launch template's machines are given no secret (templates render no file that
+    // could reference one) and have no parameters.
     if resource.object == ObjectKind::InstanceTemplate {
-        if !secrets.is_empty() {
-            out.push_str(&format!(
-                "==> user data part `secrets.yaml` (sensitive): added by apply, the values of {}\n",
-                secrets.join(", ")
-            ));
-        }
         return;
     }
     // The secret parameters as apply writes them, with placeholders where values and their

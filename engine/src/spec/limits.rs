@@ -2,7 +2,7 @@
 //!
 //! In: nothing (plain data; the CLI fills it from its options). Out: [`Limits`], which
 //! `spec::text`, `spec::yaml` and `spec::expand` check before they allocate anything in
-//! proportion to a value from the file. Each limit that is hit is a problem at the offending
+//! proportion to a value from the file (`render::fleet` bounds the rendered bytes itself). Each limit that is hit is a problem at the offending
 //! value, saying which option raises it.
 
 /// The limits one compilation runs under. The defaults are far above any fleet an operator

@@ -298,7 +298,7 @@ impl GcpProvider {
 
     /// Keeps what a discovered machine was told about its secrets (digests and names).
     fn remember_delivered(&self, live: &LiveResource) {
-        let Some(delivery) = live
+        let Some(mut delivery) = live
             .spec
             .metadata
             .get(fleet_engine::render::SECRETS)
@@ -306,6 +306,16 @@ impl GcpProvider {
         else {
             return;
         };
+        // Metadata is written by whoever may set it: only names of this fleet's secrets in
+        // this project are ever rewritten or deleted.
+        let fleet = live
+            .spec
+            .labels
+            .get(fleet_engine::provider::labels::FLEET)
+            .map_or("", String::as_str);
+        delivery.names.retain(|_, resource| {
+            fleet_engine::render::delivery::is_fleet_secret(fleet, &self.config.project, resource)
+        });
         self.delivered
             .lock()
             .expect("delivered lock")

@@ -348,7 +348,7 @@ fn keep_secrets(
     }
     if let Some(before) = before {
         let kept = delivery::gce_secret_names(&sent);
-        for resource in delivery::gce_secret_names(before).into_values() {
+        for resource in delivery::gce_fleet_secret_names(fleet, SIM_PROJECT, before).into_values() {
             if !kept.values().any(|name| *name == resource) {
                 txn.remove_secret(cloud, &resource)?;
             }
@@ -1050,9 +1050,19 @@ impl Provider for SimProvider {
                     return Ok::<_, SimError>(());
                 };
                 // Its secrets go with it.
-                for resource in
-                    fleet_engine::render::delivery::gce_secret_names(&object.resource.spec.metadata)
-                        .into_values()
+                let fleet = object
+                    .resource
+                    .spec
+                    .labels
+                    .get(labels::FLEET)
+                    .cloned()
+                    .unwrap_or_default();
+                for resource in fleet_engine::render::delivery::gce_fleet_secret_names(
+                    &fleet,
+                    SIM_PROJECT,
+                    &object.resource.spec.metadata,
+                )
+                .into_values()
                 {
                     txn.remove_secret(cloud, &resource)?;
                 }
