@@ -192,14 +192,19 @@ fn read_plan(path: &Path) -> Result<Plan> {
     let text = std::fs::read_to_string(path)
         .into_diagnostic()
         .wrap_err_with(|| format!("cannot read {}", path.display()))?;
-    let plan: Plan = serde_json::from_str(&text)
-        .into_diagnostic()
-        .wrap_err_with(|| {
-            format!(
+    // The same reading as `fleet apply`'s: the JSON plan for tools and anything else are told
+    // apart, each with what to give instead.
+    let plan: Plan = match super::apply::read_saved_plan(&text) {
+        Some(read) => read?,
+        None => {
+            return Err(miette::miette!(
+                code = "fleet::ci::not_a_plan",
+                help = "save the plan with `fleet plan FLEET_FILE -o plan.json` and give that file",
                 "{} is not a plan saved with `fleet plan -o`",
                 path.display()
-            )
-        })?;
+            ))
+        }
+    };
     if plan.content_hash() != plan.plan_id {
         return Err(CiError::ModifiedPlan {
             file: path.display().to_string(),

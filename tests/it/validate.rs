@@ -829,3 +829,19 @@ fn a_gce_manager_with_secrets_needs_a_service_account_with_the_cloud_platform_sc
     );
     env.fleet(&["validate", &file]).ok();
 }
+
+#[test]
+fn two_pool_patterns_that_name_one_pool_are_refused() {
+    // `arm-builder-{n}` and `arm-builder{n}` are both pool `arm-builder`: a plan would show
+    // one pool and let one member stand for the other's.
+    let stderr = invalid(&format!(
+        "{HEAD}pools:\n  arm-builder-{{n}}:\n    cloud: aws\n    size: 2\n  arm-builder{{n}}:\n    cloud: aws\n    size: 2\n    machine_type: m6g.xlarge\n"
+    ));
+    expect(
+        &stderr,
+        "fleet::spec::duplicate_name",
+        "12:3",
+        "Two pools named `arm-builder`",
+    );
+    assert_eq!(stderr.matches("Two pools named").count(), 1, "{stderr}");
+}

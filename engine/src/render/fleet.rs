@@ -441,7 +441,9 @@ impl Renderer<'_> {
             // account's token: without an account, or without the scope Secret Manager takes,
             // its runners would never get their tokens.
             if cloud == Cloud::Gcp && e.resource.object == ObjectKind::Instance {
-                let names = crate::secrets::references(metadata.values());
+                // Names the loader refused already (`${secret:}`) are told there, not again.
+                let mut names = crate::secrets::references(metadata.values());
+                names.retain(|name| crate::secrets::is_valid_name(name));
                 if !names.is_empty() {
                     if let Some((summary, label, help)) =
                         secret_reader_missing(&machine, &e.resource.spec.identity, &names)

@@ -429,12 +429,12 @@ fn raised_limits_let_a_larger_fleet_through() {
 #[test]
 fn secret_references_must_name_a_secret() {
     let text = format!(
-        "{HEAD}managers:\n  m-1:\n    runner: {{version: \"16.11.1\"}}\n    runners:\n      - {{name: a, token: \"${{secret:}}\"}}\n      - {{name: b, token: \"${{secret:OK_{{n}}}}\", url: \"https://x.example/${{HOME}}\"}}\n"
+        "{HEAD}managers:\n  m-1:\n    service_account: fleet-manager@my-project.iam.gserviceaccount.com\n    runner: {{version: \"16.11.1\"}}\n    runners:\n      - {{name: a, token: \"${{secret:}}\"}}\n      - {{name: b, token: \"${{secret:OK_{{n}}}}\", url: \"https://x.example/${{HOME}}\"}}\n"
     );
     let found = problems(text.as_bytes());
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].message, "Empty secret name");
-    assert_eq!(found[0].location(), "f.yaml:10:27");
+    assert_eq!(found[0].location(), "f.yaml:11:27");
     let span = found[0].span;
     assert_eq!(
         &text[span.offset()..span.offset() + span.len()],

@@ -2,7 +2,7 @@
 //!
 //! In: every expanded machine of the fleet, by address. Out: each machine's `depends_on`
 //! (its references, the templates its runners use, what its `scrape:` patterns match);
-//! problems: duplicate addresses and cloud names, unknown resources and templates (with the
+//! problems: duplicate addresses, cloud names and pool names, unknown resources and templates (with the
 //! closest), runners whose architecture their template's machine type cannot run, scrape
 //! patterns that match nothing, dependency cycles (every member named).
 
@@ -22,6 +22,7 @@ impl Expander<'_> {
     pub(super) fn check_duplicates(&mut self, expanded: &[Machine]) {
         let mut by_address: BTreeMap<&Address, &Machine> = BTreeMap::new();
         let mut by_cloud_name: BTreeMap<(Cloud, ObjectKind, &str), &Machine> = BTreeMap::new();
+        let mut by_pool: BTreeMap<(Cloud, &str), &Machine> = BTreeMap::new();
         for e in expanded {
             let r = &e.resource;
             if let Some(first) = by_address.insert(&r.address, e) {
@@ -31,6 +32,27 @@ impl Expander<'_> {
                     .with_help("make the names differ, e.g. with `{n}`, `{index}` or a matrix variable in the name pattern");
                 self.problem(problem);
                 continue;
+            }
+            // Pool members are grouped by their pool label in plans and review comments (one
+            // row, one member standing for all): two declarations that give one label would
+            // show one pool and hide the other's members.
+            if let Some(pool) = r.spec.labels.get(crate::provider::labels::POOL) {
+                if let Some(first) = by_pool.insert((r.cloud, pool.as_str()), e) {
+                    if first.name_span != e.name_span {
+                        let problem = self
+                            .new_problem(
+                                ProblemKind::DuplicateName,
+                                e.name_span,
+                                format!("Two pools named `{pool}`"),
+                                format!("also pool `{pool}`: its pattern without `{{n}}` is the same"),
+                            )
+                            .with_secondary(first.name_span, "first made here")
+                            .with_help("give each pool its own name pattern, e.g. `arm-builder-{n}` and `arm-tester-{n}`");
+                        self.problem(problem);
+                    } else {
+                        by_pool.insert((r.cloud, pool.as_str()), first);
+                    }
+                }
             }
             if let Some(first) = by_cloud_name.insert((r.cloud, r.object, &r.cloud_name), e) {
                 let problem = self
