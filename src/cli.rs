@@ -88,13 +88,15 @@ pub(crate) struct Global {
     #[arg(long, global = true, value_name = "URL")]
     pub(crate) aws_endpoint: Option<String>,
 
-    /// Compute Engine endpoint for `--cloud live`, e.g. a test server on loopback. Fleet files
+    /// Compute Engine endpoint for `--cloud live`, e.g. a test server on loopback (with
+    /// `FLEET_GCP_ANONYMOUS=1` in the environment to send no credentials to it). Fleet files
     /// cannot set one.
     #[arg(long, global = true, value_name = "URL", env = "FLEET_GCP_ENDPOINT")]
     pub(crate) gcp_endpoint: Option<String>,
 
     /// Secret Manager endpoint for `--cloud live`, where GCE machines' secrets are written,
-    /// e.g. a test server on loopback. Fleet files cannot set one.
+    /// e.g. a test server on loopback. Fleet files cannot set one. Required with
+    /// `--gcp-endpoint` when an apply writes secrets; the machines always read Google's.
     #[arg(
         long,
         global = true,

@@ -890,8 +890,10 @@ fn file_summary(text: &str) -> String {
 }
 
 fn file_diff(path: &str, before: &str, after: &str) -> FileDiff {
-    let before = render::mask_secrets(before);
-    let after = render::mask_secrets(after);
+    // A reference is shown by its name, so a runner moved to another secret is a visible
+    // line of the diff; values never reach here.
+    let before = render::mask_secrets_named(before);
+    let after = render::mask_secrets_named(after);
     let diff = similar::TextDiff::from_lines(&before, &after)
         .unified_diff()
         .context_radius(2)

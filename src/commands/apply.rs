@@ -177,6 +177,18 @@ fn check_expected_changes(plan: &Plan, expected: &str) -> Result<()> {
 }
 
 pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
+    // A malformed expectation is told before the cloud is asked anything.
+    if let Some(expected) = &args.expect_changes {
+        if !fleet_engine::plan::digest::is_changes_digest(expected)
+            && !std::path::Path::new(expected).is_file()
+        {
+            return Err(miette!(
+                code = "fleet::apply::expect_changes",
+                help = "give the changes digest from the merge request's plan note (64 hex digits, `fleet ci expected-changes FILE` prints it) or the reviewed saved plan",
+                "--expect-changes {expected:?} is neither a changes digest nor a saved plan"
+            ));
+        }
+    }
     let text = std::fs::read_to_string(&args.file)
         .into_diagnostic()
         .wrap_err_with(|| format!("cannot read {}", args.file.display()))?;

@@ -15,12 +15,29 @@ use crate::secrets::Secrets;
 
 /// The one machine `--machine` names, refused with the names there are when there is none.
 fn only_machine(
+    desired: &fleet_engine::desired::Desired,
     shown: Vec<render::show::Shown>,
     name: Option<&str>,
 ) -> Result<Vec<render::show::Shown>> {
     let Some(name) = name else {
         return Ok(shown);
     };
+    // A resource the fleet has that is sent nothing (a template renders no file) is not
+    // "no machine": say what it is.
+    let silent = desired.resources.values().find(|resource| {
+        resource.spec.metadata.is_empty()
+            && (resource.cloud_name == name
+                || resource.address.as_str() == name
+                || resource.address.name() == name)
+    });
+    if let Some(resource) = silent {
+        return Err(miette!(
+            code = "fleet::render::nothing_delivered",
+            help = "fleet renders files for runner managers, helpers, pool members and hosts; the machines made from a template get theirs from the runner that uses it",
+            "`{name}` ({}) is sent nothing: it renders no file",
+            resource.address
+        ));
+    }
     let names: Vec<&str> = shown.iter().map(|s| s.machine.as_str()).collect();
     let joined = names.join(", ");
     let found: Vec<render::show::Shown> =
@@ -37,7 +54,11 @@ fn only_machine(
 
 pub(crate) fn run(args: &RenderArgs, secrets_file: Option<&Path>, limits: &Limits) -> Result<u8> {
     let desired = super::compile(&args.file, limits)?;
-    let shown = only_machine(render::show::deliveries(&desired), args.machine.as_deref())?;
+    let shown = only_machine(
+        &desired,
+        render::show::deliveries(&desired),
+        args.machine.as_deref(),
+    )?;
     let Some(dir) = &args.out else {
         let texts: Vec<&str> = shown.iter().map(|s| s.text.as_str()).collect();
         output::out(&texts.join("\n"));

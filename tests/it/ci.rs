@@ -539,6 +539,23 @@ fn a_saved_plan_in_place_of_the_fleet_file_is_not_applied_as_the_reviewed_change
         refused.stderr
     );
     assert!(env.sim_list().is_empty());
+    // A malformed digest is told before anything is planned.
+    let malformed = env
+        .fleet(&["apply", ARM, "--expect-changes", "deadbeef"])
+        .code(1);
+    assert!(
+        has(
+            &malformed.stderr,
+            "is neither a changes digest nor a saved plan"
+        ),
+        "{}",
+        malformed.stderr
+    );
+    assert!(
+        !malformed.stdout.contains("to create"),
+        "{}",
+        malformed.stdout
+    );
 }
 
 #[test]

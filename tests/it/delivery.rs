@@ -503,6 +503,22 @@ fn fleet_render_shows_each_machines_delivery_as_its_golden_copy_holds_it() {
         "{}",
         unknown.stderr
     );
+    // A template the fleet has is sent nothing, and is told as such.
+    let template = env
+        .fleet(&[
+            "render",
+            "fleets/distribution.yaml",
+            "--machine",
+            "amd64-gcp",
+        ])
+        .code(1);
+    assert!(
+        template
+            .stderr
+            .contains("`amd64-gcp` (template.amd64-gcp) is sent nothing"),
+        "{}",
+        template.stderr
+    );
 }
 
 #[test]

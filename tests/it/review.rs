@@ -317,3 +317,26 @@ fn a_plan_saved_before_the_marker_still_applies() {
         applied.stdout
     );
 }
+
+#[test]
+fn a_runner_moved_to_another_secret_is_a_line_of_the_reviewed_diff() {
+    let env = Env::new();
+    let file = env.write("small.yaml", &generated_fleet("n1-standard-4", 0));
+    env.converge(&file);
+    // The merge request points the runners at another secret the apply job holds: no value
+    // changes in the plan, but the reviewer must see which secret each runner now gets.
+    env.write(
+        "small.yaml",
+        &generated_fleet("n1-standard-4", 0).replace("secret:BIG_TOKEN", "secret:OTHER_TOKEN"),
+    );
+    let markdown = env
+        .fleet(&["plan", &file, "--format", "markdown"])
+        .ok()
+        .stdout;
+    assert!(
+        markdown.contains("-  token = \"(secret BIG_TOKEN)\"")
+            && markdown.contains("+  token = \"(secret OTHER_TOKEN)\""),
+        "{markdown}"
+    );
+    assert!(!markdown.contains("sim-placeholder"), "a secret value");
+}

@@ -603,7 +603,7 @@ fn new_files(change: &Change) -> Vec<(String, String)> {
         .filter(|(key, _)| key.as_str() != render::RUNNER_VERSION)
         .filter_map(|(key, text)| {
             let path = render::file_path(key)?;
-            let text = render::mask_secrets(text);
+            let text = render::mask_secrets_named(text);
             let mut diff = format!(
                 "--- /dev/null\n+++ b/{path}\n@@ -0,0 +1,{} @@\n",
                 text.lines().count()

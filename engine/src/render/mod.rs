@@ -1045,6 +1045,29 @@ pub fn bootstrap(input: &BootstrapInput) -> Result<String, RenderError> {
     render("bootstrap", &input.machine, input)
 }
 
+/// Replaces every `${secret:NAME}` reference with `(secret NAME)`, for the diffs a reviewer
+/// reads: the name is no value, and a reference changed to another secret must show.
+pub fn mask_secrets_named(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${secret:") {
+        out.push_str(&rest[..start]);
+        let name_from = start + "${secret:".len();
+        match rest[name_from..].find('}') {
+            Some(end) => {
+                out.push_str(&format!("(secret {})", &rest[name_from..name_from + end]));
+                rest = &rest[name_from + end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Replaces every `${secret:NAME}` reference with `(sensitive)`, for display.
 pub fn mask_secrets(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -1242,5 +1265,10 @@ mod tests {
             "token = \"(sensitive)\"\nother = \"(sensitive)\"\n"
         );
         assert_eq!(secret_names(text), ["A_1", "B"]);
+        assert_eq!(
+            mask_secrets_named(text),
+            "token = \"(secret A_1)\"\nother = \"(secret B)\"\n"
+        );
+        assert_eq!(mask_secrets_named("x ${secret:open"), "x ${secret:open");
     }
 }
