@@ -81,7 +81,8 @@ pub enum GcpScope {
     /// On each service account the fleet's instances run as (not the project): acting as
     /// one is what lets a creation give a machine its identity.
     ServiceAccounts,
-    /// The custom role, bound with a condition on the fleet's own secrets.
+    /// The custom role, bound to each service account with a condition naming exactly the
+    /// secrets of the machines that run as it.
     OwnSecrets,
 }
 
@@ -430,8 +431,9 @@ pub struct GcpRole {
     pub permissions: Vec<String>,
     /// Permissions granted on each service account the fleet's machines run as, by email.
     pub on_service_accounts: BTreeMap<String, Vec<String>>,
-    /// A condition the role's binding needs (`--condition`): (title, CEL expression).
-    pub condition: Option<(String, String)>,
+    /// The role's bindings that need a condition (`--condition`), by member
+    /// (`serviceAccount:EMAIL`): (title, CEL expression).
+    pub conditions: BTreeMap<String, (String, String)>,
     /// What the role cannot say, in sentences.
     pub notes: Vec<String>,
 }
@@ -662,24 +664,33 @@ pub fn gcp_role(desired: &Desired, job: Job) -> Option<GcpRole> {
         .iter()
         .filter(|_| !on_accounts.is_empty())
         .map(|account| {
-            let email = if account == "default" {
-                "PROJECT_NUMBER-compute@developer.gserviceaccount.com".to_string()
-            } else {
-                account.clone()
-            };
-            (email, on_accounts.iter().map(|p| p.to_string()).collect())
+            (
+                account_email(account),
+                on_accounts.iter().map(|p| p.to_string()).collect(),
+            )
         })
         .collect();
-    let secret_prefix = format!(
-        "projects/PROJECT_NUMBER/secrets/{}",
-        crate::render::delivery::gce_secret_prefix(fleet)
-    );
-    let condition = own_secrets.then(|| {
-        (
-            format!("fleet {fleet}: its own secrets"),
-            format!("resource.name.startsWith(\"{secret_prefix}\")"),
-        )
-    });
+    let conditions = if own_secrets {
+        secrets_by_account(desired)
+            .into_iter()
+            .map(|(account, resources)| {
+                let expression = resources
+                    .iter()
+                    .map(|resource| format!("resource.name == \"{resource}\""))
+                    .collect::<Vec<_>>()
+                    .join(" || ");
+                (
+                    format!("serviceAccount:{}", account_email(&account)),
+                    (
+                        format!("fleet {fleet}: the secrets of its machines"),
+                        expression,
+                    ),
+                )
+            })
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     let mut notes = Vec::new();
     if !on_service_accounts.is_empty() {
         notes.push(
@@ -699,15 +710,17 @@ pub fn gcp_role(desired: &Desired, job: Job) -> Option<GcpRole> {
                  config from the metadata server, which needs no permission."
                     .to_string(),
             );
-            notes.push(format!(
-                "Secret Manager conditions see a secret by project number: put the project's \
-                 number for PROJECT_NUMBER in the condition ({secret_prefix}…)."
-            ));
             notes.push(
-                "The condition holds a machine to its fleet's secrets, not to its own: every \
-                 machine of the fleet that runs as the same account can read the others'. \
-                 Give each account to this fleet's machines only. Secret Manager is called \
-                 with the VM's token, so its access scopes must include cloud-platform."
+                "Secret Manager conditions see a secret by project number: put the project's \
+                 number for PROJECT_NUMBER in each condition."
+                    .to_string(),
+            );
+            notes.push(
+                "Each account's condition names exactly the secrets of the machines that run as \
+                 it, so a machine with an account of its own reads its own secrets and nothing \
+                 else; machines that share an account share what it may read. Secret Manager \
+                 is called with the VM's token, so its access scopes must include \
+                 cloud-platform."
                     .to_string(),
             );
         }
@@ -728,9 +741,46 @@ pub fn gcp_role(desired: &Desired, job: Job) -> Option<GcpRole> {
         ),
         permissions: permissions.into_iter().map(str::to_string).collect(),
         on_service_accounts,
-        condition,
+        conditions,
         notes,
     })
+}
+
+/// The email of a fleet file's `service_account` (`default` is the project's Compute Engine
+/// account).
+fn account_email(account: &str) -> String {
+    if account == "default" {
+        "PROJECT_NUMBER-compute@developer.gserviceaccount.com".to_string()
+    } else {
+        account.to_string()
+    }
+}
+
+/// The Secret Manager resource names of the secrets each service account's GCE machines
+/// read, as apply names them (`render::delivery::gce_secret_id` of the machine's GCE id),
+/// under the project number IAM conditions see.
+fn secrets_by_account(desired: &Desired) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for resource in desired
+        .resources
+        .values()
+        .filter(|r| r.cloud == Cloud::Gcp && r.object == ObjectKind::Instance)
+    {
+        let Some(account) = &resource.spec.identity.service_account else {
+            continue;
+        };
+        let machine = format!(
+            "zones/{}/instances/{}",
+            resource.spec.zone, resource.cloud_name
+        );
+        for name in crate::secrets::references(resource.spec.metadata.values()) {
+            let id = crate::render::delivery::gce_secret_id(&desired.fleet, &machine, &name);
+            out.entry(account.clone())
+                .or_default()
+                .insert(format!("projects/PROJECT_NUMBER/secrets/{id}"));
+        }
+    }
+    out
 }
 
 impl AwsPolicy {
@@ -759,9 +809,9 @@ impl GcpRole {
         for note in &self.notes {
             text.push_str(&format!("# {note}\n"));
         }
-        if let Some((title, expression)) = &self.condition {
+        for (member, (title, expression)) in &self.conditions {
             text.push_str(&format!(
-                "# Bind it with --condition='expression={expression},title={title}'\n"
+                "# Bind it to {member} with --condition='expression={expression},title={title}'\n"
             ));
         }
         for (account, permissions) in &self.on_service_accounts {
@@ -795,10 +845,9 @@ impl GcpRole {
                 "includedPermissions": self.permissions,
             },
             "on_service_accounts": self.on_service_accounts,
-            "condition": self.condition.as_ref().map(|(title, expression)| json!({
-                "title": title,
-                "expression": expression,
-            })),
+            "conditions": self.conditions.iter().map(|(member, (title, expression))| {
+                (member.clone(), json!({ "title": title, "expression": expression }))
+            }).collect::<serde_json::Map<String, Value>>(),
             "notes": self.notes,
         })
     }
@@ -892,10 +941,14 @@ managers:
         );
         let manager = gcp_role(&desired(BOTH), Job::Manager).unwrap();
         assert_eq!(manager.permissions, ["secretmanager.versions.access"]);
-        assert!(manager.condition.unwrap().1.contains(&format!(
-            "/secrets/{}",
-            crate::render::delivery::gce_secret_prefix("perms")
-        )));
+        // Each account's binding names exactly its machines' secrets.
+        for (member, (_, expression)) in &manager.conditions {
+            assert!(member.starts_with("serviceAccount:"), "{member}");
+            assert!(expression.contains(&format!(
+                "resource.name == \"projects/PROJECT_NUMBER/secrets/{}",
+                crate::render::delivery::gce_secret_prefix("perms")
+            )));
+        }
     }
 
     #[test]

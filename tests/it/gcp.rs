@@ -1361,6 +1361,34 @@ fn a_gce_managers_secrets_live_in_secret_manager_and_its_metadata_only_names_the
         ])
     );
     assert_eq!(calls["compute.instances.insert"], N, "{calls:?}");
+    // The machines' role names exactly the secrets apply made, one by one (the project's
+    // number in place of PROJECT_NUMBER).
+    let printed = env
+        .fleet(&[
+            "permissions",
+            &file,
+            "--for",
+            "manager",
+            "--only-cloud",
+            "gcp",
+            "--format",
+            "json",
+        ])
+        .ok()
+        .json();
+    let member = format!("serviceAccount:gsm-manager@{PROJECT}.iam.gserviceaccount.com");
+    let expression = printed["gcp"]["conditions"][&member]["expression"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no condition for {member}: {printed:#}"));
+    let granted: std::collections::BTreeSet<String> = expression
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(|name| name.replace("PROJECT_NUMBER", PROJECT))
+        .collect();
+    let made: std::collections::BTreeSet<String> =
+        server.secrets().secrets().keys().cloned().collect();
+    assert_eq!(granted, made);
     let digest = fleet_engine::secrets::digest("gsm", "GSM_TOKEN", secret);
     let stored = server.secrets().secrets();
     assert_eq!(stored.len() as u64, N, "{stored:#?}");

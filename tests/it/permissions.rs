@@ -674,13 +674,24 @@ fn the_gcp_roles_hold_exactly_what_plan_and_apply_were_seen_to_call() {
         manager["gcp"]["role"]["includedPermissions"],
         serde_json::json!(["secretmanager.versions.access"])
     );
-    assert!(manager["gcp"]["condition"]["expression"]
+    // The manager's account is bound with a condition naming exactly its machine's secret.
+    let conditions = manager["gcp"]["conditions"].as_object().unwrap();
+    assert_eq!(
+        conditions.keys().collect::<Vec<_>>(),
+        [&format!("serviceAccount:{GCP_ACCOUNT}")]
+    );
+    let expression = conditions[&format!("serviceAccount:{GCP_ACCOUNT}")]["expression"]
         .as_str()
-        .unwrap()
-        .contains(&format!(
-            "/secrets/{}",
-            fleet_engine::render::delivery::gce_secret_prefix("gperm")
-        )));
+        .unwrap();
+    let id = fleet_engine::render::delivery::gce_secret_id(
+        "gperm",
+        "zones/us-east1-c/instances/gperm-manager-1",
+        "GPERM_TOKEN",
+    );
+    assert_eq!(
+        expression,
+        format!("resource.name == \"projects/PROJECT_NUMBER/secrets/{id}\"")
+    );
     assert!(GCP_FLEET.contains(GCP_ACCOUNT));
 }
 
