@@ -184,11 +184,14 @@ impl GitLab {
                 what: "CI_API_V4_URL".to_string(),
                 help: "GitLab CI sets it in every job; elsewhere give --api-url https://gitlab.example.com/api/v4".to_string(),
             })?;
+        // A URL refused is told without what may stand before an `@`: a user and password.
         let mut base = Url::parse(&api_url).map_err(|_| GitLabError::BadUrl {
-            value: api_url.clone(),
+            value: without_userinfo(&api_url),
         })?;
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
-            return Err(GitLabError::BadUrl { value: api_url });
+            return Err(GitLabError::BadUrl {
+                value: without_userinfo(&api_url),
+            });
         }
         // Credentials in the URL would be sent to GitLab and shown in messages; the token
         // goes in its header only.
@@ -648,4 +651,17 @@ fn note_of(item: &Value) -> Option<Note> {
             .and_then(Value::as_u64),
         system: item.get("system").and_then(Value::as_bool).unwrap_or(false),
     })
+}
+
+/// `url` with any `user:password@` of its authority replaced by `…@`, for messages.
+fn without_userinfo(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(at) => (&url[..at + 3], &url[at + 3..]),
+        None => ("", url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}…@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
 }

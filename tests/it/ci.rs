@@ -409,6 +409,35 @@ fn unauthorized_forbidden_and_not_found_say_what_to_fix() {
 }
 
 #[test]
+fn an_api_url_refused_is_told_without_its_password() {
+    let env = Env::new();
+    save_plan(&env, ARM, "plan.json");
+    for url in [
+        "ftp://fleet:url-s3cr3t@gitlab.example.com/api/v4",
+        "http://fleet:url-s3cr3t@[not-a-host/api/v4",
+    ] {
+        let vars = vec![
+            ("CI_API_V4_URL".to_string(), url.to_string()),
+            ("CI_PROJECT_ID".to_string(), "7".to_string()),
+            ("CI_MERGE_REQUEST_IID".to_string(), "3".to_string()),
+            ("GITLAB_TOKEN".to_string(), TOKEN.to_string()),
+        ];
+        let refused = run(&env, &["ci", "comment", "plan.json"], &vars).code(1);
+        assert!(
+            has(
+                &refused.stderr,
+                "is not a URL GitLab's API can be reached at"
+            ),
+            "{}",
+            refused.stderr
+        );
+        assert!(!has(&refused.stderr, "url-s3cr3t"), "{}", refused.stderr);
+        assert!(!has(&refused.stdout, "url-s3cr3t"));
+        assert!(has(&refused.stderr, "…@"), "{}", refused.stderr);
+    }
+}
+
+#[test]
 fn only_a_job_token_is_refused_with_the_token_to_create() {
     let server = GitLabServer::start(TOKEN);
     let env = Env::new();
