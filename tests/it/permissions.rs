@@ -21,7 +21,6 @@ use crate::fault_proxy::{FaultProxy, Received};
 use crate::gce_server::GceServer;
 use crate::loopback::Loopback;
 use crate::support::{actions_of, Env, Run};
-use crate::watcher::Machine;
 
 const AWS_FLEET: &str = "fleet: perm
 clouds:
@@ -234,27 +233,7 @@ fn aws_run(env: &Env, proxy: &FaultProxy, args: &[&str]) -> (Run, Vec<Received>)
 /// Runs the EC2 watcher of `id` once, as the machine would (its role from IMDSv2, its
 /// parameters read signed through `proxy`), and returns the requests it sent.
 fn ec2_watch(env: &Env, ec2: &Ec2, proxy: &FaultProxy, id: &str) -> Vec<Received> {
-    let user_data = ec2
-        .runtime
-        .block_on(
-            ec2.client
-                .describe_instance_attribute()
-                .instance_id(id)
-                .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
-                .send(),
-        )
-        .expect("DescribeInstanceAttribute")
-        .user_data()
-        .and_then(|v| v.value())
-        .unwrap()
-        .to_string();
-    let read = crate::delivery::cloud_init_reads(&user_data);
-    let bootstrap = read["parts"][0]["body"].as_str().unwrap().to_string();
-    let machine = Machine::new(env.path(), &bootstrap);
-    let root_file = machine.root.join("etc/fleet/parameters");
-    std::fs::create_dir_all(root_file.parent().unwrap()).unwrap();
-    let written = crate::delivery::written(&read, "/etc/fleet/parameters").unwrap();
-    std::fs::write(&root_file, written["content"].as_str().unwrap()).unwrap();
+    let machine = crate::watcher::ec2_machine(env.path(), ec2, id);
     let server = Loopback::serve(
         axum::Router::new()
             .fallback(crate::watcher::imds)

@@ -617,28 +617,7 @@ fn the_ec2_watcher_reads_its_parameters_with_its_role_and_carries_out_the_decisi
     let file = env.write("watched.yaml", &fleet);
     crate::aws::converge(&env, &file);
     let id = ec2.alive("watched")[0].id.clone();
-    let user_data = ec2
-        .runtime
-        .block_on(
-            ec2.client
-                .describe_instance_attribute()
-                .instance_id(&id)
-                .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
-                .send(),
-        )
-        .expect("DescribeInstanceAttribute")
-        .user_data()
-        .and_then(|v| v.value())
-        .unwrap()
-        .to_string();
-    let read = crate::delivery::cloud_init_reads(&user_data);
-    let bootstrap = read["parts"][0]["body"].as_str().unwrap().to_string();
-    let machine = Machine::new(env.path(), &bootstrap);
-    // What cloud-init laid down from user data: where the parameters are.
-    let root_file = machine.root.join("etc/fleet/parameters");
-    std::fs::create_dir_all(root_file.parent().unwrap()).unwrap();
-    let written = crate::delivery::written(&read, "/etc/fleet/parameters").unwrap();
-    std::fs::write(&root_file, written["content"].as_str().unwrap()).unwrap();
+    let machine = ec2_machine(env.path(), &ec2, &id);
     let server = Loopback::serve(
         axum::Router::new()
             .fallback(imds)
@@ -723,6 +702,34 @@ fn the_ec2_watcher_reads_its_parameters_with_its_role_and_carries_out_the_decisi
     let config = machine.config();
     assert!(config.contains("listen_address = \":9253\""), "{config}");
     assert!(config.contains(secret), "{config}");
+}
+
+/// The EC2 machine `id` as cloud-init lays it down from the user data EC2 holds for it: its
+/// bootstrap (with the watcher) and the file naming the root of its parameters.
+pub(crate) fn ec2_machine(dir: &Path, ec2: &crate::aws::Ec2, id: &str) -> Machine {
+    let user_data = ec2
+        .runtime
+        .block_on(
+            ec2.client
+                .describe_instance_attribute()
+                .instance_id(id)
+                .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+                .send(),
+        )
+        .expect("DescribeInstanceAttribute")
+        .user_data()
+        .and_then(|v| v.value())
+        .unwrap()
+        .to_string();
+    let read = crate::delivery::cloud_init_reads(&user_data);
+    let bootstrap = read["parts"][0]["body"].as_str().unwrap().to_string();
+    let machine = Machine::new(dir, &bootstrap);
+    // What cloud-init laid down from user data: where the parameters are.
+    let root_file = machine.root.join("etc/fleet/parameters");
+    std::fs::create_dir_all(root_file.parent().unwrap()).unwrap();
+    let written = crate::delivery::written(&read, "/etc/fleet/parameters").unwrap();
+    std::fs::write(&root_file, written["content"].as_str().unwrap()).unwrap();
+    machine
 }
 
 /// A header of a recorded request, by name in any case.
