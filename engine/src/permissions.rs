@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use crate::desired::Desired;
 use crate::provider::{Cloud, ObjectKind};
-use crate::render::delivery::parameter_root;
+use crate::render::delivery::{parameter_root, INSTANCE_TAG};
 
 /// The identity a set of permissions is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -66,6 +66,9 @@ pub enum AwsScope {
     FleetTagged,
     /// Parameters under the fleet's root, `/fleet/<fleet>/`.
     FleetParameters,
+    /// Parameters under the fleet's root whose `fleet-instance` tag names the instance whose
+    /// role signs the request (`${ec2:SourceInstanceARN}`): each machine its own only.
+    OwnParameters,
     /// The roles of the fleet's instance profiles, passed to EC2 only; granted only when the
     /// fleet's instances name a profile.
     PassRole,
@@ -238,12 +241,15 @@ pub const AWS_CALLS: &[AwsCall] = &[
         CHANGES,
         &[("ssm:DeleteParameters", AwsScope::FleetParameters)],
     ),
-    // The watcher: its own parameters, decrypted.
+    // The watcher: its own parameters by name, decrypted. `GetParameters`, whose
+    // authorisation is per parameter and takes `aws:ResourceTag/...` (the tag is what holds a
+    // machine to its own parameters); never `GetParametersByPath`, authorised on the path
+    // and returning every level below it, whatever is allowed or denied by name.
     AwsCall {
-        operation: "ssm:GetParametersByPath",
+        operation: "ssm:GetParameters",
         caller: Caller::Watcher,
         jobs: MACHINE,
-        actions: &[("ssm:GetParametersByPath", AwsScope::FleetParameters)],
+        actions: &[("ssm:GetParameters", AwsScope::OwnParameters)],
     },
 ];
 
@@ -552,10 +558,21 @@ pub fn aws_policy(desired: &Desired, job: Job) -> Option<AwsPolicy> {
                 "Condition": { "StringEquals": { "aws:ResourceTag/fleet": fleet } },
             }),
             AwsScope::FleetParameters => json!({
-                "Sid": if job == Job::Manager { "ReadTheFleetsParameters" } else { "TheFleetsParameters" },
+                "Sid": "TheFleetsParameters",
                 "Effect": "Allow",
                 "Action": actions,
                 "Resource": parameters,
+            }),
+            AwsScope::OwnParameters => json!({
+                "Sid": "ReadOnlyTheCallingInstancesOwnParameters",
+                "Effect": "Allow",
+                "Action": actions,
+                "Resource": parameters,
+                "Condition": {
+                    "StringEquals": {
+                        format!("aws:ResourceTag/{INSTANCE_TAG}"): "${ec2:SourceInstanceARN}",
+                    }
+                },
             }),
             AwsScope::PassRole => json!({
                 "Sid": "PassTheInstanceProfilesRolesToEc2",
@@ -608,11 +625,12 @@ pub fn aws_policy(desired: &Desired, job: Job) -> Option<AwsPolicy> {
                 parameter_root(fleet)
             ));
             notes.push(format!(
-                "IAM has no documented policy variable that yields the calling instance's id \
-                 for an SSM parameter ARN (ec2:SourceInstanceARN is a full instance ARN), so \
-                 the read is held to the fleet's root {}, not to each machine's own prefix: \
-                 give these roles to this fleet's machines only.",
-                parameter_root(fleet)
+                "Each machine reads only its own parameters: apply tags every parameter it \
+                 writes with {INSTANCE_TAG} = the ARN of the one instance it is for, and this \
+                 policy allows a read only where that tag equals ${{ec2:SourceInstanceARN}}, \
+                 the instance whose role signed the request. A parameter without the tag is \
+                 readable by no machine; only the apply job may tag them \
+                 (ssm:AddTagsToResource), so never grant it to these roles."
             ));
             notes.push(
                 "Launch templates' instance profiles are passed by whatever launches from them \
@@ -723,6 +741,15 @@ pub fn gcp_role(desired: &Desired, job: Job) -> Option<GcpRole> {
                  cloud-platform."
                     .to_string(),
             );
+            for (account, machines) in machines_sharing_an_account(desired) {
+                notes.push(format!(
+                    "{} is the identity of {} machines with secrets ({}): each can read the \
+                     others' secrets. Give each its own service account to hold it to its own.",
+                    account_email(&account),
+                    machines.len(),
+                    machines.join(", ")
+                ));
+            }
         }
     }
     let role_id = format!("fleet_{}_{}", fleet.replace('-', "_"), job.as_str());
@@ -754,6 +781,33 @@ fn account_email(account: &str) -> String {
     } else {
         account.to_string()
     }
+}
+
+/// The service accounts that more than one GCE machine with secrets runs as, with those
+/// machines' names, sorted.
+fn machines_sharing_an_account(desired: &Desired) -> BTreeMap<String, Vec<String>> {
+    let mut by_account: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for resource in desired
+        .resources
+        .values()
+        .filter(|r| r.cloud == Cloud::Gcp && r.object == ObjectKind::Instance)
+    {
+        let Some(account) = &resource.spec.identity.service_account else {
+            continue;
+        };
+        if crate::secrets::references(resource.spec.metadata.values()).is_empty() {
+            continue;
+        }
+        by_account
+            .entry(account.clone())
+            .or_default()
+            .insert(resource.cloud_name.clone());
+    }
+    by_account
+        .into_iter()
+        .filter(|(_, machines)| machines.len() > 1)
+        .map(|(account, machines)| (account, machines.into_iter().collect()))
+        .collect()
 }
 
 /// The Secret Manager resource names of the secrets each service account's GCE machines
@@ -891,6 +945,53 @@ managers:
 ";
 
     #[test]
+    fn machines_that_share_a_service_account_are_named_in_the_managers_notes() {
+        let shared = "fleet: shares
+clouds:
+  gcp: { project: ci-project, region: us-east1 }
+defaults:
+  gcp: { image: projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts }
+managers:
+  shared-{n}:
+    matrix: { count: 2 }
+    cloud: gcp
+    zone: us-east1-c
+    machine_type: n1-standard-2
+    service_account: shared-runner@ci-project.iam.gserviceaccount.com
+    runner: { version: \"16.11.1\" }
+    runners:
+      - { name: \"shared-{n}\", executor: shell, url: https://gitlab.example.com, token: \"${secret:SHARED_TOKEN}\" }
+  alone-{n}:
+    matrix: { count: 1 }
+    cloud: gcp
+    zone: us-east1-c
+    machine_type: n1-standard-2
+    service_account: alone-runner@ci-project.iam.gserviceaccount.com
+    runner: { version: \"16.11.1\" }
+    runners:
+      - { name: \"alone-{n}\", executor: shell, url: https://gitlab.example.com, token: \"${secret:ALONE_TOKEN}\" }
+";
+        let notes = gcp_role(&desired(shared), Job::Manager).unwrap().notes;
+        let sharing: Vec<&String> = notes
+            .iter()
+            .filter(|n| n.contains("each can read"))
+            .collect();
+        assert_eq!(sharing.len(), 1, "{notes:#?}");
+        assert!(
+            sharing[0].starts_with(
+                "shared-runner@ci-project.iam.gserviceaccount.com is the identity of 2 machines with \
+                 secrets (shared-1, shared-2)"
+            ),
+            "{}",
+            sharing[0]
+        );
+        assert!(
+            !notes.iter().any(|n| n.contains("alone-runner@")),
+            "{notes:#?}"
+        );
+    }
+
+    #[test]
     fn every_plan_action_only_reads() {
         let policy = aws_policy(&desired(BOTH), Job::Plan).unwrap();
         for action in policy.allowed_actions() {
@@ -928,7 +1029,18 @@ managers:
         let manager = aws_policy(&desired(BOTH), Job::Manager).unwrap();
         assert_eq!(
             manager.allowed_actions(),
-            BTreeSet::from(["ssm:GetParametersByPath".to_string()])
+            BTreeSet::from(["ssm:GetParameters".to_string()])
+        );
+        // Every read is held to the calling instance's own parameters by their tag.
+        let reads: Vec<&Value> = manager.document["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(reads.len(), 1);
+        assert_eq!(
+            reads[0]["Condition"],
+            json!({"StringEquals": {"aws:ResourceTag/fleet-instance": "${ec2:SourceInstanceARN}"}})
         );
         let role = gcp_role(&desired(BOTH), Job::Apply).unwrap();
         assert!(role

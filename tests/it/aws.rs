@@ -1820,16 +1820,27 @@ pub(crate) fn ssm_client(moto: &Moto) -> aws_sdk_ssm::Client {
     aws_sdk_ssm::Client::from_conf(config)
 }
 
+/// The ARN of instance `id` as `ec2:SourceInstanceARN` gives it, its account the `OwnerId` of
+/// its reservation.
+pub(crate) fn instance_arn(ec2: &Ec2, id: &str) -> String {
+    let found = ec2
+        .runtime
+        .block_on(ec2.client.describe_instances().instance_ids(id).send())
+        .expect("DescribeInstances");
+    let owner = found.reservations()[0].owner_id().expect("an OwnerId");
+    format!("arn:aws:ec2:us-east-1:{owner}:instance/{id}")
+}
+
 /// One parameter as the SDK reads it back, undecrypted: its type, stored value and tags.
 #[derive(Debug)]
-struct Stored {
-    kind: String,
-    value: String,
-    tags: std::collections::BTreeMap<String, String>,
+pub(crate) struct Stored {
+    pub(crate) kind: String,
+    pub(crate) value: String,
+    pub(crate) tags: std::collections::BTreeMap<String, String>,
 }
 
 /// Every parameter below `path`, by name relative to it.
-fn stored(
+pub(crate) fn stored(
     ec2: &Ec2,
     ssm: &aws_sdk_ssm::Client,
     path: &str,
@@ -1902,8 +1913,8 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
         "{shown}"
     );
     let applied = calls(&converge(&env, &file));
-    // Six parameters and the secret's digest tag; nothing listed before (no instance yet),
-    // one listing to verify.
+    // Six parameters, each tagged once (the instance that may read it, and for the secret its
+    // digest); nothing listed before (no instance yet), one listing to verify.
     let ssm_calls: Vec<(String, u64)> = applied
         .into_iter()
         .filter(|(op, _)| op.starts_with("ssm:"))
@@ -1912,7 +1923,7 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
     assert_eq!(
         ssm_calls,
         [
-            ("ssm:AddTagsToResource".to_string(), 1),
+            ("ssm:AddTagsToResource".to_string(), 6),
             ("ssm:GetParametersByPath".to_string(), 1),
             ("ssm:PutParameter".to_string(), 6)
         ]
@@ -2005,6 +2016,16 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
     assert_eq!(digest.len(), 16);
     assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()), "{digest}");
     assert!(!digest.contains(secret));
+    // Each parameter names the one instance the machines' policy lets read it: this one, by
+    // the ARN `${ec2:SourceInstanceARN}` gives its role's requests (the account as EC2 says).
+    let reader = instance_arn(&ec2, &id);
+    for (name, parameter) in &parameters {
+        assert_eq!(
+            parameter.tags.get("fleet-instance"),
+            Some(&reader),
+            "{name} is not held to its instance"
+        );
+    }
     // The leak scan: only the SecureString holds the value (moto keeps it as text with a
     // key prefix, which is why its type is what is checked).
     for (name, parameter) in &parameters {
@@ -2097,6 +2118,9 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
     assert_eq!(alive[0], id, "the same instance");
     let parameters = stored(&ec2, &ssm, &prefix);
     assert!(parameters["config.toml"].value.contains("concurrent = 5"));
+    assert!(parameters
+        .values()
+        .all(|p| p.tags.get("fleet-instance") == Some(&reader)));
     let action: serde_json::Value = serde_json::from_str(&parameters["action"].value).unwrap();
     assert_eq!(action["class"], "reload");
     assert_no_changes(&env, &file);
@@ -2116,10 +2140,13 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
     let alive: Vec<String> = ec2.alive("delivery").into_iter().map(|i| i.id).collect();
     assert_eq!(alive.len(), 1);
     assert_ne!(alive[0], id);
-    assert_eq!(
-        stored(&ec2, &ssm, &format!("/fleet/delivery/{}/", alive[0])).len(),
-        6
-    );
+    let successor = stored(&ec2, &ssm, &format!("/fleet/delivery/{}/", alive[0]));
+    assert_eq!(successor.len(), 6);
+    // The new machine's parameters are its own, not its predecessor's.
+    let reader = instance_arn(&ec2, &alive[0]);
+    assert!(successor
+        .values()
+        .all(|p| p.tags.get("fleet-instance") == Some(&reader)));
     assert_no_changes(&env, &file);
 }
 

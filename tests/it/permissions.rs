@@ -135,7 +135,7 @@ fn ssm_resources(request: &Received) -> Vec<String> {
         "GetParametersByPath" => vec![json["Path"].as_str().unwrap_or_default().to_string()],
         "PutParameter" => vec![json["Name"].as_str().unwrap_or_default().to_string()],
         "AddTagsToResource" => vec![json["ResourceId"].as_str().unwrap_or_default().to_string()],
-        "DeleteParameters" => json["Names"]
+        "DeleteParameters" | "GetParameters" => json["Names"]
             .as_array()
             .into_iter()
             .flatten()
@@ -168,6 +168,66 @@ fn arn_matches(pattern: &str, arn: &str) -> bool {
         }
     }
     left.is_empty()
+}
+
+/// What `parliament` (the IAM policy linter, from PyPI) finds in a policy document at MEDIUM
+/// severity or above, as its JSON lines; empty when it finds nothing.
+fn parliament(document: &str) -> String {
+    let output = Command::new("parliament")
+        .args([
+            "--minimum_severity",
+            "MEDIUM",
+            "--json",
+            "--string",
+            document,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("parliament is not installed: `pip install parliament` (CI's .ci/run does)");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success() || !stdout.trim().is_empty(),
+        "parliament failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout.trim().to_string()
+}
+
+/// The condition keys the Service Authorization Reference gives for an action, on its
+/// resource types and on itself, as parliament ships the reference (`iam_definition.json`).
+fn reference_conditions(action: &str) -> BTreeSet<String> {
+    let located = Command::new("python3")
+        .args([
+            "-c",
+            "import os, parliament; print(os.path.join(os.path.dirname(parliament.__file__), 'iam_definition.json'))",
+        ])
+        .output()
+        .expect("python3");
+    let path = String::from_utf8_lossy(&located.stdout).trim().to_string();
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("parliament's IAM reference at {path:?}: {e} (`pip install parliament`)")
+    });
+    let services: serde_json::Value = serde_json::from_str(&text).expect("the reference is JSON");
+    let (prefix, name) = action.split_once(':').unwrap();
+    let service = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["prefix"] == prefix)
+        .unwrap_or_else(|| panic!("no service {prefix} in the reference"));
+    let privilege = service["privileges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["privilege"] == name)
+        .unwrap_or_else(|| panic!("no action {action} in the reference"));
+    let mut keys = BTreeSet::new();
+    for resource_type in privilege["resource_types"].as_array().unwrap() {
+        for key in resource_type["condition_keys"].as_array().unwrap() {
+            keys.insert(key.as_str().unwrap().to_string());
+        }
+    }
+    keys
 }
 
 /// `fleet permissions FILE --for JOB --only-cloud CLOUD --format json`.
@@ -295,6 +355,11 @@ fn the_aws_policies_allow_exactly_what_plan_apply_and_the_machine_were_seen_to_c
     assert_eq!(actions_of(&created, "pool.perm-builder-1"), ["create"]);
     let manager = ec2.by_name("perm", "perm-manager-1");
     let machine = ec2_watch(&env, &ec2, &proxy, &manager.id);
+    // What IAM would decide on the machine's reads and on every other parameter of the fleet,
+    // by the printed policy's own condition and the tags moto holds (moto does not evaluate
+    // IAM; this is the evaluation of the one condition the policy has).
+    let tagged = crate::aws::stored(&ec2, &crate::aws::ssm_client(&moto), "/fleet/perm/");
+    let own_arn = crate::aws::instance_arn(&ec2, &manager.id);
     // A day later: in place, replaced, a new template version.
     let later = changed(
         AWS_FLEET,
@@ -372,13 +437,69 @@ fn the_aws_policies_allow_exactly_what_plan_apply_and_the_machine_were_seen_to_c
             .any(|s| s["Effect"] == "Deny" && s["Action"] == serde_json::json!(["kms:Decrypt"])),
         "{plan_policy:#}"
     );
-    // The machine's one read is decrypted, under its own instance's prefix.
-    assert_eq!(machine.len(), 1, "{machine:?}");
-    assert_eq!(machine[0].json["WithDecryption"], true);
-    assert_eq!(
-        machine[0].json["Path"],
-        format!("/fleet/perm/{}/", manager.id)
-    );
+    // The machine's reads are decrypted, by name, under its own instance's prefix: the
+    // files, decision and digests, then its one secret.
+    assert_eq!(machine.len(), 2, "{machine:?}");
+    let own_prefix = format!("/fleet/perm/{}/", manager.id);
+    for request in &machine {
+        assert_eq!(request.operation, "GetParameters");
+        assert_eq!(request.json["WithDecryption"], true);
+    }
+    // The policy lets the machine read exactly its own parameters: allowed where the
+    // parameter's tag equals the ARN of the instance whose role signed the request, as IAM
+    // resolves `${ec2:SourceInstanceARN}`; every other parameter of the fleet is refused to
+    // it, and a parameter with no tag to every machine.
+    let manager_policy = printed(&env, &file, "manager", "aws")["aws"]["policy"].clone();
+    let allows = |name: &str, caller: &str| -> bool {
+        let tags = tagged.get(name).map(|p| &p.tags);
+        statements(&manager_policy).iter().any(|s| {
+            s["Effect"] == "Allow"
+                && s["Action"] == serde_json::json!(["ssm:GetParameters"])
+                && arn_matches(
+                    s["Resource"].as_str().unwrap_or_default(),
+                    &format!("arn:aws:ssm:us-east-1:123456789012:parameter/fleet/perm/{name}"),
+                )
+                && s["Condition"]["StringEquals"]
+                    .as_object()
+                    .is_some_and(|conditions| {
+                        conditions.iter().all(|(key, wanted)| {
+                            let value = wanted
+                                .as_str()
+                                .unwrap_or_default()
+                                .replace("${ec2:SourceInstanceARN}", caller);
+                            let tag = key.strip_prefix("aws:ResourceTag/");
+                            tag.and_then(|t| tags.and_then(|tags| tags.get(t))) == Some(&value)
+                        })
+                    })
+        })
+    };
+    for request in &machine {
+        for name in request.json["Names"].as_array().unwrap() {
+            let name = name.as_str().unwrap();
+            let relative = name.strip_prefix("/fleet/perm/").unwrap();
+            assert!(name.starts_with(&own_prefix), "{name}");
+            if tagged.contains_key(relative) {
+                assert!(
+                    allows(relative, &own_arn),
+                    "{name} is refused to its machine"
+                );
+            }
+        }
+    }
+    assert!(tagged.keys().any(|n| n.starts_with(&manager.id)));
+    for name in tagged.keys() {
+        let own = name.starts_with(&format!("{}/", manager.id));
+        assert_eq!(allows(name, &own_arn), own, "{name}");
+        let other = own_arn.replace(&manager.id, "i-0123456789abcdef0");
+        assert!(
+            !allows(name, &other),
+            "{name} is readable by another instance"
+        );
+    }
+    assert!(!allows(
+        &format!("{}/config.toml-untagged", manager.id),
+        &own_arn
+    ));
     // Tags at launch are allowed only for the creations seen tagging what they made.
     let apply_policy = printed(&env, &file, "apply", "aws")["aws"]["policy"].clone();
     let tagging_creations: BTreeSet<String> = applies
@@ -706,6 +827,53 @@ fn the_policy_documents_are_what_the_clouds_tools_read_and_the_same_every_time()
         serde_json::from_str(&first.stdout).expect("the policy document is JSON");
     assert_eq!(document["Version"], "2012-10-17");
     assert!(first.stderr.contains("note: "), "{}", first.stderr);
+    // Each job's document passes parliament, which checks actions, resources and condition
+    // keys against the IAM definitions of the Service Authorization Reference: above all that
+    // `aws:ResourceTag/…` is a condition `ssm:GetParameters` honours, the one the machines'
+    // own reads are held by. (Its one LOW finding, `Resource: *` on `RunInstances` and
+    // `CreateLaunchTemplate`, is the region-held launch statement.)
+    for job in ["plan", "apply", "manager"] {
+        let document = env
+            .fleet(&["permissions", &file, "--for", job, "--only-cloud", "aws"])
+            .ok()
+            .stdout;
+        let findings = parliament(&document);
+        assert!(findings.is_empty(), "--for {job}: {findings}\n{document}");
+    }
+    // The check can fail: a condition key `ssm:GetParameters` does not take.
+    let misfit = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["ssm:GetParameters"],"Resource":"arn:aws:ssm:us-east-1:*:parameter/fleet/perm/*","Condition":{"Bool":{"ssm:Recursive":"true"}}}]}"#;
+    assert!(
+        parliament(misfit).contains("UNKNOWN_CONDITION_FOR_ACTION"),
+        "parliament did not check the condition key"
+    );
+    // parliament takes `aws:` keys as global; the reference it ships says per action which
+    // keys it honours. The machines' condition is on `aws:ResourceTag/…`, which the
+    // reference gives for `ssm:GetParameters` itself, not for `ssm:GetParametersByPath`
+    // (authorised on the path, and returning every level below it: the watcher reads by
+    // name).
+    let manager = printed(&env, &file, "manager", "aws")["aws"]["policy"].clone();
+    for statement in statements(&manager) {
+        for action in statement["Action"].as_array().unwrap() {
+            let action = action.as_str().unwrap();
+            let honoured = reference_conditions(action);
+            for key in statement["Condition"]
+                .as_object()
+                .into_iter()
+                .flat_map(|operators| operators.values())
+                .flat_map(|keys| keys.as_object().unwrap().keys())
+            {
+                let general = match key.split_once('/') {
+                    Some((head, _)) => format!("{head}/${{TagKey}}"),
+                    None => key.clone(),
+                };
+                assert!(
+                    honoured.contains(&general),
+                    "{action} does not honour {key}: {honoured:?}"
+                );
+            }
+        }
+    }
+    assert!(!reference_conditions("ssm:GetParametersByPath").contains("aws:ResourceTag/${TagKey}"));
     let gcp_file = env.write("gperm.yaml", GCP_FLEET);
     let role = env
         .fleet(&[

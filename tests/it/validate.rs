@@ -821,6 +821,16 @@ fn a_gce_manager_with_secrets_needs_a_service_account_with_the_cloud_platform_sc
         "9:3",
         "its scopes leave out `cloud-platform`",
     );
+    // A malformed account is that one problem, not also "runs as no service account".
+    let stderr = invalid(&manager("    service_account: Fleet Manager\n"));
+    expect(
+        &stderr,
+        "fleet::spec::invalid_value",
+        "11:22",
+        "is not a service account email",
+    );
+    assert!(stderr.contains("1 problem in the fleet file"), "{stderr}");
+    assert!(!stderr.contains("runs as no service account"), "{stderr}");
     // With both, it is valid.
     let env = Env::new();
     let file = env.write(

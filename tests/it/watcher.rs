@@ -655,22 +655,55 @@ fn the_ec2_watcher_reads_its_parameters_with_its_role_and_carries_out_the_decisi
     // A new machine: config.toml is written, secret filled in, and nothing restarted.
     let (commands, requests) = moto.ssm_requests_during(watch);
     assert_eq!(commands, Vec::<String>::new());
-    // One signed read of its own parameters, decrypted, with the role's session token; the
-    // signature is the one botocore computes for the same request.
-    assert_eq!(requests.len(), 1, "{requests:?}");
-    let (target, body, request) = &requests[0];
-    assert_eq!(target, "GetParametersByPath");
-    assert_eq!(body["Path"], format!("/fleet/watched/{id}/"));
-    assert_eq!(body["WithDecryption"], true);
+    // Two signed reads of its own parameters by name, decrypted, with the role's session
+    // token: the files, decision and digests, then the one secret the digests name (1 +
+    // ceil(secrets / 10) calls). No path listing, which the tag condition cannot hold to one
+    // machine. Each signature is the one botocore computes for the same request.
+    let prefix = format!("/fleet/watched/{id}/");
+    let named: Vec<Vec<String>> = requests
+        .iter()
+        .map(|(target, body, _)| {
+            assert_eq!(target, "GetParameters", "{body}");
+            assert_eq!(body["WithDecryption"], true);
+            body["Names"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| {
+                    n.as_str()
+                        .unwrap()
+                        .strip_prefix(&prefix)
+                        .unwrap()
+                        .to_string()
+                })
+                .collect()
+        })
+        .collect();
     assert_eq!(
-        header(request, "x-amz-security-token").as_deref(),
-        Some("instance-session")
+        named,
+        [
+            vec![
+                "action",
+                "config.toml",
+                "prometheus.yml",
+                "version",
+                "secret-digests"
+            ],
+            vec!["secrets/DELIVERY_TOKEN"]
+        ],
+        "{requests:?}"
     );
-    assert_eq!(
-        signature(request),
-        botocore_signature(request),
-        "{request:#}"
-    );
+    for (_, _, request) in &requests {
+        assert_eq!(
+            header(request, "x-amz-security-token").as_deref(),
+            Some("instance-session")
+        );
+        assert_eq!(
+            signature(request),
+            botocore_signature(request),
+            "{request:#}"
+        );
+    }
     let config = machine.config();
     assert!(
         config.contains(&format!("token = \"{secret}\"")),

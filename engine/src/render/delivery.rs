@@ -250,6 +250,25 @@ pub fn parameter_root(fleet: &str) -> String {
     format!("/fleet/{fleet}/")
 }
 
+/// The tag on each of an instance's parameters that names the one instance allowed to read
+/// it: the machines' policy allows `ssm:GetParameters` only where this tag equals
+/// `${ec2:SourceInstanceARN}`, the instance whose role signed the request (IAM cannot put an
+/// instance id into a parameter ARN). An untagged parameter is readable by no machine.
+pub const INSTANCE_TAG: &str = "fleet-instance";
+
+/// The ARN of an EC2 instance, as `ec2:SourceInstanceARN` gives it for requests signed with
+/// the instance's role: `arn:<partition>:ec2:<region>:<account>:instance/<id>`.
+pub fn ec2_instance_arn(region: &str, account: &str, id: &str) -> String {
+    let partition = if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else {
+        "aws"
+    };
+    format!("arn:{partition}:ec2:{region}:{account}:instance/{id}")
+}
+
 /// The SSM Parameter Store tier a value needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Tier {

@@ -440,7 +440,10 @@ impl Renderer<'_> {
             // A GCE machine reads its secrets from Secret Manager with its own service
             // account's token: without an account, or without the scope Secret Manager takes,
             // its runners would never get their tokens.
-            if cloud == Cloud::Gcp && e.resource.object == ObjectKind::Instance {
+            if cloud == Cloud::Gcp
+                && e.resource.object == ObjectKind::Instance
+                && !e.identity_refused
+            {
                 // Names the loader refused already (`${secret:}`) are told there, not again.
                 let mut names = crate::secrets::references(metadata.values());
                 names.retain(|name| crate::secrets::is_valid_name(name));

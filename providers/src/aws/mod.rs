@@ -124,6 +124,9 @@ pub struct AwsEc2 {
     /// found them (secret parameters named from `secret-digests`): what a deletion deletes
     /// and what an update no longer wants.
     parameter_names: Mutex<BTreeMap<String, Vec<String>>>,
+    /// The account the fleet's instances belong to, as EC2 last said (a reservation's
+    /// `OwnerId`): part of the instance ARN each parameter's `fleet-instance` tag holds.
+    account: Mutex<Option<String>>,
     options: AwsOptions,
     /// The endpoint in use, for [`Provider::describe`], when it is not AWS's own.
     endpoint: Option<String>,
@@ -203,6 +206,7 @@ impl AwsEc2 {
             client: Client::from_conf(config),
             parameters: ssm::Parameters::new(shared, calls.for_service("ssm"), options.retry),
             parameter_names: Mutex::new(BTreeMap::new()),
+            account: Mutex::new(None),
             options,
             endpoint,
             calls,
@@ -242,6 +246,9 @@ impl AwsEc2 {
                 }
             },
             |page| {
+                for reservation in page.reservations() {
+                    self.note_account(reservation.owner_id());
+                }
                 instances.extend(
                     page.reservations()
                         .iter()
@@ -611,6 +618,7 @@ impl AwsEc2 {
                 .send()
                 .await
                 .map_err(|e| about(sdk_error("ec2:RunInstances", e), &first.name))?;
+            self.note_account(output.owner_id());
             let mut instances = output.instances().to_vec();
             instances.sort_by_key(|i| i.ami_launch_index().unwrap_or_default());
             let mut gone: Vec<&str> = instances
@@ -637,6 +645,38 @@ impl AwsEc2 {
                 "{}: EC2 answered every ClientToken with instances that are going away",
                 first.name
             ),
+        ))
+    }
+
+    /// Notes the account EC2 says the fleet's instances belong to.
+    fn note_account(&self, owner: Option<&str>) {
+        if let (Some(owner), Ok(mut account)) = (owner, self.account.lock()) {
+            *account = Some(owner.to_string());
+        }
+    }
+
+    /// The ARN of instance `id`, as the machines' policy compares it with the caller's.
+    fn instance_arn(&self, id: &str, what: &str) -> Result<String, ProviderError> {
+        let account = self
+            .account
+            .lock()
+            .ok()
+            .and_then(|account| account.clone())
+            .ok_or_else(|| {
+                ProviderError::new(
+                    ErrorKind::Fatal,
+                    "ssm:AddTagsToResource",
+                    "NoOwnerId",
+                    format!(
+                        "{what}: EC2 did not say which account instance {id} belongs to (no \
+                         OwnerId in its reservation), so its parameters cannot be tagged for it"
+                    ),
+                )
+            })?;
+        Ok(fleet_engine::render::delivery::ec2_instance_arn(
+            &self.options.region,
+            &account,
+            id,
         ))
     }
 
@@ -732,16 +772,23 @@ impl AwsEc2 {
     ) -> Result<(), ProviderError> {
         let prefix = AwsEc2::parameter_prefix(labels, id);
         let wanted = fleet_engine::render::delivery::parameters(metadata);
-        self.parameters.put(&prefix, &wanted, what).await?;
+        let existing: Vec<String> = self
+            .parameter_names
+            .lock()
+            .map(|known| known.get(id).cloned().unwrap_or_default())
+            .unwrap_or_default();
+        // An instance with nothing to watch has no parameters, and no account is needed.
+        let reader = if wanted.is_empty() {
+            String::new()
+        } else {
+            self.instance_arn(id, what)?
+        };
+        self.parameters.put(&prefix, &wanted, &reader, what).await?;
         let names: BTreeSet<String> = wanted
             .iter()
             .map(|p| format!("{prefix}{}", p.name))
             .collect();
-        let stale: Vec<String> = self
-            .parameter_names
-            .lock()
-            .map(|known| known.get(id).cloned().unwrap_or_default())
-            .unwrap_or_default()
+        let stale: Vec<String> = existing
             .into_iter()
             .filter(|name| !names.contains(name))
             .collect();
@@ -1025,6 +1072,9 @@ impl AwsEc2 {
             .send()
             .await
             .map_err(|e| about(sdk_error("ec2:DescribeInstances", e), &request.id))?;
+        for reservation in found.reservations() {
+            self.note_account(reservation.owner_id());
+        }
         let instances: Vec<&Instance> = found
             .reservations()
             .iter()

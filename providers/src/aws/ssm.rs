@@ -3,7 +3,8 @@
 //! In: an instance's delivered metadata (`render::delivery::parameters` says which parameter
 //! each item becomes) and its parameter prefix, `/fleet/<fleet>/<instance id>/`. Out: the
 //! parameters written (files and the decision as `String`, each secret value as a
-//! `SecureString` tagged with its salted digest, the digests together as `secret-digests`),
+//! `SecureString` tagged with its salted digest, the digests together as `secret-digests`;
+//! each parameter tagged `fleet-instance` with the ARN of the one instance that may read it),
 //! read back for a plan (only `String` parameters, never decrypted), and deleted with their
 //! instance. Every request is counted as `ssm:<Operation>` beside the EC2 calls.
 
@@ -17,7 +18,7 @@ use aws_sdk_ssm::types::{
 };
 use aws_sdk_ssm::Client;
 use fleet_engine::provider::{ErrorKind, ProviderError};
-use fleet_engine::render::delivery::{Parameter, Tier};
+use fleet_engine::render::delivery::{Parameter, Tier, INSTANCE_TAG};
 use fleet_engine::retry::{follow_pages, RetryPolicy};
 
 use super::calls::CallCounter;
@@ -123,11 +124,15 @@ impl Parameters {
 
     /// Writes `parameters` under `prefix`: secret values first, the decision last, so a
     /// watcher that reads between two writes finds a decision that does not match the config
-    /// it got and waits. A secret's digest goes on as a tag after its value.
+    /// it got and waits. After its value, each parameter gets its tags in one call: the
+    /// `fleet-instance` tag naming `reader`, the instance ARN the machines' policy compares
+    /// with the caller's, and for a secret its digest. Until then no machine can read it; it
+    /// is set on every write, so a parameter made again by hand is put back readable too.
     pub(crate) async fn put(
         &self,
         prefix: &str,
         parameters: &[Parameter],
+        reader: &str,
         what: &str,
     ) -> Result<(), ProviderError> {
         let mut ordered: Vec<&Parameter> = parameters.iter().collect();
@@ -175,28 +180,18 @@ impl Parameters {
                     }
                     about(error, what)
                 })?;
+            let mut tags = vec![tag(INSTANCE_TAG, reader)?];
             if let Some(digest) = &parameter.digest {
-                let tag = Tag::builder()
-                    .key(DIGEST_TAG)
-                    .value(digest)
-                    .build()
-                    .map_err(|e| {
-                        ProviderError::new(
-                            ErrorKind::Fatal,
-                            "ssm:AddTagsToResource",
-                            "Build",
-                            e.to_string(),
-                        )
-                    })?;
-                self.client
-                    .add_tags_to_resource()
-                    .resource_type(ResourceTypeForTagging::Parameter)
-                    .resource_id(&name)
-                    .tags(tag)
-                    .send()
-                    .await
-                    .map_err(|e| about(sdk_error("ssm:AddTagsToResource", e), what))?;
+                tags.push(tag(DIGEST_TAG, digest)?);
             }
+            self.client
+                .add_tags_to_resource()
+                .resource_type(ResourceTypeForTagging::Parameter)
+                .resource_id(&name)
+                .set_tags(Some(tags))
+                .send()
+                .await
+                .map_err(|e| about(sdk_error("ssm:AddTagsToResource", e), what))?;
         }
         Ok(())
     }
@@ -213,4 +208,16 @@ impl Parameters {
         }
         Ok(())
     }
+}
+
+/// One parameter tag.
+fn tag(key: &str, value: &str) -> Result<Tag, ProviderError> {
+    Tag::builder().key(key).value(value).build().map_err(|e| {
+        ProviderError::new(
+            ErrorKind::Fatal,
+            "ssm:AddTagsToResource",
+            "Build",
+            e.to_string(),
+        )
+    })
 }

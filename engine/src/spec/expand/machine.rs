@@ -162,7 +162,9 @@ impl Expander<'_> {
             .and_then(|(zone, _)| catalog::zone(zone))
             .map(|(_, region)| region);
         let networking = self.networking(decl, defaults, (cloud, project, zone_region), vars);
+        let identity_problems_before = self.problems.len();
         let identity = self.identity(decl, defaults, cloud, vars);
+        let identity_refused = self.problems.len() != identity_problems_before;
 
         self.check_placement(decl, cloud, clouds, &zone, &machine_type);
 
@@ -283,6 +285,7 @@ impl Expander<'_> {
         let image = image.map(|i| i.0).unwrap_or_default();
         Some(Machine {
             unresolved: self.unresolved_uses != unresolved_before,
+            identity_refused,
             resource: DesiredResource {
                 address,
                 kind: decl.kind,

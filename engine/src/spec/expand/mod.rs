@@ -114,6 +114,9 @@ pub struct Machine {
     /// Whether a `{variable}` of this resource was not set (and reported): the files it
     /// renders are not checked again, as their empty values are that one problem.
     pub unresolved: bool,
+    /// Whether its `instance_profile`, `service_account` or `scopes` was refused (and
+    /// reported): what it runs as is not checked again, as its absence is that one problem.
+    pub identity_refused: bool,
     /// Where its name is written.
     pub name_span: SourceSpan,
     /// Its `depends_on` addresses, where each is written.
