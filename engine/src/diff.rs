@@ -628,6 +628,27 @@ fn compare(
             }
         }
     }
+    // An EC2 machine made by a release whose watcher listed its parameters by path: its role's
+    // policy now allows only reads by name of parameters tagged with its own ARN, which its
+    // watcher does not make and its parameters do not carry. Its parameters have no index;
+    // it is made again, once.
+    if want.cloud == Cloud::Aws
+        && want.object == ObjectKind::Instance
+        && have
+            .metadata
+            .contains_key(render::delivery::BOOTSTRAP_DIGEST_KEY)
+        && !have
+            .metadata
+            .contains_key(render::delivery::PARAMETER_INDEX_KEY)
+    {
+        reasons.push(Reason::FieldChanged {
+            field: format!("parameters.{}", render::delivery::PARAMETER_INDEX),
+            before: "parameters listed by path (an earlier fleet release)".to_string(),
+            after: "read by name, each tagged for its own instance".to_string(),
+            forces_replacement: true,
+        });
+        replace = true;
+    }
     let mut in_place = Vec::new();
     let keys: BTreeSet<&String> = have.labels.keys().chain(spec.labels.keys()).collect();
     for key in keys {
@@ -660,7 +681,7 @@ fn compare(
             // Secret values and the delivered decision ride beside the files: never compared.
             .filter(|key| key.as_str() != render::SECRETS && key.as_str() != impact::ACTION)
             .filter(|key| !(bootstrap_hidden && key.as_str() == render::USER_DATA))
-            .filter(|key| key.as_str() != render::delivery::BOOTSTRAP_DIGEST_KEY)
+            .filter(|key| !render::delivery::is_discovery_only(key))
             .collect()
     } else {
         BTreeSet::new()
@@ -712,6 +733,7 @@ fn compare(
     let wanted_bootstrap = spec.metadata.get(render::USER_DATA);
     let mut seen = have.metadata.clone();
     let seen_digest = seen.remove(render::delivery::BOOTSTRAP_DIGEST_KEY);
+    seen.remove(render::delivery::PARAMETER_INDEX_KEY);
     if let Some(bootstrap) = wanted_bootstrap {
         seen.insert(render::USER_DATA.to_string(), bootstrap.clone());
     }

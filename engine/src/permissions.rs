@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use crate::desired::Desired;
 use crate::provider::{Cloud, ObjectKind};
-use crate::render::delivery::{parameter_root, INSTANCE_TAG};
+use crate::render::delivery::{aws_partition, parameter_root, INSTANCE_TAG};
 
 /// The identity a set of permissions is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -490,6 +490,7 @@ pub fn role_of_profile(profile: &str) -> String {
 /// has no `clouds.aws`.
 pub fn aws_policy(desired: &Desired, job: Job) -> Option<AwsPolicy> {
     let region = desired.clouds.get(&Cloud::Aws)?.region.clone();
+    let partition = aws_partition(&region);
     let fleet = desired.fleet.as_str();
     let profiles = instance_profiles(desired);
     let mut by_scope: BTreeMap<AwsScope, BTreeSet<&str>> = BTreeMap::new();
@@ -516,10 +517,13 @@ pub fn aws_policy(desired: &Desired, job: Job) -> Option<AwsPolicy> {
         .collect();
     let in_region = json!({ "StringEquals": { "aws:RequestedRegion": region } });
     let owned = [
-        format!("arn:aws:ec2:{region}:*:instance/*"),
-        format!("arn:aws:ec2:{region}:*:launch-template/*"),
+        format!("arn:{partition}:ec2:{region}:*:instance/*"),
+        format!("arn:{partition}:ec2:{region}:*:launch-template/*"),
     ];
-    let parameters = format!("arn:aws:ssm:{region}:*:parameter{}*", parameter_root(fleet));
+    let parameters = format!(
+        "arn:{partition}:ssm:{region}:*:parameter{}*",
+        parameter_root(fleet)
+    );
     let mut statements = Vec::new();
     for (scope, actions) in &by_scope {
         let actions: Vec<&str> = actions.iter().copied().collect();
@@ -603,9 +607,17 @@ pub fn aws_policy(desired: &Desired, job: Job) -> Option<AwsPolicy> {
             );
         }
         Job::Apply => {
+            // Apply writes secrets (encrypting through SSM) and never reads one back.
+            statements.push(json!({
+                "Sid": "NeverDecryptASecret",
+                "Effect": "Deny",
+                "Action": ["kms:Decrypt"],
+                "Resource": "*",
+            }));
             notes.push(
                 "SecureString parameters use the AWS managed key aws/ssm, whose key policy \
-                 lets the account's principals encrypt through SSM: no kms statement is needed."
+                 lets the account's principals encrypt through SSM: no kms statement is needed \
+                 to write them, and kms:Decrypt is denied, as apply reads no secret back."
                     .to_string(),
             );
             if !profiles.is_empty() {
@@ -618,6 +630,46 @@ pub fn aws_policy(desired: &Desired, job: Job) -> Option<AwsPolicy> {
             }
         }
         Job::Manager => {
+            // Explicit denies hold even beside a broader grant on the same role (a managed
+            // policy such as AmazonSSMManagedInstanceCore allows ssm:GetParameters on `*`).
+            let root = parameter_root(fleet);
+            let root = root.trim_end_matches('/');
+            let mut paths = vec![format!("arn:{partition}:ssm:{region}:*:parameter/")];
+            let mut path = String::new();
+            for part in root.trim_start_matches('/').split('/') {
+                path.push('/');
+                path.push_str(part);
+                paths.push(format!("arn:{partition}:ssm:{region}:*:parameter{path}"));
+            }
+            paths.push(parameters.clone());
+            statements.push(json!({
+                "Sid": "NeverAnotherInstancesParameters",
+                "Effect": "Deny",
+                "Action": ["ssm:GetParameters"],
+                "Resource": parameters,
+                "Condition": {
+                    "StringNotEquals": {
+                        format!("aws:ResourceTag/{INSTANCE_TAG}"): "${ec2:SourceInstanceARN}",
+                    }
+                },
+            }));
+            statements.push(json!({
+                "Sid": "NeverTheFleetsParametersOtherwise",
+                "Effect": "Deny",
+                "Action": [
+                    "ssm:AddTagsToResource",
+                    "ssm:DeleteParameter",
+                    "ssm:DeleteParameters",
+                    "ssm:GetParameter",
+                    "ssm:GetParameterHistory",
+                    "ssm:GetParametersByPath",
+                    "ssm:LabelParameterVersion",
+                    "ssm:PutParameter",
+                    "ssm:RemoveTagsFromResource",
+                    "ssm:UnlabelParameterVersion",
+                ],
+                "Resource": paths,
+            }));
             notes.push(format!(
                 "For the fleet's instance profiles. The watcher reads its own parameters under \
                  {}<instance id>/ decrypted; the AWS managed key aws/ssm grants kms:Decrypt \
@@ -629,8 +681,15 @@ pub fn aws_policy(desired: &Desired, job: Job) -> Option<AwsPolicy> {
                  writes with {INSTANCE_TAG} = the ARN of the one instance it is for, and this \
                  policy allows a read only where that tag equals ${{ec2:SourceInstanceARN}}, \
                  the instance whose role signed the request. A parameter without the tag is \
-                 readable by no machine; only the apply job may tag them \
-                 (ssm:AddTagsToResource), so never grant it to these roles."
+                 readable by no machine; only the apply job may tag them."
+            ));
+            notes.push(format!(
+                "The denies keep that true beside any other grant on these roles (a managed \
+                 policy such as AmazonSSMManagedInstanceCore, or this policy's earlier \
+                 fleet-wide version): no read of another instance's parameters, and no listing \
+                 (ssm:GetParametersByPath, which returns every level below a path), single \
+                 read, history, write or tagging of {root}* or the paths above it. Detach the \
+                 earlier version once every machine has been replaced."
             ));
             notes.push(
                 "Launch templates' instance profiles are passed by whatever launches from them \
@@ -1036,6 +1095,7 @@ managers:
             .as_array()
             .unwrap()
             .iter()
+            .filter(|s| s["Effect"] == "Allow")
             .collect();
         assert_eq!(reads.len(), 1);
         assert_eq!(

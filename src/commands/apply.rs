@@ -78,9 +78,7 @@ fn check_expected_changes(plan: &Plan, expected: &str) -> Result<()> {
     let (reviewed_digest, reviewed_plan) = if digest::is_changes_digest(expected) {
         (expected.to_ascii_lowercase(), None)
     } else if path.is_file() {
-        let text = std::fs::read_to_string(path)
-            .into_diagnostic()
-            .wrap_err_with(|| format!("cannot read {}", path.display()))?;
+        let text = super::read_plan_text(path)?.unwrap_or_default();
         let reviewed = read_saved_plan(&text).unwrap_or_else(|| {
             Err(miette!(
                 "{} is not a plan saved with `fleet plan -o`",
@@ -189,11 +187,15 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
             ));
         }
     }
-    let text = std::fs::read_to_string(&args.file)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("cannot read {}", args.file.display()))?;
+    // A saved plan is JSON; anything else is read as a fleet file, whose reader bounds its
+    // size and locates bytes that are not text.
+    let text = if super::may_be_saved_plan(&args.file) {
+        super::read_plan_text(&args.file)?
+    } else {
+        None
+    };
     let color = output::color();
-    let saved = read_saved_plan(&text);
+    let saved = text.as_deref().and_then(read_saved_plan);
     let from_file = saved.is_none();
     let (plan, desired, clouds) = match saved {
         Some(saved) => {

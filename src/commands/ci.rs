@@ -11,7 +11,7 @@ use std::time::Duration;
 use fleet_engine::ops::{self, PlanOptions};
 use fleet_engine::plan::digest::{changes_digest, is_changes_digest};
 use fleet_engine::plan::{display, Plan};
-use miette::{Diagnostic, IntoDiagnostic, Result, WrapErr};
+use miette::{Diagnostic, Result};
 use thiserror::Error;
 
 use crate::cli::{CiCommand, CommentArgs, ExpectedChangesArgs, GitLabArgs, Global};
@@ -163,10 +163,14 @@ async fn expected_changes(global: &Global, args: &ExpectedChangesArgs) -> Result
 /// The plan a note shows: a saved plan as it is (refused if edited), or a fleet file planned
 /// now with the usual cloud options.
 async fn plan_of(global: &Global, path: &Path) -> Result<Plan> {
-    // A saved plan is what `fleet plan`, `render` and `graph` refuse as a fleet file (a
-    // bounded look at a file that opens with `{`); a flow-style YAML fleet file is not one.
-    if super::refuse_saved_plan(path, &global.limits()).is_err() {
-        return read_plan(path);
+    // A saved plan is JSON that reads as one (within the saved-plan limit, which is larger
+    // than a fleet file's); a flow-style YAML fleet file opening with `{` is not one.
+    if super::may_be_saved_plan(path) {
+        if let Some(text) = super::read_plan_text(path)? {
+            if let Some(plan) = super::apply::read_saved_plan(&text) {
+                return checked(plan?, path);
+            }
+        }
     }
     let desired = super::compile(path, &global.limits())?;
     let clouds = clouds::connect(global, &desired).await?;
@@ -187,11 +191,9 @@ async fn plan_of(global: &Global, path: &Path) -> Result<Plan> {
     super::with_fleet_file(plan, path, &global.limits())
 }
 
-/// A saved plan, refused when its content no longer matches its id.
+/// A saved plan read from `path`, refused when it is none or was edited.
 fn read_plan(path: &Path) -> Result<Plan> {
-    let text = std::fs::read_to_string(path)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("cannot read {}", path.display()))?;
+    let text = super::read_plan_text(path)?.unwrap_or_default();
     // The same reading as `fleet apply`'s: the JSON plan for tools and anything else are told
     // apart, each with what to give instead.
     let plan: Plan = match super::apply::read_saved_plan(&text) {
@@ -205,6 +207,11 @@ fn read_plan(path: &Path) -> Result<Plan> {
             ))
         }
     };
+    checked(plan, path)
+}
+
+/// A saved plan, refused when its content no longer matches its id.
+fn checked(plan: Plan, path: &Path) -> Result<Plan> {
     if plan.content_hash() != plan.plan_id {
         return Err(CiError::ModifiedPlan {
             file: path.display().to_string(),

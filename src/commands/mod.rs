@@ -37,6 +37,46 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
     }
 }
 
+/// The largest saved plan `fleet apply` and `fleet ci` read (a plan of 20,000 changes is
+/// about 200 MB): a file over it is refused before it is parsed.
+pub(crate) const SAVED_PLAN_LIMIT: u64 = 512 * 1024 * 1024;
+
+/// Whether `path` may be a saved plan: its first byte that is not whitespace is `{`. Reads at
+/// most 64 KiB, so a device or a file of any size is told apart at once.
+pub(crate) fn may_be_saved_plan(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut head = Vec::new();
+    if file.take(64 * 1024).read_to_end(&mut head).is_err() {
+        return false;
+    }
+    head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+/// A saved plan's text, read within [`SAVED_PLAN_LIMIT`]; `None` when the file is not UTF-8
+/// (then it is no plan, and the fleet-file reader tells where it is broken).
+pub(crate) fn read_plan_text(path: &Path) -> Result<Option<String>> {
+    use miette::{IntoDiagnostic, WrapErr};
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(SAVED_PLAN_LIMIT + 1).read_to_end(&mut bytes))
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() as u64 > SAVED_PLAN_LIMIT {
+        return Err(miette::miette!(
+            code = "fleet::plan_too_large",
+            help = "a saved plan this large is not one fleet wrote for a fleet it can apply: split the fleet, or apply the fleet file",
+            "{} is larger than {} MiB, the most fleet reads as a saved plan; nothing was read or changed",
+            path.display(),
+            SAVED_PLAN_LIMIT / (1024 * 1024)
+        ));
+    }
+    Ok(String::from_utf8(bytes).ok())
+}
+
 /// Loads and checks a fleet file.
 ///
 /// A plan saved with `fleet plan -o` is not a fleet file: it is said so, with what to do,

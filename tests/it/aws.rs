@@ -1913,8 +1913,9 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
         "{shown}"
     );
     let applied = calls(&converge(&env, &file));
-    // Six parameters, each tagged once (the instance that may read it, and for the secret its
-    // digest); nothing listed before (no instance yet), one listing to verify.
+    // Seven parameters, each made with its tags (the instance that may read it, and for the
+    // secret its digest) in one call; nothing listed before (no instance yet), one listing
+    // to verify.
     let ssm_calls: Vec<(String, u64)> = applied
         .into_iter()
         .filter(|(op, _)| op.starts_with("ssm:"))
@@ -1923,9 +1924,8 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
     assert_eq!(
         ssm_calls,
         [
-            ("ssm:AddTagsToResource".to_string(), 6),
             ("ssm:GetParametersByPath".to_string(), 1),
-            ("ssm:PutParameter".to_string(), 6)
+            ("ssm:PutParameter".to_string(), 7)
         ]
     );
 
@@ -1993,6 +1993,7 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
             "action",
             "bootstrap.sha256",
             "config.toml",
+            "index",
             "secret-digests",
             "secrets/DELIVERY_TOKEN",
             "version"
@@ -2141,7 +2142,7 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
     assert_eq!(alive.len(), 1);
     assert_ne!(alive[0], id);
     let successor = stored(&ec2, &ssm, &format!("/fleet/delivery/{}/", alive[0]));
-    assert_eq!(successor.len(), 6);
+    assert_eq!(successor.len(), 7);
     // The new machine's parameters are its own, not its predecessor's.
     let reader = instance_arn(&ec2, &alive[0]);
     assert!(successor
@@ -2186,13 +2187,35 @@ fn an_ec2_instance_whose_config_was_edited_is_put_back_and_one_whose_parameters_
     converge(&env, &file);
     assert_eq!(ec2.alive("lost")[0].id, id);
     assert_eq!(stored(&ec2, &ssm, &prefix)["config.toml"].value, config);
+    // Parameters without an index are those of an earlier release, whose watcher lists them
+    // by path, which the machines' policy no longer allows: the plan says so and makes the
+    // machine again, once.
+    ec2.runtime
+        .block_on(ssm.delete_parameter().name(format!("{prefix}index")).send())
+        .expect("DeleteParameter");
+    let plan = plan_json(&env, &file);
+    assert_eq!(
+        actions_of(&plan, "manager.lost-manager-1"),
+        ["create", "delete"],
+        "{plan:#}"
+    );
+    assert!(
+        plan.to_string()
+            .contains("parameters listed by path (an earlier fleet release)"),
+        "{plan:#}"
+    );
+    converge(&env, &file);
+    let id = ec2.alive("lost")[0].id.clone();
+    let prefix = format!("/fleet/lost/{id}/");
+    assert_eq!(stored(&ec2, &ssm, &prefix).len(), 7);
+    assert_no_changes(&env, &file);
     // What an apply killed between the launch and the parameters leaves: a machine whose
     // watcher has nothing to read.
     let names: Vec<String> = stored(&ec2, &ssm, &prefix)
         .keys()
         .map(|name| format!("{prefix}{name}"))
         .collect();
-    assert_eq!(names.len(), 6);
+    assert_eq!(names.len(), 7);
     ec2.runtime
         .block_on(ssm.delete_parameters().set_names(Some(names)).send())
         .expect("DeleteParameters");
@@ -2208,7 +2231,7 @@ fn an_ec2_instance_whose_config_was_edited_is_put_back_and_one_whose_parameters_
     assert_ne!(alive[0].id, id);
     assert_eq!(
         stored(&ec2, &ssm, &format!("/fleet/lost/{}/", alive[0].id)).len(),
-        6
+        7
     );
     assert_no_changes(&env, &file);
 }

@@ -540,7 +540,7 @@ fn fleet_render_shows_an_ec2_managers_parameters_by_name_and_tier_and_its_secret
     let expected = format!(
         "==> boot-manager-1 (manager.boot-manager-1, EC2 instance) <==
 ==> user data ({} bytes, sent as it is)
-{document}==> SSM parameters under /fleet/boot/<instance id>/ (5)
+{document}==> SSM parameters under /fleet/boot/<instance id>/ (6)
 ==> parameter `config.toml` (String, Standard, {} bytes)
 {config}==> parameter `version` (String, Standard, 7 bytes)
 16.11.1
@@ -548,6 +548,8 @@ fn fleet_render_shows_an_ec2_managers_parameters_by_name_and_tier_and_its_secret
 ==> parameter `secret-digests` (String): the secrets' salted digests, written by apply
 ==> parameter `bootstrap.sha256` (String, Standard, 64 bytes)
 {}
+==> parameter `index` (String): the names the watcher reads (and `action` where apply writes one), written last by apply
+[\"config.toml\",\"secret-digests\",\"secrets/BOOT_TOKEN\",\"version\"]
 ==> parameter `action`: written by each apply that changes the machine, the decision its plan shows
 ",
         document.len(),

@@ -37,17 +37,17 @@ templates:
     arch: arm64
 managers:
   perm-manager-{n}:
-    matrix: { count: 1 }
+    matrix: { count: 2 }
     cloud: aws
     machine_type: m6g.large
     instance_profile: ci-runner
     runner: { version: \"16.11.1\", concurrent: 4 }
     runners:
-      - name: perm-shell
+      - name: perm-shell-{n}
         executor: shell
         url: https://gitlab.example.com
         token: \"${secret:PERM_TOKEN}\"
-      - name: perm-arm
+      - name: perm-arm-{n}
         template: arm64-aws
         arch: armv7
 pools:
@@ -147,6 +147,129 @@ fn ssm_resources(request: &Received) -> Vec<String> {
         .iter()
         .map(|name| format!("arn:aws:ssm:us-east-1:123456789012:parameter{name}"))
         .collect()
+}
+
+/// What IAM decides on `action` on the parameter named `name` with `tags` (`None`: there is
+/// no such parameter), requested with the role of the instance `caller`: an explicit deny
+/// wins, else an allow, else refused. A model of IAM's evaluation for what these policies
+/// use, written from the IAM policy reference (moto evaluates none of it):
+/// `StringEquals` / `StringNotEquals` on `aws:ResourceTag/KEY`, with
+/// `${ec2:SourceInstanceARN}` resolved to the caller, a missing tag matching no
+/// `StringEquals` and every `StringNotEquals`. Any other operator or key fails the test.
+fn iam_allows(
+    policy: &serde_json::Value,
+    action: &str,
+    name: &str,
+    tags: Option<&BTreeMap<String, String>>,
+    caller: &str,
+) -> bool {
+    let arn = format!("arn:aws:ssm:us-east-1:123456789012:parameter{name}");
+    let applies = |statement: &serde_json::Value| -> bool {
+        let actions: Vec<&str> = match &statement["Action"] {
+            serde_json::Value::String(one) => vec![one.as_str()],
+            serde_json::Value::Array(many) => many.iter().filter_map(|a| a.as_str()).collect(),
+            _ => Vec::new(),
+        };
+        let resources: Vec<&str> = match &statement["Resource"] {
+            serde_json::Value::String(one) => vec![one.as_str()],
+            serde_json::Value::Array(many) => many.iter().filter_map(|r| r.as_str()).collect(),
+            _ => Vec::new(),
+        };
+        if !actions.iter().any(|a| arn_matches(a, action))
+            || !resources.iter().any(|r| arn_matches(r, &arn))
+        {
+            return false;
+        }
+        let Some(conditions) = statement["Condition"].as_object() else {
+            return true;
+        };
+        conditions.iter().all(|(operator, keys)| {
+            keys.as_object().unwrap().iter().all(|(key, wanted)| {
+                let tag = key
+                    .strip_prefix("aws:ResourceTag/")
+                    .unwrap_or_else(|| panic!("a condition key this model lacks: {key}"));
+                let wanted = wanted
+                    .as_str()
+                    .unwrap()
+                    .replace("${ec2:SourceInstanceARN}", caller);
+                let have = tags.and_then(|tags| tags.get(tag));
+                match operator.as_str() {
+                    "StringEquals" => have == Some(&wanted),
+                    "StringNotEquals" => have != Some(&wanted),
+                    other => panic!("a condition operator this model lacks: {other}"),
+                }
+            })
+        })
+    };
+    let statements = statements(policy);
+    !statements
+        .iter()
+        .any(|s| s["Effect"] == "Deny" && applies(s))
+        && statements
+            .iter()
+            .any(|s| s["Effect"] == "Allow" && applies(s))
+}
+
+/// Each instance may read exactly the parameters tagged for it: its own (under its id), none
+/// of another's, and nothing without a tag; nor list, read singly or write any of them.
+#[track_caller]
+fn assert_isolated(
+    policy: &serde_json::Value,
+    tagged: &BTreeMap<String, crate::aws::Stored>,
+    instances: &BTreeMap<String, String>,
+) {
+    assert!(instances.len() >= 2, "{instances:?}");
+    for (name, parameter) in tagged {
+        let full = format!("/fleet/perm/{name}");
+        for (id, arn) in instances {
+            let own = name.starts_with(&format!("{id}/"));
+            assert_eq!(
+                iam_allows(
+                    policy,
+                    "ssm:GetParameters",
+                    &full,
+                    Some(&parameter.tags),
+                    arn
+                ),
+                own,
+                "{full} read by {id}"
+            );
+            for other in [
+                "ssm:GetParameter",
+                "ssm:GetParametersByPath",
+                "ssm:PutParameter",
+                "ssm:AddTagsToResource",
+            ] {
+                assert!(
+                    !iam_allows(policy, other, &full, Some(&parameter.tags), arn),
+                    "{other} on {full} by {id}"
+                );
+            }
+        }
+    }
+    for arn in instances.values() {
+        assert!(!iam_allows(
+            policy,
+            "ssm:GetParameters",
+            "/fleet/perm/i-0/untagged",
+            Some(&BTreeMap::new()),
+            arn
+        ));
+        assert!(!iam_allows(
+            policy,
+            "ssm:GetParametersByPath",
+            "/fleet",
+            None,
+            arn
+        ));
+        assert!(!iam_allows(
+            policy,
+            "ssm:GetParametersByPath",
+            "/",
+            None,
+            arn
+        ));
+    }
 }
 
 /// Whether an ARN matches an IAM resource pattern (`*` any run of characters).
@@ -355,11 +478,29 @@ fn the_aws_policies_allow_exactly_what_plan_apply_and_the_machine_were_seen_to_c
     assert_eq!(actions_of(&created, "pool.perm-builder-1"), ["create"]);
     let manager = ec2.by_name("perm", "perm-manager-1");
     let machine = ec2_watch(&env, &ec2, &proxy, &manager.id);
-    // What IAM would decide on the machine's reads and on every other parameter of the fleet,
-    // by the printed policy's own condition and the tags moto holds (moto does not evaluate
-    // IAM; this is the evaluation of the one condition the policy has).
-    let tagged = crate::aws::stored(&ec2, &crate::aws::ssm_client(&moto), "/fleet/perm/");
+    // What IAM would decide on the machine's reads and on every parameter of the fleet, from
+    // the printed policy and the tags moto holds (moto does not evaluate IAM: see
+    // `iam_allows`), here and again after the update.
+    let ssm = crate::aws::ssm_client(&moto);
+    let tagged = crate::aws::stored(&ec2, &ssm, "/fleet/perm/");
     let own_arn = crate::aws::instance_arn(&ec2, &manager.id);
+    let arns = |ec2: &Ec2| -> BTreeMap<String, String> {
+        ec2.alive("perm")
+            .into_iter()
+            .map(|i| (i.id.clone(), crate::aws::instance_arn(ec2, &i.id)))
+            .collect()
+    };
+    let instance_arns = arns(&ec2);
+    assert_eq!(
+        tagged
+            .keys()
+            .filter_map(|n| n.split_once('/').map(|(id, _)| id.to_string()))
+            .collect::<BTreeSet<_>>()
+            .len(),
+        2,
+        "two managers with parameters: {:?}",
+        tagged.keys()
+    );
     // A day later: in place, replaced, a new template version.
     let later = changed(
         AWS_FLEET,
@@ -377,6 +518,8 @@ fn the_aws_policies_allow_exactly_what_plan_apply_and_the_machine_were_seen_to_c
     );
     let plan = watch(&mut plans, &mut applies, &later);
     assert_eq!(actions_of(&plan, "manager.perm-manager-1"), ["update"]);
+    let tagged_later = crate::aws::stored(&ec2, &ssm, "/fleet/perm/");
+    let instance_arns_later = arns(&ec2);
     assert!(
         actions_of(&plan, "pool.perm-builder-1").contains(&"delete".to_string()),
         "{plan:#}"
@@ -445,62 +588,27 @@ fn the_aws_policies_allow_exactly_what_plan_apply_and_the_machine_were_seen_to_c
         assert_eq!(request.operation, "GetParameters");
         assert_eq!(request.json["WithDecryption"], true);
     }
-    // The policy lets the machine read exactly its own parameters: allowed where the
-    // parameter's tag equals the ARN of the instance whose role signed the request, as IAM
-    // resolves `${ec2:SourceInstanceARN}`; every other parameter of the fleet is refused to
-    // it, and a parameter with no tag to every machine.
+    // The policy lets the machine read exactly its own parameters, as IAM would decide on
+    // the tags moto holds: every name it asked for exists and is its own.
     let manager_policy = printed(&env, &file, "manager", "aws")["aws"]["policy"].clone();
-    let allows = |name: &str, caller: &str| -> bool {
-        let tags = tagged.get(name).map(|p| &p.tags);
-        statements(&manager_policy).iter().any(|s| {
-            s["Effect"] == "Allow"
-                && s["Action"] == serde_json::json!(["ssm:GetParameters"])
-                && arn_matches(
-                    s["Resource"].as_str().unwrap_or_default(),
-                    &format!("arn:aws:ssm:us-east-1:123456789012:parameter/fleet/perm/{name}"),
-                )
-                && s["Condition"]["StringEquals"]
-                    .as_object()
-                    .is_some_and(|conditions| {
-                        conditions.iter().all(|(key, wanted)| {
-                            let value = wanted
-                                .as_str()
-                                .unwrap_or_default()
-                                .replace("${ec2:SourceInstanceARN}", caller);
-                            let tag = key.strip_prefix("aws:ResourceTag/");
-                            tag.and_then(|t| tags.and_then(|tags| tags.get(t))) == Some(&value)
-                        })
-                    })
-        })
-    };
     for request in &machine {
         for name in request.json["Names"].as_array().unwrap() {
             let name = name.as_str().unwrap();
-            let relative = name.strip_prefix("/fleet/perm/").unwrap();
             assert!(name.starts_with(&own_prefix), "{name}");
-            if tagged.contains_key(relative) {
-                assert!(
-                    allows(relative, &own_arn),
-                    "{name} is refused to its machine"
-                );
-            }
+            let relative = name.strip_prefix("/fleet/perm/").unwrap();
+            let tags = tagged.get(relative).map(|p| &p.tags);
+            assert!(
+                tags.is_some(),
+                "the watcher asked for {name}, which does not exist"
+            );
+            assert!(
+                iam_allows(&manager_policy, "ssm:GetParameters", name, tags, &own_arn),
+                "{name} is refused to its machine"
+            );
         }
     }
-    assert!(tagged.keys().any(|n| n.starts_with(&manager.id)));
-    for name in tagged.keys() {
-        let own = name.starts_with(&format!("{}/", manager.id));
-        assert_eq!(allows(name, &own_arn), own, "{name}");
-        let other = own_arn.replace(&manager.id, "i-0123456789abcdef0");
-        assert!(
-            !allows(name, &other),
-            "{name} is readable by another instance"
-        );
-    }
-    assert!(!allows(
-        &format!("{}/config.toml-untagged", manager.id),
-        &own_arn
-    ));
-    // Tags at launch are allowed only for the creations seen tagging what they made.
+    assert_isolated(&manager_policy, &tagged, &instance_arns);
+    assert_isolated(&manager_policy, &tagged_later, &instance_arns_later); // Tags at launch are allowed only for the creations seen tagging what they made.
     let apply_policy = printed(&env, &file, "apply", "aws")["aws"]["policy"].clone();
     let tagging_creations: BTreeSet<String> = applies
         .iter()

@@ -245,6 +245,61 @@ fn invalid_under_a_memory_cap(env: &Env, file: &str) -> String {
     stderr
 }
 
+/// Runs fleet with `args` under `kib` KiB of address space, in the sim, and returns its exit
+/// code and standard error.
+fn capped(env: &Env, kib: u64, args: &[&str]) -> (Option<i32>, String) {
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -v {kib} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_fleet"))
+        .args(["--sim-dir", "sim-state"])
+        .args(args)
+        .current_dir(env.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run fleet under a memory cap");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn apply_reads_what_it_is_given_within_bounds_and_locates_what_is_not_text() {
+    let env = Env::new();
+    // Not UTF-8: the same located diagnostic `fleet plan` gives, not an I/O error.
+    let bad = env.path().join("latin1.yaml");
+    std::fs::write(
+        &bad,
+        b"fleet: f\nclouds:\n  gcp: {project: p, region: us-east1}\n# caf\xe9\n",
+    )
+    .unwrap();
+    let (code, stderr) = capped(&env, 524_288, &["apply", "latin1.yaml", "--auto-approve"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("Not UTF-8"), "{stderr}");
+    assert!(stderr.contains("latin1.yaml:4:6"), "{stderr}");
+    // A device that never ends is read only up to the fleet-file limit.
+    let (code, stderr) = capped(&env, 524_288, &["apply", "/dev/zero", "--auto-approve"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("problem in the fleet file"), "{stderr}");
+    // JSON past the saved-plan limit (a sparse file: no disk is used) is refused by its
+    // size, before it is parsed, and so is it as the reviewed plan of --expect-changes.
+    let huge = env.path().join("huge.json");
+    let file = std::fs::File::create(&huge).unwrap();
+    std::io::Write::write_all(&mut &file, b"{").unwrap();
+    file.set_len(600 * 1024 * 1024).unwrap();
+    let (code, stderr) = capped(&env, 1_572_864, &["apply", "huge.json", "--auto-approve"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("larger than 512 MiB"), "{stderr}");
+    assert!(
+        stderr.contains("the most fleet reads as a saved plan"),
+        "{stderr}"
+    );
+    let (code, stderr) = capped(&env, 1_572_864, &["ci", "digest", "huge.json"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("larger than 512 MiB"), "{stderr}");
+}
+
 #[test]
 fn an_alias_bomb_of_long_strings_is_refused_under_a_memory_cap() {
     // Few nodes, many bytes: one megabyte string aliased 90,000 times (90 GB when copied).

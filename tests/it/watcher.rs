@@ -623,14 +623,14 @@ fn the_ec2_watcher_reads_its_parameters_with_its_role_and_carries_out_the_decisi
             .fallback(imds)
             .with_state(Arc::new(id.clone())),
     );
-    let watch = || {
+    let run_watcher = || {
         let _ = std::fs::remove_file(&machine.log);
         let path = format!(
             "{}:{}",
             machine.bin.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let output = Command::new("python3")
+        Command::new("python3")
             .arg(&machine.script)
             .env("PATH", path)
             .env("FLEET_WATCH_IMDS_URL", server.url())
@@ -638,7 +638,10 @@ fn the_ec2_watcher_reads_its_parameters_with_its_role_and_carries_out_the_decisi
             .env("FLEET_WATCH_ROOT", &machine.root)
             .env("FLEET_WATCH_TEST_LOG", &machine.log)
             .output()
-            .expect("run python3");
+            .expect("run python3")
+    };
+    let watch = || {
+        let output = run_watcher();
         let stdout = String::from_utf8_lossy(&output.stdout).to_string();
         assert!(
             output.status.success(),
@@ -656,9 +659,9 @@ fn the_ec2_watcher_reads_its_parameters_with_its_role_and_carries_out_the_decisi
     let (commands, requests) = moto.ssm_requests_during(watch);
     assert_eq!(commands, Vec::<String>::new());
     // Two signed reads of its own parameters by name, decrypted, with the role's session
-    // token: the files, decision and digests, then the one secret the digests name (1 +
-    // ceil(secrets / 10) calls). No path listing, which the tag condition cannot hold to one
-    // machine. Each signature is the one botocore computes for the same request.
+    // token: its index, then exactly what the index names (1 + ceil(parameters / 10) calls),
+    // so it never asks for one it does not have (IAM would refuse the whole call). No path
+    // listing. Each signature is the one botocore computes for the same request.
     let prefix = format!("/fleet/watched/{id}/");
     let named: Vec<Vec<String>> = requests
         .iter()
@@ -682,14 +685,14 @@ fn the_ec2_watcher_reads_its_parameters_with_its_role_and_carries_out_the_decisi
     assert_eq!(
         named,
         [
+            vec!["index"],
             vec![
                 "action",
                 "config.toml",
-                "prometheus.yml",
-                "version",
-                "secret-digests"
-            ],
-            vec!["secrets/DELIVERY_TOKEN"]
+                "secret-digests",
+                "secrets/DELIVERY_TOKEN",
+                "version"
+            ]
         ],
         "{requests:?}"
     );
@@ -735,6 +738,38 @@ fn the_ec2_watcher_reads_its_parameters_with_its_role_and_carries_out_the_decisi
     let config = machine.config();
     assert!(config.contains("listen_address = \":9253\""), "{config}");
     assert!(config.contains(secret), "{config}");
+    // A parameter its index names is gone (an apply interrupted, a hand at the console): the
+    // watcher asks for exactly what the index names, writes nothing from the partial read,
+    // and fails, to be run again; the next apply puts the parameter back.
+    let file = env.write(
+        "watched.yaml",
+        &fleet.replace("concurrent: 4", "concurrent: 6, listen_address: \":9253\""),
+    );
+    crate::aws::converge(&env, &file);
+    let ssm = crate::aws::ssm_client(&moto);
+    ec2.runtime
+        .block_on(
+            ssm.delete_parameter()
+                .name(format!("/fleet/watched/{id}/config.toml"))
+                .send(),
+        )
+        .expect("DeleteParameter");
+    let output = run_watcher();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("fleet-watch: parameters not there yet: config.toml"),
+        "{stdout}"
+    );
+    assert!(
+        machine.config().contains("concurrent = 5"),
+        "written from a partial read"
+    );
+    crate::aws::converge(&env, &file);
+    assert_eq!(ec2.alive("watched")[0].id, id);
+    // Put back as a change from no config at all, the plan's class for it (a restart).
+    assert_eq!(watch(), ["systemctl restart gitlab-runner"]);
+    assert!(machine.config().contains("concurrent = 6"));
 }
 
 /// The EC2 machine `id` as cloud-init lays it down from the user data EC2 holds for it: its

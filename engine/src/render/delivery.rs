@@ -56,6 +56,20 @@ pub const SECRET_DIGESTS: &str = "secret-digests";
 pub const BOOTSTRAP_DIGEST: &str = "bootstrap.sha256";
 /// The metadata key discovery reports [`BOOTSTRAP_DIGEST`] under; never delivered, never a file.
 pub const BOOTSTRAP_DIGEST_KEY: &str = "user-data-sha256";
+/// The names of an instance's other parameters its watcher reads, as a `String` parameter
+/// written last. The watcher reads it first and then asks for exactly those: IAM refuses a
+/// whole `GetParameters` when one name is not the caller's to read, and a name with no
+/// parameter has no tag, so asking for an item a machine does not have would fail them all.
+pub const PARAMETER_INDEX: &str = "index";
+/// The metadata key discovery reports [`PARAMETER_INDEX`] under; never delivered, never
+/// compared. An instance with parameters but no index was made by an earlier release.
+pub const PARAMETER_INDEX_KEY: &str = "parameter-index";
+
+/// Whether a metadata key is one discovery reports beside the delivered items (what the
+/// parameters say of themselves), never delivered and never compared as a file.
+pub fn is_discovery_only(key: &str) -> bool {
+    key == BOOTSTRAP_DIGEST_KEY || key == PARAMETER_INDEX_KEY
+}
 
 /// The SHA-256 (hex) of a bootstrap.
 pub fn bootstrap_digest(bootstrap: &str) -> String {
@@ -259,14 +273,27 @@ pub const INSTANCE_TAG: &str = "fleet-instance";
 /// The ARN of an EC2 instance, as `ec2:SourceInstanceARN` gives it for requests signed with
 /// the instance's role: `arn:<partition>:ec2:<region>:<account>:instance/<id>`.
 pub fn ec2_instance_arn(region: &str, account: &str, id: &str) -> String {
-    let partition = if region.starts_with("cn-") {
-        "aws-cn"
-    } else if region.starts_with("us-gov-") {
-        "aws-us-gov"
-    } else {
-        "aws"
-    };
-    format!("arn:{partition}:ec2:{region}:{account}:instance/{id}")
+    format!(
+        "arn:{}:ec2:{region}:{account}:instance/{id}",
+        aws_partition(region)
+    )
+}
+
+/// The AWS partition a region is in, as its ARNs name it.
+pub fn aws_partition(region: &str) -> &'static str {
+    const PARTITIONS: &[(&str, &str)] = &[
+        ("cn-", "aws-cn"),
+        ("us-gov-", "aws-us-gov"),
+        ("us-isob-", "aws-iso-b"),
+        ("us-isof-", "aws-iso-f"),
+        ("us-iso-", "aws-iso"),
+        ("eu-isoe-", "aws-iso-e"),
+        ("eusc-", "aws-eusc"),
+    ];
+    PARTITIONS
+        .iter()
+        .find(|(prefix, _)| region.starts_with(prefix))
+        .map_or("aws", |(_, partition)| partition)
 }
 
 /// The SSM Parameter Store tier a value needs.
@@ -309,6 +336,9 @@ pub struct Parameter {
 pub fn parameter_key(name: &str) -> Option<&'static str> {
     if name == BOOTSTRAP_DIGEST {
         return Some(BOOTSTRAP_DIGEST_KEY);
+    }
+    if name == PARAMETER_INDEX {
+        return Some(PARAMETER_INDEX_KEY);
     }
     EC2_PARAMETERS
         .iter()
@@ -360,6 +390,22 @@ pub fn parameters(metadata: &BTreeMap<String, String>) -> Vec<Parameter> {
         out.push(Parameter {
             name: BOOTSTRAP_DIGEST.to_string(),
             value: bootstrap_digest(bootstrap),
+            secure: false,
+            digest: None,
+        });
+    }
+    // Last, what the watcher reads first: the names of the others it reads.
+    if !out.is_empty() {
+        let mut names: Vec<&str> = out
+            .iter()
+            .map(|p| p.name.as_str())
+            .filter(|name| *name != BOOTSTRAP_DIGEST)
+            .collect();
+        names.sort_unstable();
+        let index = serde_json::to_string(&names).unwrap_or_default();
+        out.push(Parameter {
+            name: PARAMETER_INDEX.to_string(),
+            value: index,
             secure: false,
             digest: None,
         });
@@ -851,9 +897,22 @@ mod tests {
                 ("action", false),
                 ("secrets/T", true),
                 ("secret-digests", false),
-                ("bootstrap.sha256", false)
+                ("bootstrap.sha256", false),
+                ("index", false)
             ]
         );
+        // The index names what the watcher reads, not the bootstrap's digest, nor itself.
+        assert_eq!(
+            parameters[6].value,
+            "[\"action\",\"config.toml\",\"secret-digests\",\"secrets/T\",\"version\"]"
+        );
+        assert_eq!(parameter_key("index"), Some(PARAMETER_INDEX_KEY));
+        assert_eq!(
+            ec2_instance_arn("us-gov-west-1", "123456789012", "i-1"),
+            "arn:aws-us-gov:ec2:us-gov-west-1:123456789012:instance/i-1"
+        );
+        assert_eq!(aws_partition("us-isob-east-1"), "aws-iso-b");
+        assert_eq!(aws_partition("eu-central-1"), "aws");
         assert_eq!(parameters[3].value, "glrt-value");
         assert_eq!(parameters[3].digest.as_deref(), Some("d"));
         assert_eq!(parameters[4].value, "{\"digests\":{\"T\":\"d\"}}");

@@ -187,6 +187,11 @@ fn ec2(out: &mut String, fleet: &str, resource: &DesiredResource, secrets: &[Str
             out.push_str(&format!(
                 "==> parameter `{name}` (SecureString, tier by its value's size): (sensitive), written by apply\n"
             ));
+        } else if name == delivery::PARAMETER_INDEX {
+            out.push_str(&format!(
+                "==> parameter `{name}` (String): the names the watcher reads (and `action` where apply writes one), written last by apply\n"
+            ));
+            push_value(out, &parameter.value);
         } else if name == delivery::SECRET_DIGESTS {
             out.push_str(&format!(
                 "==> parameter `{name}` (String): the secrets' salted digests, written by apply\n"
@@ -257,7 +262,7 @@ managers:
             "{text}"
         );
         assert!(
-            text.contains("==> SSM parameters under /fleet/show/<instance id>/ (5)\n"),
+            text.contains("==> SSM parameters under /fleet/show/<instance id>/ (6)\n"),
             "{text}"
         );
         assert!(
@@ -270,6 +275,7 @@ managers:
             text.contains("==> parameter `action`: written by each apply"),
             "{text}"
         );
+        assert!(text.contains("==> parameter `index` (String): the names the watcher reads (and `action` where apply writes one), written last by apply\n[\"config.toml\",\"secret-digests\",\"secrets/SHOW_TOKEN\",\"version\"]"), "{text}");
     }
 
     #[test]

@@ -772,18 +772,22 @@ impl AwsEc2 {
     ) -> Result<(), ProviderError> {
         let prefix = AwsEc2::parameter_prefix(labels, id);
         let wanted = fleet_engine::render::delivery::parameters(metadata);
-        let existing: Vec<String> = self
+        let existing: BTreeSet<String> = self
             .parameter_names
             .lock()
             .map(|known| known.get(id).cloned().unwrap_or_default())
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         // An instance with nothing to watch has no parameters, and no account is needed.
         let reader = if wanted.is_empty() {
             String::new()
         } else {
             self.instance_arn(id, what)?
         };
-        self.parameters.put(&prefix, &wanted, &reader, what).await?;
+        self.parameters
+            .put(&prefix, &wanted, &reader, &existing, what)
+            .await?;
         let names: BTreeSet<String> = wanted
             .iter()
             .map(|p| format!("{prefix}{}", p.name))

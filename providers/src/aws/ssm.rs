@@ -8,7 +8,7 @@
 //! read back for a plan (only `String` parameters, never decrypted), and deleted with their
 //! instance. Every request is counted as `ssm:<Operation>` beside the EC2 calls.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use aws_sdk_ssm::config::retry::RetryConfig;
@@ -122,21 +122,31 @@ impl Parameters {
         Ok(found)
     }
 
-    /// Writes `parameters` under `prefix`: secret values first, the decision last, so a
-    /// watcher that reads between two writes finds a decision that does not match the config
-    /// it got and waits. After its value, each parameter gets its tags in one call: the
-    /// `fleet-instance` tag naming `reader`, the instance ARN the machines' policy compares
-    /// with the caller's, and for a secret its digest. Until then no machine can read it; it
-    /// is set on every write, so a parameter made again by hand is put back readable too.
+    /// Writes `parameters` under `prefix`: secret values first, then the files, the decision
+    /// and the index last, so a watcher that reads between two writes finds a decision that
+    /// does not match the config it got and waits, and never asks for a parameter not yet
+    /// written. Every parameter carries the `fleet-instance` tag naming `reader`, the
+    /// instance ARN the machines' policy compares with the caller's (a secret also its
+    /// digest). A parameter not among `existing` is made with its tags in the same
+    /// `PutParameter`, so no interruption leaves it untagged; one that exists is overwritten
+    /// (which keeps its tags) and tagged again after, which also puts back a tag removed by
+    /// hand and a secret's new digest.
     pub(crate) async fn put(
         &self,
         prefix: &str,
         parameters: &[Parameter],
         reader: &str,
+        existing: &BTreeSet<String>,
         what: &str,
     ) -> Result<(), ProviderError> {
         let mut ordered: Vec<&Parameter> = parameters.iter().collect();
-        ordered.sort_by_key(|p| (!p.secure, p.name == "action"));
+        // Secrets, the files, the decision, then the index the watcher reads first.
+        ordered.sort_by_key(|p| match p.name.as_str() {
+            _ if p.secure => 0,
+            "action" => 2,
+            fleet_engine::render::delivery::PARAMETER_INDEX => 3,
+            _ => 1,
+        });
         for parameter in ordered {
             let name = format!("{prefix}{}", parameter.name);
             let tier = match Tier::for_size(parameter.value.len()) {
@@ -162,28 +172,46 @@ impl Parameters {
             } else {
                 ParameterType::String
             };
-            self.client
-                .put_parameter()
-                .name(&name)
-                .value(&parameter.value)
-                .r#type(kind)
-                .tier(tier)
-                .overwrite(true)
-                .send()
-                .await
-                .map_err(|e| {
-                    let mut error = sdk_error("ssm:PutParameter", e);
-                    // A service's validation message may quote the value it refused; for a
-                    // secret only the name and the code are told.
-                    if parameter.secure {
-                        error.message = format!("the value of {name} was refused ({})", error.code);
-                    }
-                    about(error, what)
-                })?;
             let mut tags = vec![tag(INSTANCE_TAG, reader)?];
             if let Some(digest) = &parameter.digest {
                 tags.push(tag(DIGEST_TAG, digest)?);
             }
+            let request = self
+                .client
+                .put_parameter()
+                .name(&name)
+                .value(&parameter.value)
+                .r#type(kind)
+                .tier(tier);
+            let refused = |e| {
+                let mut error = sdk_error("ssm:PutParameter", e);
+                // A service's validation message may quote the value it refused; for a secret
+                // only the name and the code are told.
+                if parameter.secure {
+                    error.message = format!("the value of {name} was refused ({})", error.code);
+                }
+                error
+            };
+            if !existing.contains(&name) {
+                // SSM takes tags only on a creation, never with `Overwrite`.
+                match request
+                    .clone()
+                    .set_tags(Some(tags.clone()))
+                    .send()
+                    .await
+                    .map_err(refused)
+                {
+                    Ok(_) => continue,
+                    // Made since the discovery this apply planned from: overwritten below.
+                    Err(error) if error.code == "ParameterAlreadyExists" => {}
+                    Err(error) => return Err(about(error, what)),
+                }
+            }
+            request
+                .overwrite(true)
+                .send()
+                .await
+                .map_err(|e| about(refused(e), what))?;
             self.client
                 .add_tags_to_resource()
                 .resource_type(ResourceTypeForTagging::Parameter)
