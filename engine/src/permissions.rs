@@ -688,7 +688,7 @@ pub fn aws_policy(desired: &Desired, job: Job) -> Option<AwsPolicy> {
                  policy such as AmazonSSMManagedInstanceCore, or this policy's earlier \
                  fleet-wide version): no read of another instance's parameters, and no listing \
                  (ssm:GetParametersByPath, which returns every level below a path), single \
-                 read, history, write or tagging of {root}* or the paths above it. Detach the \
+                 read, history, write or tagging of {root}/* or the paths above it. Detach the \
                  earlier version once every machine has been replaced."
             ));
             notes.push(
@@ -842,18 +842,22 @@ fn account_email(account: &str) -> String {
     }
 }
 
+/// Each GCE machine that runs as a service account, with the account.
+fn gce_machines_by_account(
+    desired: &Desired,
+) -> impl Iterator<Item = (&String, &crate::desired::DesiredResource)> {
+    desired
+        .resources
+        .values()
+        .filter(|r| r.cloud == Cloud::Gcp && r.object == ObjectKind::Instance)
+        .filter_map(|r| r.spec.identity.service_account.as_ref().map(|a| (a, r)))
+}
+
 /// The service accounts that more than one GCE machine with secrets runs as, with those
 /// machines' names, sorted.
 fn machines_sharing_an_account(desired: &Desired) -> BTreeMap<String, Vec<String>> {
     let mut by_account: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for resource in desired
-        .resources
-        .values()
-        .filter(|r| r.cloud == Cloud::Gcp && r.object == ObjectKind::Instance)
-    {
-        let Some(account) = &resource.spec.identity.service_account else {
-            continue;
-        };
+    for (account, resource) in gce_machines_by_account(desired) {
         if crate::secrets::references(resource.spec.metadata.values()).is_empty() {
             continue;
         }
@@ -874,14 +878,7 @@ fn machines_sharing_an_account(desired: &Desired) -> BTreeMap<String, Vec<String
 /// under the project number IAM conditions see.
 fn secrets_by_account(desired: &Desired) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for resource in desired
-        .resources
-        .values()
-        .filter(|r| r.cloud == Cloud::Gcp && r.object == ObjectKind::Instance)
-    {
-        let Some(account) = &resource.spec.identity.service_account else {
-            continue;
-        };
+    for (account, resource) in gce_machines_by_account(desired) {
         let machine = format!(
             "zones/{}/instances/{}",
             resource.spec.zone, resource.cloud_name
