@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use fleet_engine::apply::ApplyOptions;
-use fleet_engine::ops::{self, PlanOptions};
+use fleet_engine::ops;
 use fleet_engine::plan::display::{self, TextOptions};
 use fleet_engine::plan::Plan;
 use fleet_engine::state::{LocalStore, LockInfo};
@@ -78,12 +78,11 @@ fn check_expected_changes(plan: &Plan, expected: &str) -> Result<()> {
     let (reviewed_digest, reviewed_plan) = if digest::is_changes_digest(expected) {
         (expected.to_ascii_lowercase(), None)
     } else if path.is_file() {
-        let text = super::read_plan_text(path)?.unwrap_or_default();
-        let reviewed = read_saved_plan(&text).unwrap_or_else(|| {
-            Err(miette!(
+        let reviewed = super::read_saved_plan_file(path)?.ok_or_else(|| {
+            miette!(
                 "{} is not a plan saved with `fleet plan -o`",
                 path.display()
-            ))
+            )
         })?;
         if reviewed.content_hash() != reviewed.plan_id {
             return Err(miette!(
@@ -189,17 +188,11 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
     }
     // A saved plan is JSON; anything else is read as a fleet file, whose reader bounds its
     // size and locates bytes that are not text.
-    let text = if super::may_be_saved_plan(&args.file) {
-        super::read_plan_text(&args.file)?
-    } else {
-        None
-    };
+    let saved = super::read_saved_plan_file(&args.file)?;
     let color = output::color();
-    let saved = text.as_deref().and_then(read_saved_plan);
     let from_file = saved.is_none();
     let (plan, desired, clouds) = match saved {
-        Some(saved) => {
-            let plan = saved?;
+        Some(plan) => {
             // --expect-changes approves what the fleet file plans now; a saved plan in its
             // place would be applied as it is, past every check of the fleet file (its plan
             // id is a hash anyone can compute), so the two are never taken together.
@@ -251,24 +244,8 @@ pub(crate) async fn run(global: &Global, args: &ApplyArgs) -> Result<u8> {
             (plan, desired, clouds)
         }
         None => {
-            let desired = super::compile(&args.file, &global.limits())?;
-            let clouds = clouds::connect(global, &desired).await?;
-            let source = crate::secrets::Secrets::for_run(global)?;
-            let names = fleet_engine::secrets::references(
-                desired
-                    .resources
-                    .values()
-                    .flat_map(|r| r.spec.metadata.values()),
-            );
-            let options = PlanOptions {
-                targets: args.target.clone(),
-                only_cloud: clouds::only_cloud(global),
-                secret_values: crate::secrets::available(&source, names),
-                retry: clouds::retry_policy(global),
-            };
-            source.announce_placeholders();
-            let (plan, _) = ops::plan(&desired, &clouds.providers, &options).await?;
-            let plan = super::with_fleet_file(plan, &args.file, &global.limits())?;
+            let (plan, desired, clouds) =
+                super::plan_fleet_file(global, &args.file, &args.target, true).await?;
             output::out(&display::text(&plan, TextOptions { color }));
             (plan, desired, clouds)
         }

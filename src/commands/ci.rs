@@ -8,7 +8,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use fleet_engine::ops::{self, PlanOptions};
 use fleet_engine::plan::digest::{changes_digest, is_changes_digest};
 use fleet_engine::plan::{display, Plan};
 use miette::{Diagnostic, Result};
@@ -165,39 +164,19 @@ async fn expected_changes(global: &Global, args: &ExpectedChangesArgs) -> Result
 async fn plan_of(global: &Global, path: &Path) -> Result<Plan> {
     // A saved plan is JSON that reads as one (within the saved-plan limit, which is larger
     // than a fleet file's); a flow-style YAML fleet file opening with `{` is not one.
-    if super::may_be_saved_plan(path) {
-        if let Some(text) = super::read_plan_text(path)? {
-            if let Some(plan) = super::apply::read_saved_plan(&text) {
-                return checked(plan?, path);
-            }
-        }
+    if let Some(plan) = super::read_saved_plan_file(path)? {
+        return checked(plan, path);
     }
-    let desired = super::compile(path, &global.limits())?;
-    let clouds = clouds::connect(global, &desired).await?;
-    let source = crate::secrets::Secrets::for_run(global)?;
-    let names = fleet_engine::secrets::references(
-        desired
-            .resources
-            .values()
-            .flat_map(|r| r.spec.metadata.values()),
-    );
-    let options = PlanOptions {
-        targets: Vec::new(),
-        only_cloud: clouds::only_cloud(global),
-        secret_values: crate::secrets::available(&source, names),
-        retry: clouds::retry_policy(global),
-    };
-    let (plan, _) = ops::plan(&desired, &clouds.providers, &options).await?;
-    super::with_fleet_file(plan, path, &global.limits())
+    let (plan, _, _) = super::plan_fleet_file(global, path, &[], false).await?;
+    Ok(plan)
 }
 
 /// A saved plan read from `path`, refused when it is none or was edited.
 fn read_plan(path: &Path) -> Result<Plan> {
-    let text = super::read_plan_text(path)?.unwrap_or_default();
     // The same reading as `fleet apply`'s: the JSON plan for tools and anything else are told
     // apart, each with what to give instead.
-    let plan: Plan = match super::apply::read_saved_plan(&text) {
-        Some(read) => read?,
+    let plan: Plan = match super::read_saved_plan_file(path)? {
+        Some(plan) => plan,
         None => {
             return Err(miette::miette!(
                 code = "fleet::ci::not_a_plan",

@@ -55,9 +55,22 @@ pub(crate) fn may_be_saved_plan(path: &Path) -> bool {
     head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
+/// The plan saved at `path` (read within [`SAVED_PLAN_LIMIT`]), or `None` when the file is
+/// none: it does not open with `{`, is not UTF-8, or is JSON of another kind. A JSON plan
+/// for tools, or a saved plan that cannot be read, is an error saying what to give instead.
+pub(crate) fn read_saved_plan_file(path: &Path) -> Result<Option<fleet_engine::plan::Plan>> {
+    if !may_be_saved_plan(path) {
+        return Ok(None);
+    }
+    let Some(text) = read_plan_text(path)? else {
+        return Ok(None);
+    };
+    apply::read_saved_plan(&text).transpose()
+}
+
 /// A saved plan's text, read within [`SAVED_PLAN_LIMIT`]; `None` when the file is not UTF-8
 /// (then it is no plan, and the fleet-file reader tells where it is broken).
-pub(crate) fn read_plan_text(path: &Path) -> Result<Option<String>> {
+fn read_plan_text(path: &Path) -> Result<Option<String>> {
     use miette::{IntoDiagnostic, WrapErr};
     use std::io::Read;
     let mut bytes = Vec::new();
@@ -75,6 +88,39 @@ pub(crate) fn read_plan_text(path: &Path) -> Result<Option<String>> {
         ));
     }
     Ok(String::from_utf8(bytes).ok())
+}
+
+/// A fleet file planned now: loaded and checked, its clouds connected, its secrets' values
+/// taken from this run's sources, the plan stamped with the file's SHA-256. With `announce`,
+/// the secrets the simulated cloud gives placeholders are said once, before planning.
+pub(crate) async fn plan_fleet_file(
+    global: &crate::cli::Global,
+    path: &Path,
+    targets: &[String],
+    announce: bool,
+) -> Result<(fleet_engine::plan::Plan, Desired, crate::clouds::Clouds)> {
+    use crate::clouds;
+    let desired = compile(path, &global.limits())?;
+    let clouds = clouds::connect(global, &desired).await?;
+    let source = crate::secrets::Secrets::for_run(global)?;
+    let names = fleet_engine::secrets::references(
+        desired
+            .resources
+            .values()
+            .flat_map(|r| r.spec.metadata.values()),
+    );
+    let options = fleet_engine::ops::PlanOptions {
+        targets: targets.to_vec(),
+        only_cloud: clouds::only_cloud(global),
+        secret_values: crate::secrets::available(&source, names),
+        retry: clouds::retry_policy(global),
+    };
+    if announce {
+        source.announce_placeholders();
+    }
+    let (plan, _) = fleet_engine::ops::plan(&desired, &clouds.providers, &options).await?;
+    let plan = with_fleet_file(plan, path, &global.limits())?;
+    Ok((plan, desired, clouds))
 }
 
 /// Loads and checks a fleet file.
@@ -110,14 +156,16 @@ pub(crate) fn with_fleet_file(
 /// a fleet file is YAML, and anything larger is the loader's to refuse.
 pub(crate) fn refuse_saved_plan(path: &Path, limits: &Limits) -> Result<()> {
     use std::io::Read;
+    // A YAML fleet file is told apart by its first bytes, without reading it all.
+    if !may_be_saved_plan(path) {
+        return Ok(());
+    }
     let Ok(file) = std::fs::File::open(path) else {
         return Ok(());
     };
     let most = u64::try_from(limits.file_bytes).unwrap_or(u64::MAX);
     let mut bytes = Vec::new();
-    if file.take(most).read_to_end(&mut bytes).is_err()
-        || bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{')
-    {
+    if file.take(most).read_to_end(&mut bytes).is_err() {
         return Ok(());
     }
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {

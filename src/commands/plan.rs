@@ -1,33 +1,15 @@
 //! `fleet plan`
 
-use fleet_engine::ops::{self, PlanOptions};
 use fleet_engine::plan::display::{self, TextOptions};
 use fleet_engine::plan::gitlab;
 use fleet_engine::plan::markdown::{self, MarkdownOptions};
 use miette::{IntoDiagnostic, Result, WrapErr};
 
 use crate::cli::{Format, Global, PlanArgs};
-use crate::{clouds, output};
+use crate::output;
 
 pub(crate) async fn run(global: &Global, args: &PlanArgs) -> Result<u8> {
-    let desired = super::compile(&args.file, &global.limits())?;
-    let clouds = clouds::connect(global, &desired).await?;
-    let source = crate::secrets::Secrets::for_run(global)?;
-    let names = fleet_engine::secrets::references(
-        desired
-            .resources
-            .values()
-            .flat_map(|r| r.spec.metadata.values()),
-    );
-    let options = PlanOptions {
-        targets: args.target.clone(),
-        only_cloud: clouds::only_cloud(global),
-        secret_values: crate::secrets::available(&source, names),
-        retry: clouds::retry_policy(global),
-    };
-    source.announce_placeholders();
-    let (plan, _) = ops::plan(&desired, &clouds.providers, &options).await?;
-    let plan = super::with_fleet_file(plan, &args.file, &global.limits())?;
+    let (plan, _, _) = super::plan_fleet_file(global, &args.file, &args.target, true).await?;
     match args.format {
         Format::Text => output::out(&display::text(
             &plan,

@@ -72,20 +72,8 @@ impl Moto {
 impl Moto {
     /// Calls moto's own API (`/moto-api/...`) and returns the body of its answer.
     pub(crate) fn api(&self, method: &str, path: &str) -> String {
-        use std::io::{Read, Write};
         let address = self.url.trim_start_matches("http://");
-        let mut stream = TcpStream::connect(address).expect("moto answers");
-        write!(
-            stream,
-            "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n\r\n"
-        )
-        .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        answer
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_string())
-            .unwrap_or_default()
+        crate::loopback::request(address, method, path).1
     }
 
     /// The SSM requests moto receives while `during` runs: each one's target, JSON body and
@@ -1898,9 +1886,7 @@ fn an_ec2_runner_manager_gets_its_config_and_secrets_through_parameters_and_relo
     let secret = "glrt-delivery-s3cr3t-value";
     // The test's secrets file: the repository's fake ones and this one.
     let secrets_file = env.path().join("secrets.env");
-    let mut secrets = std::fs::read_to_string(&secrets_file).unwrap();
-    secrets.push_str(&format!("DELIVERY_TOKEN={secret}\n"));
-    std::fs::write(&secrets_file, &secrets).unwrap();
+    let secrets = env.add_secret("DELIVERY_TOKEN", secret);
     let file = env.write("delivery.yaml", &manager_with_secret_file("delivery"));
 
     let plan = plan_json(&env, &file);
@@ -2158,10 +2144,7 @@ fn an_ec2_instance_whose_config_was_edited_is_put_back_and_one_whose_parameters_
     let env = env_for(&moto);
     let ec2 = Ec2::new(&moto);
     let ssm = ssm_client(&moto);
-    let secrets_file = env.path().join("secrets.env");
-    let mut secrets = std::fs::read_to_string(&secrets_file).unwrap();
-    secrets.push_str("DELIVERY_TOKEN=glrt-lost-value\n");
-    std::fs::write(&secrets_file, &secrets).unwrap();
+    env.add_secret("DELIVERY_TOKEN", "glrt-lost-value");
     let file = env.write("lost.yaml", &manager_with_secret_file("lost"));
     converge(&env, &file);
     let id = ec2.alive("lost")[0].id.clone();

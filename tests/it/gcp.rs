@@ -1363,19 +1363,7 @@ fn a_gce_managers_secrets_live_in_secret_manager_and_its_metadata_only_names_the
     assert_eq!(calls["compute.instances.insert"], N, "{calls:?}");
     // The machines' role names exactly the secrets apply made, one by one (the project's
     // number in place of PROJECT_NUMBER).
-    let printed = env
-        .fleet(&[
-            "permissions",
-            &file,
-            "--for",
-            "manager",
-            "--only-cloud",
-            "gcp",
-            "--format",
-            "json",
-        ])
-        .ok()
-        .json();
+    let printed = crate::permissions::printed(&env, &file, "manager", "gcp");
     let member = format!("serviceAccount:gsm-manager@{PROJECT}.iam.gserviceaccount.com");
     let expression = printed["gcp"]["conditions"][&member]["expression"]
         .as_str()

@@ -59,3 +59,21 @@ impl Drop for Loopback {
         }
     }
 }
+
+/// One plain HTTP/1.0 request with no body to `address` (`host:port`): the head of the
+/// answer and its body.
+pub(crate) fn request(address: &str, method: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("the server answers");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    match answer.split_once("\r\n\r\n") {
+        Some((head, body)) => (head.to_string(), body.to_string()),
+        None => (answer, String::new()),
+    }
+}

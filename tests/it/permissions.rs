@@ -354,7 +354,7 @@ fn reference_conditions(action: &str) -> BTreeSet<String> {
 }
 
 /// `fleet permissions FILE --for JOB --only-cloud CLOUD --format json`.
-fn printed(env: &Env, file: &str, job: &str, cloud: &str) -> serde_json::Value {
+pub(crate) fn printed(env: &Env, file: &str, job: &str, cloud: &str) -> serde_json::Value {
     env.fleet(&[
         "permissions",
         file,
@@ -455,10 +455,7 @@ fn the_aws_policies_allow_exactly_what_plan_apply_and_the_machine_were_seen_to_c
     let env = env_through(&moto, &proxy);
     let ec2 = Ec2::new(&moto);
     create_instance_profile(&moto, "/", "ci-runner");
-    let secrets = env.path().join("secrets.env");
-    let mut values = std::fs::read_to_string(&secrets).unwrap();
-    values.push_str("PERM_TOKEN=glrt-perm-s3cr3t\n");
-    std::fs::write(&secrets, values).unwrap();
+    env.add_secret("PERM_TOKEN", "glrt-perm-s3cr3t");
     let file = env.write("perm.yaml", AWS_FLEET);
 
     let mut plans: Vec<Received> = Vec::new();
@@ -727,19 +724,10 @@ fn console_delete(server: &GceServer, zone: &str, name: &str) {
 
 /// One plain HTTP/1.0 request to the server; the body of its answer.
 fn http(server: &GceServer, method: &str, path: &str) -> String {
-    use std::io::{Read, Write};
     let address = server.endpoint().trim_start_matches("http://").to_string();
-    let mut stream = std::net::TcpStream::connect(&address).expect("the server answers");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    assert!(head.contains(" 200 "), "{method} {path}: {answer}");
-    body.to_string()
+    let (head, body) = crate::loopback::request(&address, method, path);
+    assert!(head.contains(" 200 "), "{method} {path}: {head}\n\n{body}");
+    body
 }
 
 /// `fleet --cloud live --only-cloud gcp ARGS…` against the server, with the calls it served.
@@ -765,9 +753,7 @@ fn the_gcp_roles_hold_exactly_what_plan_and_apply_were_seen_to_call() {
     let server = GceServer::start("gitlab-ci-runners");
     let env = Env::new();
     let secrets = env.path().join("secrets.env");
-    let mut values = std::fs::read_to_string(&secrets).unwrap();
-    values.push_str("GPERM_TOKEN=glrt-gperm-s3cr3t\n");
-    std::fs::write(&secrets, values).unwrap();
+    env.add_secret("GPERM_TOKEN", "glrt-gperm-s3cr3t");
     let file = env.write("gperm.yaml", GCP_FLEET);
 
     let mut plans: BTreeSet<String> = BTreeSet::new();

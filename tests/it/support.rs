@@ -146,6 +146,16 @@ impl Env {
         }
     }
 
+    /// Adds `NAME=value` to the run's secrets file (the repository's fake secrets and any
+    /// added before) and returns the file's text.
+    pub(crate) fn add_secret(&self, name: &str, value: &str) -> String {
+        let path = self.path().join("secrets.env");
+        let mut text = std::fs::read_to_string(&path).expect("secrets file");
+        text.push_str(&format!("{name}={value}\n"));
+        std::fs::write(&path, &text).expect("secrets file");
+        text
+    }
+
     /// Adds an environment variable to every later run.
     pub(crate) fn with_env(mut self, key: &str, value: &str) -> Env {
         self.extra.push((key.to_string(), value.to_string()));

@@ -421,19 +421,7 @@ fn the_gce_watcher_reads_its_secrets_from_secret_manager_with_its_token_and_writ
     // What the machine was seen to call is what `fleet permissions --for manager` grants its
     // service account, no more (Secret Manager's IAM reference: reading a version is
     // `secretmanager.versions.access`).
-    let printed = env
-        .fleet(&[
-            "permissions",
-            "fleets/distribution.yaml",
-            "--for",
-            "manager",
-            "--only-cloud",
-            "gcp",
-            "--format",
-            "json",
-        ])
-        .ok()
-        .json();
+    let printed = crate::permissions::printed(&env, "fleets/distribution.yaml", "manager", "gcp");
     let granted: Vec<&str> = printed["gcp"]["role"]["includedPermissions"]
         .as_array()
         .unwrap()
@@ -609,10 +597,7 @@ fn the_ec2_watcher_reads_its_parameters_with_its_role_and_carries_out_the_decisi
     let env = crate::aws::env_for(&moto);
     let ec2 = crate::aws::Ec2::new(&moto);
     let secret = "glrt-ec2-watcher-s3cr3t";
-    let secrets_file = env.path().join("secrets.env");
-    let mut secrets = std::fs::read_to_string(&secrets_file).unwrap();
-    secrets.push_str(&format!("DELIVERY_TOKEN={secret}\n"));
-    std::fs::write(&secrets_file, &secrets).unwrap();
+    env.add_secret("DELIVERY_TOKEN", secret);
     let fleet = crate::aws::manager_with_secret_file("watched");
     let file = env.write("watched.yaml", &fleet);
     crate::aws::converge(&env, &file);
